@@ -1,0 +1,3 @@
+pub mod graph;
+pub mod provider;
+pub mod spec;

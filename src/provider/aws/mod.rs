@@ -1,0 +1,1 @@
+//! EC2 through aws-sdk-ec2 (being written).

@@ -1,0 +1,88 @@
+//! The flat JSON payload that users of the old Terraform/Ansible API send, accepted
+//! as-is and mapped onto the native spec.
+
+use serde::Deserialize;
+
+use super::secret::Secret;
+use super::types::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlatPayload {
+    /// Not in the old API; defaults to "pgform".
+    #[serde(default = "default_name")]
+    cluster_name: String,
+    instance_type: String,
+    num_replicas: u32,
+    aws_region: String,
+    ssh_key_name: String,
+    subnet_id: String,
+    #[serde(default)]
+    postgres_version: Option<serde_json::Value>,
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    shared_buffers: Option<Size>,
+    #[serde(default)]
+    replication_user: Option<String>,
+    #[serde(default)]
+    replication_password: Option<Secret>,
+}
+
+fn default_name() -> String {
+    "pgform".into()
+}
+
+impl FlatPayload {
+    pub fn into_spec(self) -> ClusterSpec {
+        let mut postgres = PostgresSpec {
+            replicas: self.num_replicas,
+            replication_password: self.replication_password,
+            ..PostgresSpec::default()
+        };
+        if let Some(v) = self.postgres_version.as_ref().and_then(version_of) {
+            postgres.version = v;
+        }
+        if let Some(m) = self.max_connections {
+            postgres.max_connections = m;
+        }
+        if let Some(s) = self.shared_buffers {
+            postgres.shared_buffers = s;
+        }
+        if let Some(u) = self.replication_user {
+            postgres.replication_user = u;
+        }
+        ClusterSpec {
+            name: self.cluster_name,
+            region: self.aws_region,
+            network: NetworkSpec {
+                subnet_id: Some(self.subnet_id),
+                public: false,
+                ..NetworkSpec::default()
+            },
+            instances: InstanceSpec {
+                instance_type: self.instance_type,
+                ..InstanceSpec::default()
+            },
+            ssh: SshSpec {
+                key_name: Some(self.ssh_key_name),
+                ..SshSpec::default()
+            },
+            // The old API reached hosts and PostgreSQL from inside the VPC.
+            access: AccessSpec {
+                allow_vpc: true,
+                ..AccessSpec::default()
+            },
+            postgres,
+        }
+    }
+}
+
+/// "15" or 15; anything else is left for validation to report as version 0.
+fn version_of(v: &serde_json::Value) -> Option<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32).or(Some(0)),
+        serde_json::Value::String(s) => Some(s.trim().parse().unwrap_or(0)),
+        _ => Some(0),
+    }
+}

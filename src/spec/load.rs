@@ -1,0 +1,175 @@
+//! Reading a desired-state file: format detection, parsing with the failing field's path
+//! and position, then validation.
+
+use std::path::Path;
+
+use super::error::{Location, Problem, SpecError};
+use super::flat::FlatPayload;
+use super::types::ClusterSpec;
+use super::validate;
+
+/// Which form the file was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+    /// The flat JSON payload of the old Terraform/Ansible API.
+    FlatJson,
+}
+
+/// A parsed, validated spec and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub spec: ClusterSpec,
+    pub format: Format,
+    pub warnings: Vec<String>,
+}
+
+/// Reads and validates a desired-state file. Nothing but the file is touched.
+pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, path)
+}
+
+/// Parses and validates `text`; `path` names the file in messages and its extension
+/// picks the format (`.json`, else TOML).
+pub fn parse_str(text: &str, path: &Path) -> Result<Loaded, SpecError> {
+    let invalid = |problems| SpecError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    };
+    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || text.trim_start().starts_with('{');
+    let (spec, format) = if is_json {
+        parse_json(text).map_err(|p| invalid(vec![p]))?
+    } else {
+        (parse_toml(text).map_err(|p| invalid(vec![p]))?, Format::Toml)
+    };
+    let mut warnings = Vec::new();
+    let problems = validate::check(&spec, &mut warnings);
+    if !problems.is_empty() {
+        let located = problems
+            .into_iter()
+            .map(|mut p| {
+                p.location = p.location.or_else(|| locate(text, &p.field, format));
+                p
+            })
+            .collect();
+        return Err(invalid(located));
+    }
+    if format == Format::FlatJson || spec.postgres.replication_password.is_some() {
+        warnings.push(
+            "the replication password is written inline in the file; prefer \
+             postgres.replication_password_env or postgres.replication_password_file"
+                .into(),
+        );
+    }
+    Ok(Loaded {
+        spec,
+        format,
+        warnings,
+    })
+}
+
+fn parse_toml(text: &str) -> Result<ClusterSpec, Problem> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = field_path(e.path());
+        toml_problem(text, &field, e.inner())
+    })
+}
+
+fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> Problem {
+    Problem {
+        location: e.span().map(|s| Location::of_offset(text, s.start)),
+        field: field.to_string(),
+        message: e.message().trim().to_string(),
+        fix: fix_for(e.message()),
+    }
+}
+
+fn parse_json(text: &str) -> Result<(ClusterSpec, Format), Problem> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| json_problem("", &e))?;
+    let flat = value
+        .as_object()
+        .is_some_and(|o| o.contains_key("aws_region") || o.contains_key("num_replicas"));
+    let mut de = serde_json::Deserializer::from_str(text);
+    if flat {
+        let payload: FlatPayload = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| json_problem(&field_path(e.path()), e.inner()))?;
+        Ok((payload.into_spec(), Format::FlatJson))
+    } else {
+        let spec = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| json_problem(&field_path(e.path()), e.inner()))?;
+        Ok((spec, Format::Json))
+    }
+}
+
+fn json_problem(field: &str, e: &serde_json::Error) -> Problem {
+    // serde_json appends " at line L column C" to its messages; we print that ourselves.
+    let message = e.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map(|(m, _)| m.to_string())
+        .unwrap_or(message);
+    Problem {
+        location: (e.line() > 0).then_some(Location {
+            line: e.line(),
+            column: e.column(),
+        }),
+        field: field.to_string(),
+        fix: fix_for(&message),
+        message,
+    }
+}
+
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    let p = path.to_string();
+    if p == "." { String::new() } else { p }
+}
+
+/// A fix hint for serde's own messages; our validating types say their fix inline.
+fn fix_for(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some("remove the field or correct its spelling (the expected fields are listed above)".into())
+    } else if message.starts_with("missing field") {
+        Some("add the field; `pgform init` writes a starter file with every field".into())
+    } else {
+        None
+    }
+}
+
+/// Finds where a dotted field path is written in the file.
+fn locate(text: &str, field: &str, format: Format) -> Option<Location> {
+    if field.is_empty() {
+        return None;
+    }
+    match format {
+        Format::Toml => locate_toml(text, field),
+        Format::Json | Format::FlatJson => {
+            let leaf = field.rsplit('.').next()?;
+            let leaf = leaf.split('[').next()?;
+            let needle = format!("\"{leaf}\"");
+            text.find(&needle).map(|i| Location::of_offset(text, i))
+        }
+    }
+}
+
+fn locate_toml(text: &str, field: &str) -> Option<Location> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut parts = field.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let name = part.split('[').next()?;
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        match value.get_ref() {
+            DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => return Some(Location::of_offset(text, key.span().start)),
+        }
+    }
+    None
+}

@@ -1,0 +1,22 @@
+//! The desired-state file: types, defaults, loading (TOML, JSON, and the flat JSON
+//! payload of the old API) and validation with located errors. No cloud calls here.
+
+mod error;
+mod flat;
+mod load;
+mod secret;
+mod types;
+mod validate;
+
+pub use error::{Location, Problem, SpecError};
+pub use load::{load_file, parse_str, Format, Loaded};
+pub use secret::{Secret, SecretSource};
+pub use types::*;
+
+/// The commented starter file written by `pgform init`.
+pub const STARTER: &str = include_str!("starter.toml");
+
+/// JSON Schema of the native desired-state file.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ClusterSpec)).unwrap_or_default()
+}

@@ -1,0 +1,402 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+use super::secret::{Secret, SecretSource};
+
+/// A whole cluster: where it runs, what it runs on, how PostgreSQL is set up.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Cluster name: tags every resource and prefixes their names (a-z, 0-9, '-').
+    pub name: String,
+    /// AWS region, e.g. "us-east-1".
+    pub region: String,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    #[serde(default)]
+    pub instances: InstanceSpec,
+    #[serde(default)]
+    pub ssh: SshSpec,
+    #[serde(default)]
+    pub access: AccessSpec,
+    #[serde(default)]
+    pub postgres: PostgresSpec,
+}
+
+/// Either an existing subnet (`subnet_id`) or a network that pgform creates.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Use this existing subnet (and its VPC) instead of creating a network.
+    pub subnet_id: Option<String>,
+    /// CIDR of the VPC to create.
+    #[serde(default = "default_vpc_cidr")]
+    pub vpc_cidr: Cidr,
+    /// CIDR of the subnet to create, inside `vpc_cidr`.
+    #[serde(default = "default_subnet_cidr")]
+    pub subnet_cidr: Cidr,
+    /// Availability zone of the created subnet; AWS picks one when unset.
+    pub availability_zone: Option<String>,
+    /// Give hosts public addresses (and, for a created network, an internet gateway and
+    /// a default route), so that SSH and clients can reach them from outside the VPC.
+    #[serde(default = "yes")]
+    pub public: bool,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            subnet_id: None,
+            vpc_cidr: default_vpc_cidr(),
+            subnet_cidr: default_subnet_cidr(),
+            availability_zone: None,
+            public: true,
+        }
+    }
+}
+
+/// The machines: type per role, image, disks.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Instance type of the primary (and of replicas unless `replica_type` is set).
+    #[serde(rename = "type", default = "default_instance_type")]
+    pub instance_type: String,
+    /// Instance type of the replicas.
+    pub replica_type: Option<String>,
+    /// An explicit AMI id. When unset, the newest image matching `ami_owner` and
+    /// `ami_name` is used for new instances (existing instances keep theirs).
+    pub ami: Option<String>,
+    #[serde(default = "default_ami_owner")]
+    pub ami_owner: String,
+    #[serde(default = "default_ami_name")]
+    pub ami_name: String,
+    /// Root volume size in GiB.
+    #[serde(default = "default_root_size")]
+    pub root_volume_size: u32,
+    /// Root volume type (gp3, gp2, io1, io2, st1, sc1, standard).
+    #[serde(default = "default_volume_type")]
+    pub root_volume_type: String,
+}
+
+impl Default for InstanceSpec {
+    fn default() -> Self {
+        InstanceSpec {
+            instance_type: default_instance_type(),
+            replica_type: None,
+            ami: None,
+            ami_owner: default_ami_owner(),
+            ami_name: default_ami_name(),
+            root_volume_size: default_root_size(),
+            root_volume_type: default_volume_type(),
+        }
+    }
+}
+
+impl InstanceSpec {
+    pub fn type_for(&self, role: Role) -> &str {
+        match role {
+            Role::Primary => &self.instance_type,
+            Role::Replica => self.replica_type.as_deref().unwrap_or(&self.instance_type),
+        }
+    }
+}
+
+/// The SSH key: an existing EC2 key pair, or a local public key that pgform imports.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    /// Name of an existing EC2 key pair.
+    pub key_name: Option<String>,
+    /// A local OpenSSH public key file to import as key pair `<name>-key`.
+    pub public_key_file: Option<PathBuf>,
+    /// Login user on the hosts.
+    #[serde(default = "default_ssh_user")]
+    pub user: String,
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSpec {
+    /// CIDRs allowed to reach PostgreSQL (5432).
+    #[serde(default)]
+    pub client_cidrs: Vec<Cidr>,
+    /// CIDRs allowed to reach SSH (22).
+    #[serde(default)]
+    pub admin_cidrs: Vec<Cidr>,
+    /// Also allow SSH and PostgreSQL from the whole VPC (the old API's behaviour).
+    #[serde(default)]
+    pub allow_vpc: bool,
+}
+
+/// PostgreSQL: version, replicas, parameters, replication credentials.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSpec {
+    /// Major version, e.g. 15 (a string "15" is accepted too).
+    #[serde(default = "default_pg_version", deserialize_with = "major_version")]
+    #[schemars(with = "u32")]
+    pub version: u32,
+    /// Number of streaming replicas.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Synchronous replication (the primary waits for a replica on commit).
+    #[serde(default)]
+    pub synchronous: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_shared_buffers")]
+    pub shared_buffers: Size,
+    /// Other postgresql.conf parameters.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamValue>,
+    #[serde(default = "default_replication_user")]
+    pub replication_user: String,
+    /// The replication password inline (accepted with a warning: prefer `_env` or `_file`).
+    #[schemars(with = "Option<String>")]
+    pub replication_password: Option<Secret>,
+    /// Environment variable holding the replication password
+    /// (default PGFORM_REPLICATION_PASSWORD).
+    pub replication_password_env: Option<String>,
+    /// File holding the replication password (first line).
+    pub replication_password_file: Option<PathBuf>,
+}
+
+impl PostgresSpec {
+    /// Where the replication password comes from; validation has made sure at most one
+    /// source is given.
+    pub fn password_source(&self) -> SecretSource {
+        if let Some(s) = &self.replication_password {
+            SecretSource::Inline(s.clone())
+        } else if let Some(f) = &self.replication_password_file {
+            SecretSource::File(f.clone())
+        } else {
+            SecretSource::Env(
+                self.replication_password_env
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PASSWORD_ENV.to_string()),
+            )
+        }
+    }
+}
+
+pub const DEFAULT_PASSWORD_ENV: &str = "PGFORM_REPLICATION_PASSWORD";
+
+impl Default for PostgresSpec {
+    fn default() -> Self {
+        PostgresSpec {
+            version: default_pg_version(),
+            replicas: default_replicas(),
+            synchronous: false,
+            max_connections: default_max_connections(),
+            shared_buffers: default_shared_buffers(),
+            parameters: BTreeMap::new(),
+            replication_user: default_replication_user(),
+            replication_password: None,
+            replication_password_env: None,
+            replication_password_file: None,
+        }
+    }
+}
+
+/// A role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// A free-form parameter value, kept as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => write!(f, "{x}"),
+            ParamValue::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An IPv4 CIDR block, validated when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Cidr(pub Ipv4Net);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|why: String| serde::de::Error::custom(why))
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let net: Ipv4Net = text.parse().map_err(|_| {
+            format!("`{text}` is not an IPv4 CIDR block; write it as address/prefix, e.g. 10.0.0.0/16")
+        })?;
+        if net.network() != net.addr() {
+            return Err(format!(
+                "`{text}` has host bits set; the block starts at {}",
+                net.trunc()
+            ));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A memory size in PostgreSQL's notation ("128MB", "4GB", "8kB"), kept in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Size {
+    pub bytes: u64,
+}
+
+impl Size {
+    pub fn parse(text: &str) -> Result<Size, String> {
+        let t = text.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(digits);
+        let unit_bytes: u64 = match unit.trim() {
+            "" => 8192, // PostgreSQL counts a bare shared_buffers in 8kB pages
+            "kB" => 1 << 10,
+            "MB" => 1 << 20,
+            "GB" => 1 << 30,
+            "TB" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "`{text}` is not a size; write a whole number with kB, MB, GB or TB, e.g. 128MB"
+                ));
+            }
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size; write a whole number with a unit, e.g. 128MB"))?;
+        n.checked_mul(unit_bytes)
+            .map(|bytes| Size { bytes })
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Pages(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => Size::parse(&t).map_err(serde::de::Error::custom),
+            Raw::Pages(p) => Size::parse(&p.to_string()).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    /// The largest unit that divides the size exactly, as PostgreSQL prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, scale) in [("TB", 1u64 << 40), ("GB", 1 << 30), ("MB", 1 << 20)] {
+            if self.bytes >= scale && self.bytes % scale == 0 {
+                return write!(f, "{}{unit}", self.bytes / scale);
+            }
+        }
+        write!(f, "{}kB", self.bytes >> 10)
+    }
+}
+
+fn major_version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u32),
+        Text(String),
+    }
+    let v = match Raw::deserialize(d)? {
+        Raw::Num(n) => n,
+        Raw::Text(t) => t.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not a PostgreSQL major version; write e.g. 15"
+            ))
+        })?,
+    };
+    if !(SUPPORTED_PG.contains(&v)) {
+        return Err(serde::de::Error::custom(format!(
+            "PostgreSQL {v} is not supported; use one of {}..={}",
+            SUPPORTED_PG.start(),
+            SUPPORTED_PG.end()
+        )));
+    }
+    Ok(v)
+}
+
+pub const SUPPORTED_PG: std::ops::RangeInclusive<u32> = 13..=17;
+pub const MAX_REPLICAS: u32 = 15;
+
+fn yes() -> bool {
+    true
+}
+fn default_vpc_cidr() -> Cidr {
+    Cidr("10.0.0.0/16".parse().expect("constant CIDR"))
+}
+fn default_subnet_cidr() -> Cidr {
+    Cidr("10.0.1.0/24".parse().expect("constant CIDR"))
+}
+fn default_instance_type() -> String {
+    "t3.medium".into()
+}
+/// Debian's official AWS account and its Debian 12 images.
+pub const DEBIAN_OWNER: &str = "136693071363";
+fn default_ami_owner() -> String {
+    DEBIAN_OWNER.into()
+}
+fn default_ami_name() -> String {
+    "debian-12-amd64-*".into()
+}
+fn default_root_size() -> u32 {
+    20
+}
+fn default_volume_type() -> String {
+    "gp3".into()
+}
+fn default_ssh_user() -> String {
+    "admin".into()
+}
+fn default_pg_version() -> u32 {
+    15
+}
+fn default_replicas() -> u32 {
+    2
+}
+fn default_max_connections() -> u32 {
+    100
+}
+fn default_shared_buffers() -> Size {
+    Size { bytes: 128 << 20 }
+}
+fn default_replication_user() -> String {
+    "replicator".into()
+}

@@ -1,0 +1,283 @@
+//! Checks that need more than one field, or a range, after parsing. Every problem names
+//! the field, the value and the fix; all problems are reported at once.
+
+use super::error::Problem;
+use super::types::*;
+
+pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |field: &str, message: String, fix: &str| {
+        out.push(Problem {
+            location: None,
+            field: field.into(),
+            message,
+            fix: (!fix.is_empty()).then(|| fix.to_string()),
+        })
+    };
+
+    if !is_name(&spec.name) {
+        bad(
+            "name",
+            format!("`{}` is not a valid cluster name", spec.name),
+            "use 1 to 40 characters: lowercase letters, digits and '-', starting with a letter",
+        );
+    }
+    if !is_region(&spec.region) {
+        bad(
+            "region",
+            format!("`{}` is not an AWS region name", spec.region),
+            "write a region such as us-east-1 or eu-west-2",
+        );
+    }
+
+    let net = &spec.network;
+    match &net.subnet_id {
+        Some(id) if !id.starts_with("subnet-") || id.len() < 8 => bad(
+            "network.subnet_id",
+            format!("`{id}` is not a subnet id"),
+            "write the id of an existing subnet, e.g. subnet-0d2b0680f68dca9f4, or remove it to create a network",
+        ),
+        Some(_) => {}
+        None => {
+            for (field, cidr) in [("network.vpc_cidr", net.vpc_cidr), ("network.subnet_cidr", net.subnet_cidr)] {
+                if !(16..=28).contains(&cidr.0.prefix_len()) {
+                    bad(
+                        field,
+                        format!("`{cidr}` has a /{} prefix; AWS allows /16 to /28", cidr.0.prefix_len()),
+                        "choose a prefix length between 16 and 28",
+                    );
+                }
+            }
+            if !net.vpc_cidr.0.contains(&net.subnet_cidr.0) {
+                bad(
+                    "network.subnet_cidr",
+                    format!("`{}` is not inside the VPC's `{}`", net.subnet_cidr, net.vpc_cidr),
+                    "pick a subnet CIDR inside network.vpc_cidr",
+                );
+            }
+        }
+    }
+    if let Some(az) = &net.availability_zone {
+        if !az.starts_with(&spec.region) || az.len() != spec.region.len() + 1 {
+            bad(
+                "network.availability_zone",
+                format!("`{az}` is not a zone of region {}", spec.region),
+                &format!("write the region followed by a letter, e.g. {}a", spec.region),
+            );
+        }
+    }
+
+    let inst = &spec.instances;
+    for (field, ty) in [
+        ("instances.type", Some(&inst.instance_type)),
+        ("instances.replica_type", inst.replica_type.as_ref()),
+    ] {
+        if let Some(ty) = ty {
+            if !is_instance_type(ty) {
+                bad(
+                    field,
+                    format!("`{ty}` is not an EC2 instance type"),
+                    "write family.size, e.g. t3.medium or r6i.large",
+                );
+            }
+        }
+    }
+    if let Some(ami) = &inst.ami {
+        if !ami.starts_with("ami-") {
+            bad(
+                "instances.ami",
+                format!("`{ami}` is not an AMI id"),
+                "write an id such as ami-0123456789abcdef0, or remove it to use the newest Debian 12 image",
+            );
+        }
+    }
+    if !(8..=16384).contains(&inst.root_volume_size) {
+        bad(
+            "instances.root_volume_size",
+            format!("{} GiB is out of range", inst.root_volume_size),
+            "choose 8 to 16384 GiB",
+        );
+    }
+    const VOLUME_TYPES: [&str; 7] = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
+    if !VOLUME_TYPES.contains(&inst.root_volume_type.as_str()) {
+        bad(
+            "instances.root_volume_type",
+            format!("`{}` is not an EBS volume type", inst.root_volume_type),
+            &format!("use one of {}", VOLUME_TYPES.join(", ")),
+        );
+    }
+
+    match (&spec.ssh.key_name, &spec.ssh.public_key_file) {
+        (None, None) => bad(
+            "ssh",
+            "no SSH key is given".into(),
+            "set ssh.key_name to an existing EC2 key pair, or ssh.public_key_file to a local public key to import",
+        ),
+        (Some(_), Some(_)) => bad(
+            "ssh.public_key_file",
+            "both ssh.key_name and ssh.public_key_file are set".into(),
+            "keep one: key_name for an existing key pair, public_key_file to import one",
+        ),
+        _ => {}
+    }
+    if spec.access.admin_cidrs.is_empty() && !spec.access.allow_vpc {
+        warnings.push(
+            "access.admin_cidrs is empty: SSH (22) is open to no one, so hosts cannot be configured \
+             from outside the cluster"
+                .into(),
+        );
+    }
+
+    let pg = &spec.postgres;
+    if !SUPPORTED_PG.contains(&pg.version) {
+        bad(
+            "postgres.version",
+            format!("PostgreSQL {} is not supported", pg.version),
+            &format!("use a major version from {} to {}", SUPPORTED_PG.start(), SUPPORTED_PG.end()),
+        );
+    }
+    if pg.replicas > MAX_REPLICAS {
+        bad(
+            "postgres.replicas",
+            format!("{} replicas is out of range", pg.replicas),
+            &format!("choose 0 to {MAX_REPLICAS}"),
+        );
+    }
+    if !(1..=262_143).contains(&pg.max_connections) {
+        bad(
+            "postgres.max_connections",
+            format!("{} is out of range", pg.max_connections),
+            "choose 1 to 262143",
+        );
+    }
+    if pg.shared_buffers.bytes < 128 << 10 {
+        bad(
+            "postgres.shared_buffers",
+            format!("{} is below PostgreSQL's minimum", pg.shared_buffers),
+            "use at least 128kB; 25% of the instance's memory is the usual choice",
+        );
+    }
+    for role in [Role::Primary, Role::Replica] {
+        let ty = inst.type_for(role);
+        if let Some(mem) = instance_memory(ty) {
+            if pg.shared_buffers.bytes >= mem {
+                bad(
+                    "postgres.shared_buffers",
+                    format!(
+                        "{} does not fit in the {} GiB of a {ty}",
+                        pg.shared_buffers,
+                        mem >> 30
+                    ),
+                    &format!("use at most about a quarter of it, e.g. {}", Size { bytes: mem / 4 }),
+                );
+                break;
+            }
+        }
+    }
+    if pg.replication_user.is_empty() || pg.replication_user.len() > 63 || pg.replication_user.contains('\0') {
+        bad(
+            "postgres.replication_user",
+            format!("`{}` is not a usable role name", pg.replication_user),
+            "use 1 to 63 bytes",
+        );
+    }
+    let sources = [
+        pg.replication_password.is_some(),
+        pg.replication_password_env.is_some(),
+        pg.replication_password_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        bad(
+            "postgres.replication_password_env",
+            "more than one replication password source is set".into(),
+            "keep one of replication_password_env, replication_password_file, replication_password",
+        );
+    }
+    for (name, value) in &pg.parameters {
+        let field = format!("postgres.parameters.{name}");
+        if let Some(own) = MANAGED_PARAMETERS.iter().find(|(p, _)| p == name) {
+            bad(&field, format!("`{name}` is managed by pgform"), own.1);
+        } else if !is_param_name(name) {
+            bad(
+                &field,
+                format!("`{name}` is not a parameter name"),
+                "use lowercase letters, digits, '_' and '.'",
+            );
+        } else if matches!(value, ParamValue::Text(t) if t.contains('\n') || t.contains('\0')) {
+            bad(&field, "the value spans lines".into(), "write it on one line");
+        }
+    }
+    out
+}
+
+/// Parameters pgform sets itself, with where to set them instead.
+const MANAGED_PARAMETERS: [(&str, &str); 9] = [
+    ("shared_buffers", "set postgres.shared_buffers instead"),
+    ("max_connections", "set postgres.max_connections instead"),
+    ("listen_addresses", "pgform listens on all addresses and limits access with pg_hba and the security group"),
+    ("port", "pgform uses port 5432"),
+    ("wal_level", "replication needs wal_level=replica, which pgform sets"),
+    ("hot_standby", "pgform sets it for replicas"),
+    ("synchronous_standby_names", "set postgres.synchronous = true instead"),
+    ("primary_conninfo", "pgform writes it when it seeds a replica"),
+    ("primary_slot_name", "pgform makes one slot per replica"),
+];
+
+fn is_name(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn is_instance_type(s: &str) -> bool {
+    let Some((family, size)) = s.split_once('.') else { return false };
+    !family.is_empty()
+        && !size.is_empty()
+        && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+fn is_param_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+}
+
+/// Memory of common instance types, in bytes; None when we don't know the type.
+pub fn instance_memory(ty: &str) -> Option<u64> {
+    let (family, size) = ty.split_once('.')?;
+    let gib: u64 = match (family, size) {
+        (f, s) if f.starts_with('t') => match s {
+            "nano" => return Some(512 << 20),
+            "micro" => 1,
+            "small" => 2,
+            "medium" => 4,
+            "large" => 8,
+            "xlarge" => 16,
+            "2xlarge" => 32,
+            _ => return None,
+        },
+        (f, s) => {
+            let per_vcpu: u64 = match f.chars().next()? {
+                'm' => 4,
+                'r' | 'x' => 8,
+                'c' => 2,
+                _ => return None,
+            };
+            let vcpus: u64 = match s {
+                "large" => 2,
+                "xlarge" => 4,
+                s => s.strip_suffix("xlarge")?.parse::<u64>().ok()? * 4,
+            };
+            vcpus * per_vcpu
+        }
+    };
+    Some(gib << 30)
+}
