@@ -15,7 +15,12 @@ async fn fixture_images_and_tag_helpers() {
     let images = ec2
         .describe_images()
         .owners(DEBIAN_OWNER)
-        .filters(Filter::builder().name("name").values("debian-12-amd64-*").build())
+        .filters(
+            Filter::builder()
+                .name("name")
+                .values("debian-12-amd64-*")
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeImages")
@@ -23,7 +28,12 @@ async fn fixture_images_and_tag_helpers() {
         .unwrap_or_default();
     let mut found: Vec<(String, String)> = images
         .into_iter()
-        .map(|i| (i.creation_date.unwrap_or_default(), i.image_id.unwrap_or_default()))
+        .map(|i| {
+            (
+                i.creation_date.unwrap_or_default(),
+                i.image_id.unwrap_or_default(),
+            )
+        })
         .collect();
     found.sort();
     found.reverse();
@@ -33,7 +43,12 @@ async fn fixture_images_and_tag_helpers() {
     let arm = ec2
         .describe_images()
         .owners(DEBIAN_OWNER)
-        .filters(Filter::builder().name("architecture").values("arm64").build())
+        .filters(
+            Filter::builder()
+                .name("architecture")
+                .values("arm64")
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeImages arm64")
@@ -65,13 +80,19 @@ async fn fixture_images_and_tag_helpers() {
         .send()
         .await
         .expect("RunInstances");
-    let instance_id = launched.instances()[0].instance_id().expect("instance id").to_string();
+    let instance_id = launched.instances()[0]
+        .instance_id()
+        .expect("instance id")
+        .to_string();
 
     let tagged = moto.instances_tagged("smoke").await;
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0].instance_id(), Some(instance_id.as_str()));
     assert_eq!(tagged[0].private_ip_address(), Some("10.70.1.4"));
-    assert_eq!(moto.tagged("smoke").await, [("instance", instance_id.clone())]);
+    assert_eq!(
+        moto.tagged("smoke").await,
+        [("instance", instance_id.clone())]
+    );
     assert_eq!(moto.count_tagged("other").await, 0);
 
     ec2.terminate_instances()

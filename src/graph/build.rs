@@ -46,7 +46,9 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
         }
         Value::Map(t)
     };
-    let attrs = |pairs: Vec<(&str, Value)>| -> Attrs { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    let attrs = |pairs: Vec<(&str, Value)>| -> Attrs {
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    };
 
     // Network: either references to what we create, or the existing subnet's ids.
     let (vpc_id, subnet_id, vpc_cidr, route) = match &spec.network.subnet_id {
@@ -72,7 +74,10 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
             ));
             let mut subnet_attrs = attrs(vec![
                 ("vpc_id", Value::reference(&vpc)),
-                ("cidr_block", Value::str(spec.network.subnet_cidr.to_string())),
+                (
+                    "cidr_block",
+                    Value::str(spec.network.subnet_cidr.to_string()),
+                ),
                 ("tags", tags(&subnet, "subnet", None)),
             ]);
             if let Some(az) = &spec.network.availability_zone {
@@ -85,7 +90,10 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
                 let rt = Address::new(Kind::RouteTable, "public");
                 out.push(Resource::new(
                     igw.clone(),
-                    attrs(vec![("vpc_id", Value::reference(&vpc)), ("tags", tags(&igw, "igw", None))]),
+                    attrs(vec![
+                        ("vpc_id", Value::reference(&vpc)),
+                        ("tags", tags(&igw, "igw", None)),
+                    ]),
                     &[],
                 ));
                 out.push(Resource::new(
@@ -114,9 +122,15 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
         sg.clone(),
         attrs(vec![
             ("name", Value::str(format!("{cluster}-postgres"))),
-            ("description", Value::str(format!("pgform cluster {cluster}"))),
+            (
+                "description",
+                Value::str(format!("pgform cluster {cluster}")),
+            ),
             ("vpc_id", vpc_id),
-            ("ingress", Value::List(ingress_rules(spec, vpc_cidr.as_deref()))),
+            (
+                "ingress",
+                Value::List(ingress_rules(spec, vpc_cidr.as_deref())),
+            ),
             ("tags", tags(&sg, "postgres", None)),
         ]),
         &[],
@@ -131,7 +145,10 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
                 kp.clone(),
                 attrs(vec![
                     ("key_name", Value::str(&name)),
-                    ("public_key", Value::str(lookups.public_key.clone().unwrap_or_default().trim())),
+                    (
+                        "public_key",
+                        Value::str(lookups.public_key.clone().unwrap_or_default().trim()),
+                    ),
                     ("tags", tags(&kp, "key", None)),
                 ]),
                 &[],
@@ -140,10 +157,18 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
         }
     };
 
-    let instances = std::iter::once((Address::new(Kind::Instance, "primary"), Role::Primary, "primary".to_string()))
-        .chain((0..spec.postgres.replicas).map(|i| {
-            (Address::indexed(Kind::Instance, "replica", i), Role::Replica, format!("replica-{i}"))
-        }));
+    let instances = std::iter::once((
+        Address::new(Kind::Instance, "primary"),
+        Role::Primary,
+        "primary".to_string(),
+    ))
+    .chain((0..spec.postgres.replicas).map(|i| {
+        (
+            Address::indexed(Kind::Instance, "replica", i),
+            Role::Replica,
+            format!("replica-{i}"),
+        )
+    }));
     for (address, role, name) in instances {
         let ami = spec
             .instances
@@ -153,7 +178,11 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
             .or_else(|| lookups.default_ami.clone())
             .map(Value::Str)
             .unwrap_or_else(Value::unknown);
-        let role_name = if role == Role::Primary { "primary" } else { "replica" };
+        let role_name = if role == Role::Primary {
+            "primary"
+        } else {
+            "replica"
+        };
         let after: Vec<&Address> = route.iter().chain(key_pair.iter()).collect();
         out.push(Resource::new(
             address.clone(),
@@ -161,11 +190,23 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
                 ("ami", ami),
                 ("instance_type", Value::str(spec.instances.type_for(role))),
                 ("subnet_id", subnet_id.clone()),
-                ("vpc_security_group_ids", Value::List(vec![Value::reference(&sg)])),
+                (
+                    "vpc_security_group_ids",
+                    Value::List(vec![Value::reference(&sg)]),
+                ),
                 ("key_name", Value::str(&key_name)),
-                ("root_volume_size", Value::Int(spec.instances.root_volume_size.into())),
-                ("root_volume_type", Value::str(&spec.instances.root_volume_type)),
-                ("associate_public_ip_address", Value::Bool(spec.network.public)),
+                (
+                    "root_volume_size",
+                    Value::Int(spec.instances.root_volume_size.into()),
+                ),
+                (
+                    "root_volume_type",
+                    Value::str(&spec.instances.root_volume_type),
+                ),
+                (
+                    "associate_public_ip_address",
+                    Value::Bool(spec.network.public),
+                ),
                 ("tags", tags(&address, &name, Some(role_name))),
             ]),
             &after,

@@ -12,7 +12,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 
 pub use address::{Address, Kind};
-pub use build::{build, sort_rules, Lookups, SubnetInfo, ADDRESS_TAG, CLUSTER_TAG};
+pub use build::{ADDRESS_TAG, CLUSTER_TAG, Lookups, SubnetInfo, build, sort_rules};
 pub use value::{Attrs, Value};
 
 /// One desired resource: its address, its attributes (which may refer to other nodes'
@@ -71,10 +71,12 @@ impl ResourceGraph {
         }
         for idx in dag.node_indices().collect::<Vec<_>>() {
             for dep in dag[idx].depends_on.clone() {
-                let from = *by_address.get(&dep).ok_or_else(|| GraphError::MissingDependency {
-                    from: dag[idx].address.clone(),
-                    to: dep.clone(),
-                })?;
+                let from = *by_address
+                    .get(&dep)
+                    .ok_or_else(|| GraphError::MissingDependency {
+                        from: dag[idx].address.clone(),
+                        to: dep.clone(),
+                    })?;
                 dag.add_edge(from, idx, ());
             }
         }
@@ -128,18 +130,25 @@ mod tests {
         ])
         .unwrap();
         let order: Vec<String> = g.in_order().map(|r| r.address.to_string()).collect();
-        assert_eq!(order, ["aws_vpc.main", "aws_subnet.main", "aws_instance.primary"]);
+        assert_eq!(
+            order,
+            ["aws_vpc.main", "aws_subnet.main", "aws_instance.primary"]
+        );
     }
 
     #[test]
     fn missing_dependency_and_cycle_are_errors() {
         let vpc = Address::new(Kind::Vpc, "main");
-        let err = ResourceGraph::from_resources(vec![res(Kind::Subnet, "main", &[&vpc])]).unwrap_err();
+        let err =
+            ResourceGraph::from_resources(vec![res(Kind::Subnet, "main", &[&vpc])]).unwrap_err();
         assert!(matches!(err, GraphError::MissingDependency { .. }));
         let a = Address::new(Kind::Vpc, "a");
         let b = Address::new(Kind::Vpc, "b");
-        let err = ResourceGraph::from_resources(vec![res(Kind::Vpc, "a", &[&b]), res(Kind::Vpc, "b", &[&a])])
-            .unwrap_err();
+        let err = ResourceGraph::from_resources(vec![
+            res(Kind::Vpc, "a", &[&b]),
+            res(Kind::Vpc, "b", &[&a]),
+        ])
+        .unwrap_err();
         assert!(matches!(err, GraphError::Cycle(_)));
     }
 

@@ -95,9 +95,15 @@ impl Value {
     /// becomes `Unknown`.
     pub fn resolve(&self, lookup: &dyn Fn(&Address) -> Option<String>) -> Value {
         match self {
-            Value::Ref { target } => lookup(target).map(Value::Str).unwrap_or_else(Value::unknown),
+            Value::Ref { target } => lookup(target)
+                .map(Value::Str)
+                .unwrap_or_else(Value::unknown),
             Value::List(l) => Value::List(l.iter().map(|v| v.resolve(lookup)).collect()),
-            Value::Map(m) => Value::Map(m.iter().map(|(k, v)| (k.clone(), v.resolve(lookup))).collect()),
+            Value::Map(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.resolve(lookup)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
 
 /// What a walk ended with: which nodes failed (with their errors) and which were skipped
 /// because something they depend on failed.
@@ -25,9 +25,13 @@ impl<E> WalkReport<E> {
 }
 
 /// Walks `dag` (edges point from a dependency to its dependant).
-pub async fn walk<N, E, F, Fut>(dag: &DiGraph<N, ()>, parallelism: usize, run: F) -> WalkReport<E>
+pub async fn walk<'g, N, E, F, Fut>(
+    dag: &'g DiGraph<N, ()>,
+    parallelism: usize,
+    run: F,
+) -> WalkReport<E>
 where
-    F: Fn(NodeIndex, &N) -> Fut,
+    F: Fn(NodeIndex, &'g N) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
     let parallelism = parallelism.max(1);
@@ -35,7 +39,10 @@ where
         .node_indices()
         .map(|n| dag.neighbors_directed(n, Direction::Incoming).count())
         .collect();
-    let mut ready: VecDeque<NodeIndex> = dag.node_indices().filter(|n| waiting_on[n.index()] == 0).collect();
+    let mut ready: VecDeque<NodeIndex> = dag
+        .node_indices()
+        .filter(|n| waiting_on[n.index()] == 0)
+        .collect();
     let mut skipped = vec![false; dag.node_count()];
     let mut report = WalkReport {
         succeeded: Vec::new(),
@@ -50,7 +57,9 @@ where
             let fut = run(node, &dag[node]);
             running.push(async move { (node, fut.await) });
         }
-        let Some((node, result)) = running.next().await else { break };
+        let Some((node, result)) = running.next().await else {
+            break;
+        };
         match result {
             Ok(()) => {
                 report.succeeded.push(node);
@@ -64,7 +73,8 @@ where
             }
             Err(e) => {
                 report.failed.push((node, e));
-                let mut stack: Vec<NodeIndex> = dag.neighbors_directed(node, Direction::Outgoing).collect();
+                let mut stack: Vec<NodeIndex> =
+                    dag.neighbors_directed(node, Direction::Outgoing).collect();
                 while let Some(n) = stack.pop() {
                     if !std::mem::replace(&mut skipped[n.index()], true) {
                         report.skipped.push(n);
@@ -80,8 +90,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn chain_and_fork() -> DiGraph<&'static str, ()> {
         // a -> b -> c, a -> d ; e alone

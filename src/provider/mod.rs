@@ -80,8 +80,13 @@ pub trait Provider: Send + Sync {
     ) -> Result<Observed, ProviderError>;
 
     /// Changes what can change in place (only attributes that do not force replacement).
-    async fn update(&self, address: &Address, id: &str, before: &Attrs, after: &Attrs)
-        -> Result<Observed, ProviderError>;
+    async fn update(
+        &self,
+        address: &Address,
+        id: &str,
+        before: &Attrs,
+        after: &Attrs,
+    ) -> Result<Observed, ProviderError>;
 
     /// Deletes a resource and waits until it is gone; deleting what is already gone is Ok.
     async fn delete(&self, address: &Address, id: &str) -> Result<(), ProviderError>;

@@ -74,7 +74,12 @@ fn render(path: &std::path::Path, problems: &[Problem]) -> String {
     );
     for p in problems {
         match p.location {
-            Some(l) => out.push_str(&format!("\n  {}:{}:{}: {p}", path.display(), l.line, l.column)),
+            Some(l) => out.push_str(&format!(
+                "\n  {}:{}:{}: {p}",
+                path.display(),
+                l.line,
+                l.column
+            )),
             None => out.push_str(&format!("\n  {}: {p}", path.display())),
         }
     }

@@ -41,12 +41,17 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Loaded, SpecError> {
         path: path.to_path_buf(),
         problems,
     };
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
         || text.trim_start().starts_with('{');
     let (spec, format) = if is_json {
         parse_json(text).map_err(|p| invalid(vec![p]))?
     } else {
-        (parse_toml(text).map_err(|p| invalid(vec![p]))?, Format::Toml)
+        (
+            parse_toml(text).map_err(|p| invalid(vec![p]))?,
+            Format::Toml,
+        )
     };
     let mut warnings = Vec::new();
     let problems = validate::check(&spec, &mut warnings);
@@ -134,7 +139,10 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 /// A fix hint for serde's own messages; our validating types say their fix inline.
 fn fix_for(message: &str) -> Option<String> {
     if message.contains("unknown field") {
-        Some("remove the field or correct its spelling (the expected fields are listed above)".into())
+        Some(
+            "remove the field or correct its spelling (the expected fields are listed above)"
+                .into(),
+        )
     } else if message.starts_with("missing field") {
         Some("add the field; `pgform init` writes a starter file with every field".into())
     } else {

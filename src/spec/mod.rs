@@ -9,7 +9,7 @@ mod types;
 mod validate;
 
 pub use error::{Location, Problem, SpecError};
-pub use load::{load_file, parse_str, Format, Loaded};
+pub use load::{Format, Loaded, load_file, parse_str};
 pub use secret::{Secret, SecretSource};
 pub use types::*;
 

@@ -250,7 +250,9 @@ impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         let net: Ipv4Net = text.parse().map_err(|_| {
-            format!("`{text}` is not an IPv4 CIDR block; write it as address/prefix, e.g. 10.0.0.0/16")
+            format!(
+                "`{text}` is not an IPv4 CIDR block; write it as address/prefix, e.g. 10.0.0.0/16"
+            )
         })?;
         if net.network() != net.addr() {
             return Err(format!(
@@ -292,9 +294,9 @@ impl Size {
                 ));
             }
         };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size; write a whole number with a unit, e.g. 128MB"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("`{text}` is not a size; write a whole number with a unit, e.g. 128MB")
+        })?;
         n.checked_mul(unit_bytes)
             .map(|bytes| Size { bytes })
             .ok_or_else(|| format!("`{text}` is too large"))

@@ -39,11 +39,17 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         ),
         Some(_) => {}
         None => {
-            for (field, cidr) in [("network.vpc_cidr", net.vpc_cidr), ("network.subnet_cidr", net.subnet_cidr)] {
+            for (field, cidr) in [
+                ("network.vpc_cidr", net.vpc_cidr),
+                ("network.subnet_cidr", net.subnet_cidr),
+            ] {
                 if !(16..=28).contains(&cidr.0.prefix_len()) {
                     bad(
                         field,
-                        format!("`{cidr}` has a /{} prefix; AWS allows /16 to /28", cidr.0.prefix_len()),
+                        format!(
+                            "`{cidr}` has a /{} prefix; AWS allows /16 to /28",
+                            cidr.0.prefix_len()
+                        ),
                         "choose a prefix length between 16 and 28",
                     );
                 }
@@ -51,7 +57,10 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             if !net.vpc_cidr.0.contains(&net.subnet_cidr.0) {
                 bad(
                     "network.subnet_cidr",
-                    format!("`{}` is not inside the VPC's `{}`", net.subnet_cidr, net.vpc_cidr),
+                    format!(
+                        "`{}` is not inside the VPC's `{}`",
+                        net.subnet_cidr, net.vpc_cidr
+                    ),
                     "pick a subnet CIDR inside network.vpc_cidr",
                 );
             }
@@ -62,7 +71,10 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             bad(
                 "network.availability_zone",
                 format!("`{az}` is not a zone of region {}", spec.region),
-                &format!("write the region followed by a letter, e.g. {}a", spec.region),
+                &format!(
+                    "write the region followed by a letter, e.g. {}a",
+                    spec.region
+                ),
             );
         }
     }
@@ -133,7 +145,11 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         bad(
             "postgres.version",
             format!("PostgreSQL {} is not supported", pg.version),
-            &format!("use a major version from {} to {}", SUPPORTED_PG.start(), SUPPORTED_PG.end()),
+            &format!(
+                "use a major version from {} to {}",
+                SUPPORTED_PG.start(),
+                SUPPORTED_PG.end()
+            ),
         );
     }
     if pg.replicas > MAX_REPLICAS {
@@ -168,13 +184,19 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
                         pg.shared_buffers,
                         mem >> 30
                     ),
-                    &format!("use at most about a quarter of it, e.g. {}", Size { bytes: mem / 4 }),
+                    &format!(
+                        "use at most about a quarter of it, e.g. {}",
+                        Size { bytes: mem / 4 }
+                    ),
                 );
                 break;
             }
         }
     }
-    if pg.replication_user.is_empty() || pg.replication_user.len() > 63 || pg.replication_user.contains('\0') {
+    if pg.replication_user.is_empty()
+        || pg.replication_user.len() > 63
+        || pg.replication_user.contains('\0')
+    {
         bad(
             "postgres.replication_user",
             format!("`{}` is not a usable role name", pg.replication_user),
@@ -204,7 +226,11 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
                 "use lowercase letters, digits, '_' and '.'",
             );
         } else if matches!(value, ParamValue::Text(t) if t.contains('\n') || t.contains('\0')) {
-            bad(&field, "the value spans lines".into(), "write it on one line");
+            bad(
+                &field,
+                "the value spans lines".into(),
+                "write it on one line",
+            );
         }
     }
     out
@@ -214,40 +240,66 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
 const MANAGED_PARAMETERS: [(&str, &str); 9] = [
     ("shared_buffers", "set postgres.shared_buffers instead"),
     ("max_connections", "set postgres.max_connections instead"),
-    ("listen_addresses", "pgform listens on all addresses and limits access with pg_hba and the security group"),
+    (
+        "listen_addresses",
+        "pgform listens on all addresses and limits access with pg_hba and the security group",
+    ),
     ("port", "pgform uses port 5432"),
-    ("wal_level", "replication needs wal_level=replica, which pgform sets"),
+    (
+        "wal_level",
+        "replication needs wal_level=replica, which pgform sets",
+    ),
     ("hot_standby", "pgform sets it for replicas"),
-    ("synchronous_standby_names", "set postgres.synchronous = true instead"),
-    ("primary_conninfo", "pgform writes it when it seeds a replica"),
+    (
+        "synchronous_standby_names",
+        "set postgres.synchronous = true instead",
+    ),
+    (
+        "primary_conninfo",
+        "pgform writes it when it seeds a replica",
+    ),
     ("primary_slot_name", "pgform makes one slot per replica"),
 ];
 
 fn is_name(s: &str) -> bool {
     (1..=40).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_lowercase())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_region(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() >= 3
         && parts[0].len() == 2
-        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
-        && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn is_instance_type(s: &str) -> bool {
-    let Some((family, size)) = s.split_once('.') else { return false };
+    let Some((family, size)) = s.split_once('.') else {
+        return false;
+    };
     !family.is_empty()
         && !size.is_empty()
-        && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && family
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && size
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 fn is_param_name(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
 }
 
 /// Memory of common instance types, in bytes; None when we don't know the type.

@@ -77,7 +77,11 @@ impl Moto {
             let mut child = spawn(port, &fixture, &log);
             match wait_ready(&mut child, port) {
                 Ok(()) => {
-                    return Moto { endpoint: format!("http://127.0.0.1:{port}"), log, child };
+                    return Moto {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        log,
+                        child,
+                    };
                 }
                 Err(NotReady::Exited(status)) => {
                     let output = fs::read_to_string(&log).unwrap_or_default();
@@ -90,7 +94,9 @@ impl Moto {
                     let _ = child.kill();
                     let _ = child.wait();
                     let output = fs::read_to_string(&log).unwrap_or_default();
-                    panic!("moto_server did not answer within {START_TIMEOUT:?}; its log:\n{output}");
+                    panic!(
+                        "moto_server did not answer within {START_TIMEOUT:?}; its log:\n{output}"
+                    );
                 }
             }
         }
@@ -160,37 +166,69 @@ impl Moto {
     /// non-terminated instances. Handy in assertion messages.
     pub async fn tagged(&self, cluster: &str) -> Vec<(&'static str, String)> {
         let ec2 = self.ec2().await;
+        let tag = || tag_filter(cluster);
         let mut found = Vec::new();
         let mut add = |kind: &'static str, ids: Vec<Option<String>>| {
             found.extend(ids.into_iter().flatten().map(|id| (kind, id)));
         };
 
-        let vpcs = ec2.describe_vpcs().filters(tag_filter(cluster)).into_paginator().items();
-        let vpcs = ok("DescribeVpcs", vpcs.send().try_collect().await);
+        let vpcs = ec2.describe_vpcs().filters(tag()).into_paginator();
+        let vpcs = ok("DescribeVpcs", vpcs.items().send().try_collect().await);
         add("vpc", vpcs.into_iter().map(|v| v.vpc_id).collect());
 
-        let subnets = ec2.describe_subnets().filters(tag_filter(cluster)).into_paginator().items();
-        let subnets = ok("DescribeSubnets", subnets.send().try_collect().await);
+        let subnets = ec2.describe_subnets().filters(tag()).into_paginator();
+        let subnets = ok(
+            "DescribeSubnets",
+            subnets.items().send().try_collect().await,
+        );
         add("subnet", subnets.into_iter().map(|s| s.subnet_id).collect());
 
-        let igws = ec2.describe_internet_gateways().filters(tag_filter(cluster)).into_paginator();
-        let igws = ok("DescribeInternetGateways", igws.items().send().try_collect().await);
-        add("internet-gateway", igws.into_iter().map(|g| g.internet_gateway_id).collect());
+        let igws = ec2
+            .describe_internet_gateways()
+            .filters(tag())
+            .into_paginator();
+        let igws = ok(
+            "DescribeInternetGateways",
+            igws.items().send().try_collect().await,
+        );
+        add(
+            "internet-gateway",
+            igws.into_iter().map(|g| g.internet_gateway_id).collect(),
+        );
 
-        let rts = ec2.describe_route_tables().filters(tag_filter(cluster)).into_paginator();
-        let rts = ok("DescribeRouteTables", rts.items().send().try_collect().await);
-        add("route-table", rts.into_iter().map(|r| r.route_table_id).collect());
+        let rts = ec2.describe_route_tables().filters(tag()).into_paginator();
+        let rts = ok(
+            "DescribeRouteTables",
+            rts.items().send().try_collect().await,
+        );
+        add(
+            "route-table",
+            rts.into_iter().map(|r| r.route_table_id).collect(),
+        );
 
-        let sgs = ec2.describe_security_groups().filters(tag_filter(cluster)).into_paginator();
-        let sgs = ok("DescribeSecurityGroups", sgs.items().send().try_collect().await);
-        add("security-group", sgs.into_iter().map(|g| g.group_id).collect());
+        let sgs = ec2
+            .describe_security_groups()
+            .filters(tag())
+            .into_paginator();
+        let sgs = ok(
+            "DescribeSecurityGroups",
+            sgs.items().send().try_collect().await,
+        );
+        add(
+            "security-group",
+            sgs.into_iter().map(|g| g.group_id).collect(),
+        );
 
         // DescribeKeyPairs has no pagination.
-        let keys = ok("DescribeKeyPairs", ec2.describe_key_pairs().filters(tag_filter(cluster)).send().await);
-        add("key-pair", keys.key_pairs.unwrap_or_default().into_iter().map(|k| k.key_name).collect());
+        let keys = ec2.describe_key_pairs().filters(tag()).send().await;
+        let keys = ok("DescribeKeyPairs", keys).key_pairs.unwrap_or_default();
+        add("key-pair", keys.into_iter().map(|k| k.key_name).collect());
 
         let instances = self.instances_tagged(cluster).await;
-        add("instance", instances.into_iter().map(|i| i.instance_id).collect());
+        add(
+            "instance",
+            instances.into_iter().map(|i| i.instance_id).collect(),
+        );
 
         found
     }
@@ -204,9 +242,20 @@ impl Moto {
     /// Returns (vpc id, subnet id).
     pub async fn make_subnet(&self, vpc_cidr: &str, subnet_cidr: &str) -> (String, String) {
         let ec2 = self.ec2().await;
-        let vpc = ok("CreateVpc", ec2.create_vpc().cidr_block(vpc_cidr).send().await);
-        let vpc_id = vpc.vpc.and_then(|v| v.vpc_id).expect("CreateVpc returned no VPC id");
-        let subnet = ec2.create_subnet().vpc_id(&vpc_id).cidr_block(subnet_cidr).send().await;
+        let vpc = ok(
+            "CreateVpc",
+            ec2.create_vpc().cidr_block(vpc_cidr).send().await,
+        );
+        let vpc_id = vpc
+            .vpc
+            .and_then(|v| v.vpc_id)
+            .expect("CreateVpc returned no VPC id");
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(subnet_cidr)
+            .send()
+            .await;
         let subnet_id = ok("CreateSubnet", subnet)
             .subnet
             .and_then(|s| s.subnet_id)
@@ -227,7 +276,10 @@ impl Drop for Moto {
 
 /// Filter `tag:pgform:cluster = <cluster>`.
 pub fn tag_filter(cluster: &str) -> Filter {
-    Filter::builder().name(format!("tag:{CLUSTER_TAG}")).values(cluster).build()
+    Filter::builder()
+        .name(format!("tag:{CLUSTER_TAG}"))
+        .values(cluster)
+        .build()
 }
 
 /// Unwraps an SDK result, panicking with the whole error chain (code, message).
@@ -238,12 +290,17 @@ fn ok<T, E: std::error::Error>(call: &str, result: Result<T, E>) -> T {
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
-    listener.local_addr().expect("bound socket has no address").port()
+    listener
+        .local_addr()
+        .expect("bound socket has no address")
+        .port()
 }
 
 fn spawn(port: u16, fixture: &Path, log: &Path) -> Child {
     let out = File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-    let err = out.try_clone().expect("cannot duplicate the log file handle");
+    let err = out
+        .try_clone()
+        .expect("cannot duplicate the log file handle");
     let spawned = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("MOTO_AMIS_PATH", fixture)

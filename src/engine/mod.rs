@@ -1,0 +1,343 @@
+//! The operations: refresh, plan, apply, destroy, rebuild. Each takes a provider and
+//! the state explicitly; the CLI and embedding services call these and nothing lower.
+
+mod apply;
+mod events;
+
+use std::collections::BTreeMap;
+
+use crate::graph::{self, Address, GraphError, Kind, Lookups, ResourceGraph};
+use crate::plan::{self, Drift, PLAN_FORMAT_VERSION, Plan};
+use crate::provider::{Lookup, Provider, ProviderError};
+use crate::spec::ClusterSpec;
+use crate::state::{ResourceState, State, StateError};
+
+pub use apply::{ApplyOptions, ApplyReport, apply};
+pub use events::{Event, EventSink, Op, STILL_RUNNING_EVERY, no_events};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{what}: {source}")]
+    Provider {
+        what: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("{0}")]
+    Input(String),
+    #[error(
+        "the saved plan is stale: it was made from state serial {plan_serial} (lineage {plan_lineage}), \
+         but the state is now at serial {state_serial} (lineage {state_lineage})\n  run `pgform plan` again"
+    )]
+    StalePlan {
+        plan_lineage: String,
+        plan_serial: u64,
+        state_lineage: String,
+        state_serial: u64,
+    },
+    #[error("{}", apply_failed_message(failures, skipped))]
+    ApplyFailed {
+        failures: Vec<(Address, String)>,
+        skipped: Vec<Address>,
+    },
+}
+
+fn apply_failed_message(failures: &[(Address, String)], skipped: &[Address]) -> String {
+    let mut m = format!("apply failed for {} resource(s):", failures.len());
+    for (a, e) in failures {
+        m.push_str(&format!("\n  {a}: {e}"));
+    }
+    if !skipped.is_empty() {
+        let names: Vec<String> = skipped.iter().map(|a| a.to_string()).collect();
+        m.push_str(&format!(
+            "\n  not attempted because of that: {}",
+            names.join(", ")
+        ));
+    }
+    m.push_str(
+        "\n  everything that was made is recorded in the state; fix the cause and run apply again",
+    );
+    m
+}
+
+fn provider_err(what: impl Into<String>) -> impl FnOnce(ProviderError) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Provider { what, source }
+}
+
+/// Asks the provider what exists now of everything the state records, and returns the
+/// refreshed state with the drift found. One batched call per kind, not per resource.
+pub async fn refresh(
+    provider: &dyn Provider,
+    state: &State,
+    events: &EventSink,
+) -> Result<(State, Vec<Drift>), EngineError> {
+    if state.resources.is_empty() {
+        return Ok((state.clone(), Vec::new()));
+    }
+    events(&Event::Refreshing {
+        resources: state.resources.len(),
+    });
+    let lookups: Vec<Lookup> = state
+        .resources
+        .iter()
+        .map(|(address, r)| Lookup {
+            cluster: state.cluster.clone(),
+            address: address.clone(),
+            id: r.id.clone(),
+        })
+        .collect();
+    let found = provider
+        .refresh(&lookups)
+        .await
+        .map_err(provider_err("refreshing the state"))?;
+    let observations = lookups.into_iter().map(|l| l.address).zip(found).collect();
+    Ok(plan::merge_observations(state, observations))
+}
+
+/// What the graph needs from the cloud besides the spec: the existing subnet, the
+/// default image (only when an instance will be made without a pinned one), the images
+/// of running instances, and the public key to import.
+pub async fn lookups(
+    provider: &dyn Provider,
+    spec: &ClusterSpec,
+    state: &State,
+) -> Result<Lookups, EngineError> {
+    let mut out = Lookups::default();
+    if let Some(id) = &spec.network.subnet_id {
+        out.subnet = Some(provider.lookup_subnet(id).await.map_err(|e| match e {
+            ProviderError::NotFound(_) => EngineError::Input(format!(
+                "network.subnet_id: subnet `{id}` does not exist in {}\n    fix: use the id of an existing subnet, or remove subnet_id to create a network",
+                spec.region
+            )),
+            other => provider_err("looking up the subnet")(other),
+        })?);
+    }
+    for (address, r) in &state.resources {
+        if let (Kind::Instance, Some(ami)) =
+            (address.kind, r.attrs.get("ami").and_then(|v| v.as_str()))
+        {
+            out.current_amis.insert(address.clone(), ami.to_string());
+        }
+    }
+    let instances = 1 + spec.postgres.replicas as usize;
+    if spec.instances.ami.is_none() && out.current_amis.len() < instances {
+        let (owner, pattern) = (&spec.instances.ami_owner, &spec.instances.ami_name);
+        out.default_ami = Some(provider.lookup_image(owner, pattern).await.map_err(|e| match e {
+            ProviderError::NotFound(_) => EngineError::Input(format!(
+                "instances.ami_name: no image owned by {owner} matches `{pattern}` in {}\n    fix: set instances.ami to an image id, or correct ami_owner/ami_name",
+                spec.region
+            )),
+            other => provider_err("looking up the default image")(other),
+        })?);
+    }
+    if let Some(path) = &spec.ssh.public_key_file {
+        let path = expand_home(path);
+        let key = std::fs::read_to_string(&path).map_err(|e| {
+            EngineError::Input(format!(
+                "ssh.public_key_file: cannot read {}: {e}\n    fix: point it at an OpenSSH public key (ssh-keygen -t ed25519 makes one)",
+                path.display()
+            ))
+        })?;
+        out.public_key = Some(key.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// `~/x` to `$HOME/x`, as a shell would.
+pub fn expand_home(path: &std::path::Path) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The desired graph of `spec`, given the refreshed state.
+pub async fn desired_graph(
+    provider: &dyn Provider,
+    spec: &ClusterSpec,
+    state: &State,
+) -> Result<ResourceGraph, EngineError> {
+    let lookups = lookups(provider, spec, state).await?;
+    Ok(graph::build(spec, &lookups)?)
+}
+
+/// Refreshes, then diffs `spec` against the state. Changes nothing anywhere.
+pub async fn plan(
+    provider: &dyn Provider,
+    spec: &ClusterSpec,
+    state: &State,
+    events: &EventSink,
+) -> Result<Plan, EngineError> {
+    let (refreshed, drift) = refresh(provider, state, events).await?;
+    let desired = desired_graph(provider, spec, &refreshed).await?;
+    let changes = plan::diff(&desired, &refreshed);
+    Ok(make_plan(state, &refreshed, drift, changes, false))
+}
+
+/// Refreshes, then plans the deletion of everything recorded, plus anything tagged with
+/// the cluster that the state lost track of.
+pub async fn plan_destroy(
+    provider: &dyn Provider,
+    state: &State,
+    events: &EventSink,
+) -> Result<Plan, EngineError> {
+    let (mut refreshed, drift) = refresh(provider, state, events).await?;
+    let tagged = provider
+        .discover(&state.cluster)
+        .await
+        .map_err(provider_err("looking up resources tagged with the cluster"))?;
+    for (address, seen) in tagged {
+        let known = refreshed
+            .resources
+            .get(&address)
+            .and_then(|r| r.id.as_deref())
+            == Some(seen.id.as_str());
+        if !known {
+            refreshed
+                .resources
+                .insert(orphan_address(&refreshed, &address), observed_state(seen));
+        }
+    }
+    let mut changes: Vec<_> = deletion_order(&refreshed)
+        .into_iter()
+        .map(|a| plan::delete_change(a, &refreshed.resources[a], "destroy"))
+        .collect();
+    changes.retain(|c| c.id.is_some());
+    Ok(make_plan(state, &refreshed, drift, changes, true))
+}
+
+/// An address for a tagged resource the state does not know, that does not clash.
+fn orphan_address(state: &State, address: &Address) -> Address {
+    if !state.resources.contains_key(address) {
+        return address.clone();
+    }
+    (0..)
+        .map(|i| Address::indexed(address.kind, &format!("{}_orphan", address.name), i))
+        .find(|a| !state.resources.contains_key(a))
+        .expect("an unused address")
+}
+
+fn observed_state(seen: crate::provider::Observed) -> ResourceState {
+    ResourceState {
+        id: Some(seen.id),
+        attrs: seen.attrs,
+        outputs: seen.outputs,
+        depends_on: Default::default(),
+        client_token: None,
+    }
+}
+
+/// Recorded resources, dependants before what they depend on.
+fn deletion_order(state: &State) -> Vec<&Address> {
+    let mut order: Vec<&Address> = state.resources.keys().collect();
+    order.sort_by_key(|a| std::cmp::Reverse(kind_rank(a.kind)));
+    order
+}
+
+/// Creation order of kinds: what a kind may depend on has a lower rank.
+pub(crate) fn kind_rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::Vpc => 0,
+        Kind::Subnet | Kind::InternetGateway => 1,
+        Kind::RouteTable | Kind::SecurityGroup | Kind::KeyPair => 2,
+        Kind::Instance => 3,
+    }
+}
+
+fn make_plan(
+    state: &State,
+    refreshed: &State,
+    drift: Vec<Drift>,
+    changes: Vec<plan::Change>,
+    destroy: bool,
+) -> Plan {
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        cluster: state.cluster.clone(),
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        destroy,
+        drift,
+        changes,
+        prior: refreshed.resources.clone(),
+    }
+}
+
+/// A state rebuilt from the tags of what exists (for a lost state file), with
+/// dependencies taken from the spec's graph.
+pub async fn rebuild(provider: &dyn Provider, spec: &ClusterSpec) -> Result<State, EngineError> {
+    let found = provider
+        .discover(&spec.name)
+        .await
+        .map_err(provider_err("looking up resources tagged with the cluster"))?;
+    let mut state = State::new(&spec.name);
+    state.resources = found
+        .into_iter()
+        .map(|(a, seen)| (a, observed_state(seen)))
+        .collect();
+    let desired = desired_graph(provider, spec, &state).await?;
+    for (address, r) in state.resources.iter_mut() {
+        if let Some(d) = desired.get(address) {
+            r.depends_on = d.depends_on.clone();
+        }
+    }
+    Ok(state)
+}
+
+/// Outputs of the state: addresses by role, and connection strings without a password.
+pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let user = spec.map(|s| s.postgres.replication_user.clone());
+    let host = |a: &Address, key: &str| {
+        state
+            .resources
+            .get(a)
+            .and_then(|r| r.outputs.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let mut out = BTreeMap::new();
+    let primary = Address::new(Kind::Instance, "primary");
+    let node = |a: &Address| {
+        json!({
+            "id": state.id_of(a),
+            "private_ip": host(a, "private_ip"),
+            "public_ip": host(a, "public_ip"),
+        })
+    };
+    if state.resources.contains_key(&primary) {
+        out.insert("primary".into(), node(&primary));
+        if let Some(ip) = host(&primary, "public_ip").or_else(|| host(&primary, "private_ip")) {
+            let conn = match &user {
+                Some(u) => format!("postgresql://{u}@{ip}:5432/postgres"),
+                None => format!("postgresql://{ip}:5432/postgres"),
+            };
+            out.insert("primary_connection".into(), json!(conn));
+        }
+    }
+    let replicas: Vec<_> = state
+        .resources
+        .keys()
+        .filter(|a| a.kind == Kind::Instance && a.name == "replica")
+        .map(node)
+        .collect();
+    out.insert("replicas".into(), json!(replicas));
+    for (key, address) in [
+        ("vpc_id", Address::new(Kind::Vpc, "main")),
+        ("subnet_id", Address::new(Kind::Subnet, "main")),
+        (
+            "security_group_id",
+            Address::new(Kind::SecurityGroup, "main"),
+        ),
+    ] {
+        if let Some(id) = state.id_of(&address) {
+            out.insert(key.into(), json!(id));
+        }
+    }
+    out
+}
