@@ -1,3 +1,56 @@
+//! pgform: a PostgreSQL primary with streaming replicas, from one desired-state file,
+//! through a reviewed plan, with no Terraform or Ansible binary.
+//!
+//! # Code map (the pipeline, in order)
+//! - [`spec`]: the desired-state file (TOML, JSON, the old API's flat JSON), defaults,
+//!   validation with located errors, secrets. No I/O beyond reading the file.
+//! - [`graph`]: addresses, attribute values, the resource graph built from a spec, and
+//!   the dependency walker. Pure.
+//! - [`state`]: what was made, as last seen; the on-disk file, its lock and backups.
+//! - [`plan`]: the diff of graph against refreshed state (pure), and its rendering.
+//! - [`provider`]: the [`provider::Provider`] trait; `aws` (EC2) and `memory`.
+//! - [`engine`]: the operations — refresh, plan, apply, destroy, rebuild — with progress
+//!   [`engine::Event`]s. Apply executes a plan and nothing else.
+//! - [`cli`]: the command line, a thin layer over [`engine`].
+//!
+//! # Embedding
+//! A service loads a spec, plans, inspects the plan, applies it and receives progress
+//! events. This example runs on the in-memory provider; with AWS, use
+//! `pgform::provider::aws::AwsProvider::from_env(&spec.region).await` instead.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use pgform::engine::{self, ApplyOptions, Event};
+//! use pgform::plan::Action;
+//! use pgform::provider::memory::MemoryProvider;
+//! use pgform::state::StateStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let spec_path = dir.path().join("cluster.toml");
+//! # std::fs::write(&spec_path, "name = \"demo\"\nregion = \"us-east-1\"\n[ssh]\nkey_name = \"ops\"\n")?;
+//! let spec = pgform::spec::load_file(&spec_path)?.spec;
+//! let provider = MemoryProvider::new();
+//!
+//! let mut store = StateStore::lock(&dir.path().join("demo.pgstate.json"), "apply")?;
+//! let state = store.load_or_new(&spec.name)?;
+//! let plan = engine::plan(&provider, &spec, &state, &engine::no_events()).await?;
+//! assert!(plan.changes.iter().all(|c| c.action == Action::Create));
+//! println!("{}", pgform::plan::render(&plan));
+//!
+//! let options = ApplyOptions {
+//!     parallelism: 10,
+//!     events: Arc::new(|event: &Event| eprintln!("{event:?}")),
+//! };
+//! let (state, report) = engine::apply(&provider, &plan, &mut store, state, &options).await?;
+//! assert_eq!(report.created, plan.changes.len());
+//! println!("{}", serde_json::to_string_pretty(&engine::outputs(&state, Some(&spec)))?);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cli;
 pub mod engine;
 pub mod graph;
 pub mod plan;

@@ -31,7 +31,17 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_str(&text, path)
+    let mut loaded = parse_str(&text, path)?;
+    // Paths in the file are relative to the file, wherever pgform runs from.
+    let base = path.parent().unwrap_or(Path::new(""));
+    let relative_to_file = |p: &mut Option<std::path::PathBuf>| {
+        if let Some(p) = p.as_mut().filter(|p| p.is_relative() && !p.starts_with("~")) {
+            *p = base.join(&*p);
+        }
+    };
+    relative_to_file(&mut loaded.spec.ssh.public_key_file);
+    relative_to_file(&mut loaded.spec.postgres.replication_password_file);
+    Ok(loaded)
 }
 
 /// Parses and validates `text`; `path` names the file in messages and its extension

@@ -1,0 +1,322 @@
+//! One function per command: load, call the engine, print. No logic of their own.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::report::{reporter, Style};
+use super::{ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, StateCommand};
+use crate::engine::{self, ApplyOptions};
+use crate::plan::{self, Plan};
+use crate::provider::aws::AwsProvider;
+use crate::spec::{self, ClusterSpec};
+use crate::state::{self, State, StateStore};
+
+pub async fn run(cli: Cli) -> Result<Outcome> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init { force } => init(g, force),
+        Command::Validate { json } => validate(g, json),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&spec::json_schema())?);
+            Ok(Outcome::Ok)
+        }
+        Command::Plan(args) => plan(g, args).await,
+        Command::Apply(args) => apply(g, args).await,
+        Command::Destroy(args) => destroy(g, args).await,
+        Command::Output { name, json } => output(g, name.as_deref(), json),
+        Command::State(cmd) => state_command(g, cmd).await,
+        Command::ForceUnlock => {
+            match state::force_unlock(&g.state_path())? {
+                Some(holder) => println!("Removed the lock held by {holder}."),
+                None => println!("The state was not locked."),
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn init(g: &Global, force: bool) -> Result<Outcome> {
+    if g.file.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", g.file.display());
+    }
+    std::fs::write(&g.file, spec::STARTER).with_context(|| format!("cannot write {}", g.file.display()))?;
+    println!("Wrote {}. Edit it, then run `pgform validate` and `pgform plan`.", g.file.display());
+    Ok(Outcome::Ok)
+}
+
+fn validate(g: &Global, json: bool) -> Result<Outcome> {
+    let result = spec::load_file(&g.file);
+    if json {
+        let report = match &result {
+            Ok(l) => serde_json::json!({"valid": true, "warnings": l.warnings, "problems": []}),
+            Err(e) => serde_json::json!({
+                "valid": false,
+                "warnings": [],
+                "problems": if e.problems().is_empty() {
+                    vec![serde_json::json!({"message": e.to_string()})]
+                } else {
+                    e.problems().iter().map(|p| serde_json::json!({
+                        "field": p.field,
+                        "message": p.message,
+                        "fix": p.fix,
+                        "line": p.location.map(|l| l.line),
+                        "column": p.location.map(|l| l.column),
+                    })).collect()
+                },
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return match result {
+            Ok(_) => Ok(Outcome::Ok),
+            Err(_) => bail!("{} is not valid", g.file.display()),
+        };
+    }
+    let loaded = result?;
+    print_warnings(&loaded.warnings);
+    println!("{} is valid ({:?} format).", g.file.display(), loaded.format);
+    Ok(Outcome::Ok)
+}
+
+fn load_spec(g: &Global) -> Result<ClusterSpec> {
+    let loaded = spec::load_file(&g.file)?;
+    print_warnings(&loaded.warnings);
+    Ok(loaded.spec)
+}
+
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("Warning: {w}");
+    }
+}
+
+async fn provider(spec: &ClusterSpec) -> AwsProvider {
+    AwsProvider::from_env(&spec.region).await
+}
+
+/// The state as it is on disk (no lock: reading is safe, writes are atomic).
+fn read_state(path: &Path, cluster: &str) -> Result<State> {
+    match state::read(path)? {
+        Some(s) if s.cluster != cluster => bail!(
+            "{} belongs to cluster `{}`, but the spec is for `{cluster}`; pass --state to pick another file",
+            path.display(),
+            s.cluster
+        ),
+        Some(s) => Ok(s),
+        None => Ok(State::new(cluster)),
+    }
+}
+
+async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
+    let spec = load_spec(g)?;
+    let state = read_state(&g.state_path(), &spec.name)?;
+    let provider = provider(&spec).await;
+    let events = reporter(Style::HumanToStderr);
+    let plan = if args.destroy {
+        engine::plan_destroy(&provider, &state, &events).await?
+    } else {
+        engine::plan(&provider, &spec, &state, &events).await?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan::render(&plan));
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&plan)?)
+            .with_context(|| format!("cannot write the plan to {}", out.display()))?;
+        if !args.json {
+            println!(
+                "\nSaved the plan to {0}. To perform exactly these actions, run: pgform apply {0}",
+                out.display()
+            );
+        }
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        Outcome::Changes
+    } else {
+        Outcome::Ok
+    })
+}
+
+async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
+    let spec = load_spec(g)?;
+    let style = if args.json { Style::Json } else { Style::Human };
+    let events = reporter(style);
+    let mut store = StateStore::lock(&g.state_path(), "apply")?;
+    let state = store.load_or_new(&spec.name)?;
+    let provider = provider(&spec).await;
+    let plan = match &args.plan_file {
+        Some(file) => read_plan(file, &spec)?,
+        None => {
+            let plan = engine::plan(&provider, &spec, &state, &events).await?;
+            if !confirm(&plan, args.auto_approve, args.json, "apply")? {
+                return Ok(Outcome::Ok);
+            }
+            plan
+        }
+    };
+    run_plan(&provider, &plan, &mut store, state, args.parallelism, events, args.json, &spec).await
+}
+
+async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
+    let spec = load_spec(g)?;
+    let style = if args.json { Style::Json } else { Style::Human };
+    let events = reporter(style);
+    let mut store = StateStore::lock(&g.state_path(), "destroy")?;
+    let state = store.load_or_new(&spec.name)?;
+    let provider = provider(&spec).await;
+    let plan = engine::plan_destroy(&provider, &state, &events).await?;
+    if !confirm(&plan, args.auto_approve, args.json, "destroy")? {
+        return Ok(Outcome::Ok);
+    }
+    run_plan(&provider, &plan, &mut store, state, args.parallelism, events, args.json, &spec).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_plan(
+    provider: &AwsProvider,
+    plan: &Plan,
+    store: &mut StateStore,
+    state: State,
+    parallelism: u16,
+    events: engine::EventSink,
+    json: bool,
+    spec: &ClusterSpec,
+) -> Result<Outcome> {
+    let options = ApplyOptions {
+        parallelism: parallelism.into(),
+        events,
+    };
+    let (state, report) = engine::apply(provider, plan, store, state, &options).await?;
+    if json {
+        println!("{}", serde_json::json!({"event": "complete", "report": report}));
+    } else {
+        println!(
+            "\n{} complete! Resources: {} added, {} changed, {} destroyed.",
+            if plan.destroy { "Destroy" } else { "Apply" },
+            report.created,
+            report.updated,
+            report.deleted
+        );
+        if !plan.destroy && !state.resources.is_empty() {
+            println!("\nOutputs:\n");
+            print_outputs(&engine::outputs(&state, Some(spec)));
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Shows the plan and asks; `false` when there is nothing to do or the answer is no.
+fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bool> {
+    if json {
+        println!("{}", serde_json::json!({"event": "plan", "summary": plan.summary(), "changes": plan.changes.len()}));
+    } else {
+        print!("{}", plan::render(plan));
+    }
+    if !plan.has_changes() {
+        return Ok(false);
+    }
+    if auto_approve {
+        return Ok(true);
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("{verb} needs approval, and standard input is not a terminal: review the plan and pass --auto-approve, or save it with `pgform plan --out FILE` and run `pgform apply FILE`");
+    }
+    print!("\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if answer.trim() == "yes" {
+        Ok(true)
+    } else {
+        println!("\n{verb} cancelled; nothing was changed.");
+        Ok(false)
+    }
+}
+
+fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the plan {}", file.display()))?;
+    let plan: Plan = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a plan saved by `pgform plan --out`", file.display()))?;
+    if plan.format_version != plan::PLAN_FORMAT_VERSION {
+        bail!("{} has plan format {}, this pgform reads {}", file.display(), plan.format_version, plan::PLAN_FORMAT_VERSION);
+    }
+    if plan.cluster != spec.name {
+        bail!("{} is a plan for cluster `{}`, but the spec is for `{}`", file.display(), plan.cluster, spec.name);
+    }
+    Ok(plan)
+}
+
+fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
+    let spec = spec::load_file(&g.file).ok().map(|l| l.spec);
+    let path = g.state_path();
+    let state = state::read(&path)?.with_context(|| format!("no state at {}: run `pgform apply` first", path.display()))?;
+    let outputs = engine::outputs(&state, spec.as_ref());
+    match name {
+        Some(name) => {
+            let value = outputs.get(name).with_context(|| {
+                let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
+                format!("no output named `{name}`; the outputs are: {}", names.join(", "))
+            })?;
+            match (json, value.as_str()) {
+                (false, Some(s)) => println!("{s}"),
+                _ => println!("{}", serde_json::to_string_pretty(value)?),
+            }
+        }
+        None if json => println!("{}", serde_json::to_string_pretty(&outputs)?),
+        None => print_outputs(&outputs),
+    }
+    Ok(Outcome::Ok)
+}
+
+fn print_outputs(outputs: &std::collections::BTreeMap<String, serde_json::Value>) {
+    for (k, v) in outputs {
+        match v.as_str() {
+            Some(s) => println!("{k} = {s:?}"),
+            None => println!("{k} = {}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        }
+    }
+}
+
+async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
+    let path = g.state_path();
+    match cmd {
+        StateCommand::List => {
+            if let Some(state) = state::read(&path)? {
+                for (address, r) in &state.resources {
+                    println!("{address}\t{}", r.id.as_deref().unwrap_or("(being created)"));
+                }
+            }
+        }
+        StateCommand::Show { address } => {
+            let address: crate::graph::Address = address.parse().map_err(anyhow::Error::msg)?;
+            let state = state::read(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let r = state
+                .resources
+                .get(&address)
+                .with_context(|| format!("{address} is not in the state; `pgform state list` shows what is"))?;
+            println!("{}", serde_json::to_string_pretty(r)?);
+        }
+        StateCommand::Rebuild { force } => {
+            let spec = load_spec(g)?;
+            let mut store = StateStore::lock(&path, "state rebuild")?;
+            let existing = store.load_or_new(&spec.name)?;
+            if !existing.resources.is_empty() && !force {
+                bail!("{} already records {} resource(s); pass --force to replace it", path.display(), existing.resources.len());
+            }
+            let provider = provider(&spec).await;
+            let mut rebuilt = engine::rebuild(&provider, &spec).await?;
+            rebuilt.lineage = existing.lineage;
+            rebuilt.serial = existing.serial;
+            store.save(&mut rebuilt)?;
+            println!("Rebuilt {} from tags: {} resource(s).", path.display(), rebuilt.resources.len());
+            for a in rebuilt.resources.keys() {
+                println!("  {a}");
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}

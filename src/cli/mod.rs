@@ -1,0 +1,214 @@
+//! The command line: clap definitions, and one thin function per command over the
+//! engine's operations. Errors become messages and exit codes here, and only here.
+
+mod commands;
+mod report;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// pgform: a PostgreSQL primary with streaming replicas on EC2, from one desired-state
+/// file, through a reviewed plan. No Terraform or Ansible needed.
+#[derive(Debug, Parser)]
+#[command(name = "pgform", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Exit codes: 0 success, 1 error, 2 usage error (plan --detailed-exitcode: 2 = changes).\n\
+AWS credentials, region overrides and endpoints come from the standard AWS chain \
+(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The desired-state file (TOML, JSON, or the old API's flat JSON payload).
+    #[arg(short = 'f', long = "file", global = true, default_value = "cluster.toml", value_name = "PATH")]
+    pub file: PathBuf,
+    /// The state file [default: beside the spec, <spec name>.pgstate.json].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn state_path(&self) -> PathBuf {
+        self.state.clone().unwrap_or_else(|| self.file.with_extension("pgstate.json"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter desired-state file.
+    Init {
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the desired-state file; no cloud call is made.
+    Validate {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the desired-state file.
+    Schema,
+    /// Show what apply would change: refresh, then diff the spec against the state.
+    Plan(PlanArgs),
+    /// Make the cloud match the spec (after showing the plan and asking), or run a saved plan.
+    Apply(ApplyArgs),
+    /// Delete everything the cluster has (after showing the plan and asking).
+    Destroy(DestroyArgs),
+    /// Show the cluster's outputs: addresses and connection strings (no passwords).
+    Output {
+        /// Only this output (primary, primary_connection, replicas, vpc_id, ...).
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or rebuild the state.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Remove the state lock left by a process that is gone.
+    ForceUnlock,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Save the plan to FILE, for `pgform apply FILE` (`-out FILE` works too).
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Plan the destruction of everything instead.
+    #[arg(long)]
+    pub destroy: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved by `pgform plan --out`: run exactly it (no question asked).
+    pub plan_file: Option<PathBuf>,
+    /// Do not ask for approval.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// At most this many cloud operations at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
+    /// Print progress events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Do not ask for approval.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List the addresses in the state.
+    List,
+    /// Show one resource's recorded attributes.
+    Show { address: String },
+    /// Rebuild the state from what is tagged with the cluster (for a lost state file).
+    Rebuild {
+        /// Replace an existing state file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Outcomes a command can end with, beyond plain success.
+pub enum Outcome {
+    Ok,
+    /// `plan --detailed-exitcode` found changes.
+    Changes,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(terraform_style_flags(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Changes) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Accepts Terraform's single-dash `-out FILE` / `-out=FILE` as `--out`.
+fn terraform_style_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-out") => OsString::from("--out"),
+        Some(s) if s.starts_with("-out=") => OsString::from(format!("-{s}")),
+        _ => a,
+    })
+    .collect()
+}
+
+/// Diagnostics go to stderr, filtered by RUST_LOG (default: warnings only).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn out_flag_accepts_terraform_spelling() {
+        let args = ["pgform", "plan", "-out", "p.json"].map(OsString::from);
+        let cli = Cli::try_parse_from(terraform_style_flags(args.into_iter())).unwrap();
+        match cli.command {
+            Command::Plan(p) => assert_eq!(p.out, Some(PathBuf::from("p.json"))),
+            other => panic!("{other:?}"),
+        }
+        let args = ["pgform", "plan", "-out=x.json"].map(OsString::from);
+        let cli = Cli::try_parse_from(terraform_style_flags(args.into_iter())).unwrap();
+        assert!(matches!(cli.command, Command::Plan(PlanArgs { out: Some(_), .. })));
+    }
+
+    #[test]
+    fn state_defaults_beside_the_spec() {
+        let cli = Cli::try_parse_from(["pgform", "-f", "dir/prod.toml", "plan"]).unwrap();
+        assert_eq!(cli.global.state_path(), PathBuf::from("dir/prod.pgstate.json"));
+    }
+}
