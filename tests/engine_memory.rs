@@ -47,6 +47,7 @@ async fn apply_converges_and_reports_progress() {
     let options = ApplyOptions {
         parallelism: 4,
         events: Arc::new(move |e: &Event| sink.lock().unwrap().push(e.clone())),
+        ..ApplyOptions::default()
     };
     let (state, report) = engine::apply(&provider, &plan, &mut store, state, &options).await.unwrap();
     drop(store);
@@ -134,4 +135,43 @@ async fn destroy_removes_everything_in_reverse_order() {
     assert!(state.resources.is_empty());
     assert_eq!(report.deleted, plan.changes.len());
     assert!(provider.existing().is_empty());
+}
+
+#[tokio::test]
+async fn interrupted_apply_keeps_what_was_made_and_reruns_to_convergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mem.pgstate.json");
+    let provider = MemoryProvider::new();
+    let spec = spec(2);
+
+    let mut store = StateStore::lock(&path, "apply").unwrap();
+    let state = store.load_or_new("mem").unwrap();
+    let plan = engine::plan(&provider, &spec, &state, &engine::no_events()).await.unwrap();
+    // Interrupt as soon as the first resource is made (as Ctrl-C would).
+    let interrupt = engine::Interrupt::default();
+    let trigger = interrupt.clone();
+    let options = ApplyOptions {
+        parallelism: 1,
+        events: Arc::new(move |e: &Event| {
+            if matches!(e, Event::Finished { .. }) {
+                trigger.trigger();
+            }
+        }),
+        interrupt,
+    };
+    let err = engine::apply(&provider, &plan, &mut store, state, &options).await.unwrap_err();
+    drop(store);
+    let EngineError::Interrupted { completed, not_started } = &err else {
+        panic!("expected an interrupted apply, got {err}");
+    };
+    assert_eq!(*completed, 1);
+    assert_eq!(not_started.len(), plan.changes.len() - 1);
+    assert!(err.to_string().contains("run apply again"), "{err}");
+    let on_disk = state::read(&path).unwrap().unwrap();
+    assert_eq!(on_disk.resources.len(), 1, "the one made is recorded");
+    assert_eq!(provider.existing().len(), 1);
+
+    let state = plan_and_apply(&provider, &spec, &path).await.unwrap();
+    assert_eq!(state.resources.len(), provider.existing().len());
+    assert_eq!(provider.existing().len(), plan.changes.len(), "no duplicate");
 }

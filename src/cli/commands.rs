@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::report::{reporter, Style};
 use super::{ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, StateCommand};
-use crate::engine::{self, ApplyOptions};
+use crate::engine::{self, Interrupt, ApplyOptions};
 use crate::plan::{self, Plan};
 use crate::provider::aws::AwsProvider;
 use crate::spec::{self, ClusterSpec};
@@ -188,8 +188,12 @@ async fn run_plan(
     let options = ApplyOptions {
         parallelism: parallelism.into(),
         events,
+        interrupt: Interrupt::default(),
     };
-    let (state, report) = engine::apply(provider, plan, store, state, &options).await?;
+    let watcher = tokio::spawn(stop_on_ctrl_c(options.interrupt.clone()));
+    let result = engine::apply(provider, plan, store, state, &options).await;
+    watcher.abort();
+    let (state, report) = result?;
     if json {
         println!("{}", serde_json::json!({"event": "complete", "report": report}));
     } else {
@@ -206,6 +210,23 @@ async fn run_plan(
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// First Ctrl-C: start nothing new, let running operations finish and be recorded.
+/// Second: stop at once (the state already records every id the cloud returned).
+async fn stop_on_ctrl_c(interrupt: Interrupt) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    interrupt.trigger();
+    eprintln!(
+        "\nInterrupt received: waiting for running operations to finish; nothing new starts.\n\
+         Press Ctrl-C again to stop at once (a rerun converges either way)."
+    );
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("Stopped.");
+        std::process::exit(130);
+    }
 }
 
 /// Shows the plan and asks; `false` when there is nothing to do or the answer is no.

@@ -2,14 +2,16 @@
 //! the graph allows, recording every result in the state the moment it is known.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::EngineError;
 use super::events::{Event, EventSink, Op, STILL_RUNNING_EVERY};
-use crate::graph::walk::walk;
+use crate::graph::walk::walk_until;
 use crate::graph::{Address, Attrs, Resource};
 use crate::plan::{Action, Change, Plan};
 use crate::provider::{Observed, Provider};
@@ -19,6 +21,9 @@ pub struct ApplyOptions {
     /// At most this many provider operations at once.
     pub parallelism: usize,
     pub events: EventSink,
+    /// Once triggered (e.g. on Ctrl-C), no new operation starts; running ones finish
+    /// and are recorded, so a rerun converges.
+    pub interrupt: Interrupt,
 }
 
 impl Default for ApplyOptions {
@@ -26,7 +31,21 @@ impl Default for ApplyOptions {
         ApplyOptions {
             parallelism: 10,
             events: super::no_events(),
+            interrupt: Interrupt::default(),
         }
+    }
+}
+
+/// A request to stop an apply cleanly, shared with whoever may trigger it.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -99,9 +118,13 @@ pub async fn apply(
     recorder.record(|_| {}).map_err(EngineError::Input)?;
 
     let events = &options.events;
-    let report = walk(&dag, options.parallelism, |_, step| {
-        run_step(provider, &recorder, step, events)
-    })
+    let interrupt = &options.interrupt;
+    let report = walk_until(
+        &dag,
+        options.parallelism,
+        || interrupt.is_triggered(),
+        |_, step| run_step(provider, &recorder, step, events),
+    )
     .await;
 
     let (state, _) = recorder
@@ -113,6 +136,16 @@ pub async fn apply(
         events(&Event::Skipped {
             address: step.change.address.clone(),
             op: step.op,
+        });
+    }
+    if !report.not_started.is_empty() && report.failed.is_empty() {
+        return Err(EngineError::Interrupted {
+            completed: report.succeeded.len(),
+            not_started: report
+                .not_started
+                .iter()
+                .map(|n| dag[*n].change.address.clone())
+                .collect(),
         });
     }
     if !report.failed.is_empty() {

@@ -12,7 +12,7 @@ use crate::provider::{Lookup, Provider, ProviderError};
 use crate::spec::ClusterSpec;
 use crate::state::{ResourceState, State, StateError};
 
-pub use apply::{ApplyOptions, ApplyReport, apply};
+pub use apply::{ApplyOptions, ApplyReport, Interrupt, apply};
 pub use events::{Event, EventSink, Op, STILL_RUNNING_EVERY, no_events};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,14 @@ pub enum EngineError {
         plan_serial: u64,
         state_lineage: String,
         state_serial: u64,
+    },
+    #[error(
+        "apply interrupted: {completed} change(s) made and recorded in the state, {} not started\n  run apply again to finish",
+        not_started.len()
+    )]
+    Interrupted {
+        completed: usize,
+        not_started: Vec<Address>,
     },
     #[error("{}", apply_failed_message(failures, skipped))]
     ApplyFailed {

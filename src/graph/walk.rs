@@ -1,6 +1,7 @@
 //! A dependency walker that knows nothing of resources: it runs a closure per node once
 //! all the node's dependencies have succeeded, at most `parallelism` at a time. A failed
-//! node's dependants are skipped; independent nodes still run.
+//! node's dependants are skipped; independent nodes still run. Once `stop` says so, no
+//! new node starts; running ones finish.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -9,18 +10,20 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 
-/// What a walk ended with: which nodes failed (with their errors) and which were skipped
-/// because something they depend on failed.
+/// What a walk ended with: which nodes failed (with their errors), which were skipped
+/// because something they depend on failed, and which never started because the walk
+/// was stopped.
 #[derive(Debug)]
 pub struct WalkReport<E> {
     pub succeeded: Vec<NodeIndex>,
     pub failed: Vec<(NodeIndex, E)>,
     pub skipped: Vec<NodeIndex>,
+    pub not_started: Vec<NodeIndex>,
 }
 
 impl<E> WalkReport<E> {
     pub fn is_ok(&self) -> bool {
-        self.failed.is_empty() && self.skipped.is_empty()
+        self.failed.is_empty() && self.skipped.is_empty() && self.not_started.is_empty()
     }
 }
 
@@ -31,6 +34,21 @@ pub async fn walk<'g, N, E, F, Fut>(
     run: F,
 ) -> WalkReport<E>
 where
+    F: Fn(NodeIndex, &'g N) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    walk_until(dag, parallelism, || false, run).await
+}
+
+/// Like [`walk`], but starts no new node once `stop()` returns true.
+pub async fn walk_until<'g, N, E, S, F, Fut>(
+    dag: &'g DiGraph<N, ()>,
+    parallelism: usize,
+    stop: S,
+    run: F,
+) -> WalkReport<E>
+where
+    S: Fn() -> bool,
     F: Fn(NodeIndex, &'g N) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -48,11 +66,12 @@ where
         succeeded: Vec::new(),
         failed: Vec::new(),
         skipped: Vec::new(),
+        not_started: Vec::new(),
     };
     let mut running = FuturesUnordered::new();
 
     loop {
-        while running.len() < parallelism {
+        while running.len() < parallelism && !stop() {
             let Some(node) = ready.pop_front() else { break };
             let fut = run(node, &dag[node]);
             running.push(async move { (node, fut.await) });
@@ -84,6 +103,12 @@ where
             }
         }
     }
+    let mut done = vec![false; dag.node_count()];
+    let finished = report.succeeded.iter().chain(report.failed.iter().map(|(n, _)| n));
+    for n in finished.chain(report.skipped.iter()) {
+        done[n.index()] = true;
+    }
+    report.not_started = dag.node_indices().filter(|n| !done[n.index()]).collect();
     report
 }
 
@@ -158,5 +183,28 @@ mod tests {
         })
         .await;
         assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn stop_lets_running_nodes_finish_and_starts_no_more() {
+        let g = chain_and_fork();
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let ran = Mutex::new(Vec::new());
+        // Parallelism 1: "a" runs and asks to stop; nothing else starts.
+        let report = walk_until(
+            &g,
+            1,
+            || stopped.load(Ordering::SeqCst),
+            |_, n| {
+                ran.lock().unwrap().push(*n);
+                stopped.store(true, Ordering::SeqCst);
+                async { Ok::<(), ()>(()) }
+            },
+        )
+        .await;
+        assert_eq!(ran.into_inner().unwrap(), vec!["a"]);
+        assert_eq!(report.succeeded.len(), 1);
+        assert_eq!(report.not_started.len(), 4);
+        assert!(!report.is_ok());
     }
 }
