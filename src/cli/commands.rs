@@ -3,11 +3,11 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
-use super::report::{reporter, Style};
+use super::report::{Style, reporter};
 use super::{ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, StateCommand};
-use crate::engine::{self, Interrupt, ApplyOptions};
+use crate::engine::{self, ApplyOptions, Interrupt};
 use crate::plan::{self, Plan};
 use crate::provider::aws::AwsProvider;
 use crate::spec::{self, ClusterSpec};
@@ -41,8 +41,12 @@ fn init(g: &Global, force: bool) -> Result<Outcome> {
     if g.file.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", g.file.display());
     }
-    std::fs::write(&g.file, spec::STARTER).with_context(|| format!("cannot write {}", g.file.display()))?;
-    println!("Wrote {}. Edit it, then run `pgform validate` and `pgform plan`.", g.file.display());
+    std::fs::write(&g.file, spec::STARTER)
+        .with_context(|| format!("cannot write {}", g.file.display()))?;
+    println!(
+        "Wrote {}. Edit it, then run `pgform validate` and `pgform plan`.",
+        g.file.display()
+    );
     Ok(Outcome::Ok)
 }
 
@@ -75,7 +79,11 @@ fn validate(g: &Global, json: bool) -> Result<Outcome> {
     }
     let loaded = result?;
     print_warnings(&loaded.warnings);
-    println!("{} is valid ({:?} format).", g.file.display(), loaded.format);
+    println!(
+        "{} is valid ({:?} format).",
+        g.file.display(),
+        loaded.format
+    );
     Ok(Outcome::Ok)
 }
 
@@ -157,7 +165,17 @@ async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
             plan
         }
     };
-    run_plan(&provider, &plan, &mut store, state, args.parallelism, events, args.json, &spec).await
+    run_plan(
+        &provider,
+        &plan,
+        &mut store,
+        state,
+        args.parallelism,
+        events,
+        args.json,
+        &spec,
+    )
+    .await
 }
 
 async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
@@ -171,7 +189,17 @@ async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
     if !confirm(&plan, args.auto_approve, args.json, "destroy")? {
         return Ok(Outcome::Ok);
     }
-    run_plan(&provider, &plan, &mut store, state, args.parallelism, events, args.json, &spec).await
+    run_plan(
+        &provider,
+        &plan,
+        &mut store,
+        state,
+        args.parallelism,
+        events,
+        args.json,
+        &spec,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,7 +223,10 @@ async fn run_plan(
     watcher.abort();
     let (state, report) = result?;
     if json {
-        println!("{}", serde_json::json!({"event": "complete", "report": report}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "complete", "report": report})
+        );
     } else {
         println!(
             "\n{} complete! Resources: {} added, {} changed, {} destroyed.",
@@ -232,7 +263,10 @@ async fn stop_on_ctrl_c(interrupt: Interrupt) {
 /// Shows the plan and asks; `false` when there is nothing to do or the answer is no.
 fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bool> {
     if json {
-        println!("{}", serde_json::json!({"event": "plan", "summary": plan.summary(), "changes": plan.changes.len()}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "plan", "summary": plan.summary(), "changes": plan.changes.len()})
+        );
     } else {
         print!("{}", plan::render(plan));
     }
@@ -244,9 +278,13 @@ fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bo
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        bail!("{verb} needs approval, and standard input is not a terminal: review the plan and pass --auto-approve, or save it with `pgform plan --out FILE` and run `pgform apply FILE`");
+        bail!(
+            "{verb} needs approval, and standard input is not a terminal: review the plan and pass --auto-approve, or save it with `pgform plan --out FILE` and run `pgform apply FILE`"
+        );
     }
-    print!("\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: ");
+    print!(
+        "\nDo you want to perform these actions? Only 'yes' will be accepted.\n  Enter a value: "
+    );
     std::io::stdout().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
@@ -259,14 +297,29 @@ fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bo
 }
 
 fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the plan {}", file.display()))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a plan saved by `pgform plan --out`", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the plan {}", file.display()))?;
+    let plan: Plan = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a plan saved by `pgform plan --out`",
+            file.display()
+        )
+    })?;
     if plan.format_version != plan::PLAN_FORMAT_VERSION {
-        bail!("{} has plan format {}, this pgform reads {}", file.display(), plan.format_version, plan::PLAN_FORMAT_VERSION);
+        bail!(
+            "{} has plan format {}, this pgform reads {}",
+            file.display(),
+            plan.format_version,
+            plan::PLAN_FORMAT_VERSION
+        );
     }
     if plan.cluster != spec.name {
-        bail!("{} is a plan for cluster `{}`, but the spec is for `{}`", file.display(), plan.cluster, spec.name);
+        bail!(
+            "{} is a plan for cluster `{}`, but the spec is for `{}`",
+            file.display(),
+            plan.cluster,
+            spec.name
+        );
     }
     Ok(plan)
 }
@@ -274,13 +327,17 @@ fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
 fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
     let spec = spec::load_file(&g.file).ok().map(|l| l.spec);
     let path = g.state_path();
-    let state = state::read(&path)?.with_context(|| format!("no state at {}: run `pgform apply` first", path.display()))?;
+    let state = state::read(&path)?
+        .with_context(|| format!("no state at {}: run `pgform apply` first", path.display()))?;
     let outputs = engine::outputs(&state, spec.as_ref());
     match name {
         Some(name) => {
             let value = outputs.get(name).with_context(|| {
                 let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
-                format!("no output named `{name}`; the outputs are: {}", names.join(", "))
+                format!(
+                    "no output named `{name}`; the outputs are: {}",
+                    names.join(", ")
+                )
             })?;
             match (json, value.as_str()) {
                 (false, Some(s)) => println!("{s}"),
@@ -297,7 +354,10 @@ fn print_outputs(outputs: &std::collections::BTreeMap<String, serde_json::Value>
     for (k, v) in outputs {
         match v.as_str() {
             Some(s) => println!("{k} = {s:?}"),
-            None => println!("{k} = {}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            None => println!(
+                "{k} = {}",
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            ),
         }
     }
 }
@@ -308,17 +368,20 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
         StateCommand::List => {
             if let Some(state) = state::read(&path)? {
                 for (address, r) in &state.resources {
-                    println!("{address}\t{}", r.id.as_deref().unwrap_or("(being created)"));
+                    println!(
+                        "{address}\t{}",
+                        r.id.as_deref().unwrap_or("(being created)")
+                    );
                 }
             }
         }
         StateCommand::Show { address } => {
             let address: crate::graph::Address = address.parse().map_err(anyhow::Error::msg)?;
-            let state = state::read(&path)?.with_context(|| format!("no state at {}", path.display()))?;
-            let r = state
-                .resources
-                .get(&address)
-                .with_context(|| format!("{address} is not in the state; `pgform state list` shows what is"))?;
+            let state =
+                state::read(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let r = state.resources.get(&address).with_context(|| {
+                format!("{address} is not in the state; `pgform state list` shows what is")
+            })?;
             println!("{}", serde_json::to_string_pretty(r)?);
         }
         StateCommand::Rebuild { force } => {
@@ -326,14 +389,22 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
             let mut store = StateStore::lock(&path, "state rebuild")?;
             let existing = store.load_or_new(&spec.name)?;
             if !existing.resources.is_empty() && !force {
-                bail!("{} already records {} resource(s); pass --force to replace it", path.display(), existing.resources.len());
+                bail!(
+                    "{} already records {} resource(s); pass --force to replace it",
+                    path.display(),
+                    existing.resources.len()
+                );
             }
             let provider = provider(&spec).await;
             let mut rebuilt = engine::rebuild(&provider, &spec).await?;
             rebuilt.lineage = existing.lineage;
             rebuilt.serial = existing.serial;
             store.save(&mut rebuilt)?;
-            println!("Rebuilt {} from tags: {} resource(s).", path.display(), rebuilt.resources.len());
+            println!(
+                "Rebuilt {} from tags: {} resource(s).",
+                path.display(),
+                rebuilt.resources.len()
+            );
             for a in rebuilt.resources.keys() {
                 println!("  {a}");
             }

@@ -13,10 +13,17 @@ use clap::{Args, Parser, Subcommand};
 /// pgform: a PostgreSQL primary with streaming replicas on EC2, from one desired-state
 /// file, through a reviewed plan. No Terraform or Ansible needed.
 #[derive(Debug, Parser)]
-#[command(name = "pgform", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Exit codes: 0 success, 1 error, 2 usage error (plan --detailed-exitcode: 2 = changes).\n\
+#[command(
+    name = "pgform",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error (plan --detailed-exitcode: 2 = changes).\n\
 AWS credentials, region overrides and endpoints come from the standard AWS chain \
-(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")]
+(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -27,7 +34,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The desired-state file (TOML, JSON, or the old API's flat JSON payload).
-    #[arg(short = 'f', long = "file", global = true, default_value = "cluster.toml", value_name = "PATH")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "cluster.toml",
+        value_name = "PATH"
+    )]
     pub file: PathBuf,
     /// The state file [default: beside the spec, <spec name>.pgstate.json].
     #[arg(long, global = true, value_name = "PATH")]
@@ -36,7 +49,9 @@ pub struct Global {
 
 impl Global {
     pub fn state_path(&self) -> PathBuf {
-        self.state.clone().unwrap_or_else(|| self.file.with_extension("pgstate.json"))
+        self.state
+            .clone()
+            .unwrap_or_else(|| self.file.with_extension("pgstate.json"))
     }
 }
 
@@ -180,7 +195,10 @@ fn terraform_style_flags(args: impl Iterator<Item = OsString>) -> Vec<OsString> 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -203,12 +221,18 @@ mod tests {
         }
         let args = ["pgform", "plan", "-out=x.json"].map(OsString::from);
         let cli = Cli::try_parse_from(terraform_style_flags(args.into_iter())).unwrap();
-        assert!(matches!(cli.command, Command::Plan(PlanArgs { out: Some(_), .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Plan(PlanArgs { out: Some(_), .. })
+        ));
     }
 
     #[test]
     fn state_defaults_beside_the_spec() {
         let cli = Cli::try_parse_from(["pgform", "-f", "dir/prod.toml", "plan"]).unwrap();
-        assert_eq!(cli.global.state_path(), PathBuf::from("dir/prod.pgstate.json"));
+        assert_eq!(
+            cli.global.state_path(),
+            PathBuf::from("dir/prod.pgstate.json")
+        );
     }
 }

@@ -22,7 +22,9 @@ pub fn reporter(style: Style) -> EventSink {
             Style::Json => serde_json::to_string(event).unwrap_or_default(),
             _ => human(event),
         };
-        if style == Style::HumanToStderr || matches!(event, Event::Failed { .. }) && style == Style::Human {
+        if style == Style::HumanToStderr
+            || matches!(event, Event::Failed { .. }) && style == Style::Human
+        {
             let _ = writeln!(std::io::stderr(), "{line}");
         } else {
             let mut out = std::io::stdout().lock();
@@ -34,7 +36,9 @@ pub fn reporter(style: Style) -> EventSink {
 
 fn human(event: &Event) -> String {
     match event {
-        Event::Refreshing { resources } => format!("Refreshing the state of {resources} resource(s)..."),
+        Event::Refreshing { resources } => {
+            format!("Refreshing the state of {resources} resource(s)...")
+        }
         Event::Started { address, op } => format!("{address}: {}...", op.progressive()),
         Event::StillRunning {
             address,
@@ -50,14 +54,23 @@ fn human(event: &Event) -> String {
             elapsed_secs,
             id,
         } => {
-            let id = id.as_deref().map(|i| format!(" [id={i}]")).unwrap_or_default();
-            format!("{address}: {} complete after {elapsed_secs}s{id}", op.noun())
+            let id = id
+                .as_deref()
+                .map(|i| format!(" [id={i}]"))
+                .unwrap_or_default();
+            format!(
+                "{address}: {} complete after {elapsed_secs}s{id}",
+                op.noun()
+            )
         }
         Event::Failed { address, op, error } => {
             format!("{address}: {} failed: {error}", op.noun())
         }
         Event::Skipped { address, op } => {
-            format!("{address}: {} not attempted: a resource it depends on failed", op.noun())
+            format!(
+                "{address}: {} not attempted: a resource it depends on failed",
+                op.noun()
+            )
         }
     }
 }

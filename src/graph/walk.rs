@@ -104,7 +104,10 @@ where
         }
     }
     let mut done = vec![false; dag.node_count()];
-    let finished = report.succeeded.iter().chain(report.failed.iter().map(|(n, _)| n));
+    let finished = report
+        .succeeded
+        .iter()
+        .chain(report.failed.iter().map(|(n, _)| n));
     for n in finished.chain(report.skipped.iter()) {
         done[n.index()] = true;
     }

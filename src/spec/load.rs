@@ -35,7 +35,10 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
     // Paths in the file are relative to the file, wherever pgform runs from.
     let base = path.parent().unwrap_or(Path::new(""));
     let relative_to_file = |p: &mut Option<std::path::PathBuf>| {
-        if let Some(p) = p.as_mut().filter(|p| p.is_relative() && !p.starts_with("~")) {
+        if let Some(p) = p
+            .as_mut()
+            .filter(|p| p.is_relative() && !p.starts_with("~"))
+        {
             *p = base.join(&*p);
         }
     };

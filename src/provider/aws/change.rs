@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, InstanceNetworkInterfaceSpecification,
-    InstanceStateName, InstanceType, IpPermission, IpRange, ResourceType, Tag,
-    TagSpecification, UserIdGroupPair, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, InstanceNetworkInterfaceSpecification, InstanceStateName,
+    InstanceType, IpPermission, IpRange, ResourceType, Tag, TagSpecification, UserIdGroupPair,
+    VolumeType,
 };
 
 use super::{AwsProvider, POLL_EVERY, api_error, filter, is_code, is_not_found};
@@ -21,10 +21,9 @@ use crate::provider::{Observed, OnId, ProviderError};
 const DEFAULT_ROOT_DEVICE: &str = "/dev/xvda";
 
 fn get_str<'a>(attrs: &'a Attrs, key: &str) -> Result<&'a str, ProviderError> {
-    attrs
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ProviderError::Invalid(format!("attribute `{key}` is missing or not a string")))
+    attrs.get(key).and_then(Value::as_str).ok_or_else(|| {
+        ProviderError::Invalid(format!("attribute `{key}` is missing or not a string"))
+    })
 }
 
 fn tag_list(attrs: &Attrs) -> Vec<Tag> {
@@ -33,7 +32,12 @@ fn tag_list(attrs: &Attrs) -> Vec<Tag> {
         .and_then(Value::as_map)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v.as_str().unwrap_or_default()).build())
+                .map(|(k, v)| {
+                    Tag::builder()
+                        .key(k)
+                        .value(v.as_str().unwrap_or_default())
+                        .build()
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -51,9 +55,9 @@ fn permissions(rules: &[Value], group_id: &str) -> Result<Vec<IpPermission>, Pro
     rules
         .iter()
         .map(|rule| {
-            let m = rule
-                .as_map()
-                .ok_or_else(|| ProviderError::Invalid(format!("ingress rule {rule} is not a map")))?;
+            let m = rule.as_map().ok_or_else(|| {
+                ProviderError::Invalid(format!("ingress rule {rule} is not a map"))
+            })?;
             let port = m
                 .get("port")
                 .and_then(Value::as_int)
@@ -99,7 +103,11 @@ impl AwsProvider {
                     .send()
                     .await
                     .map_err(api_error("CreateVpc"))?;
-                let id = out.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_string();
+                let id = out
+                    .vpc()
+                    .and_then(|v| v.vpc_id())
+                    .unwrap_or_default()
+                    .to_string();
                 on_id(&id);
                 id
             }
@@ -109,13 +117,20 @@ impl AwsProvider {
                     .vpc_id(get_str(attrs, "vpc_id")?)
                     .cidr_block(get_str(attrs, "cidr_block")?)
                     .set_availability_zone(
-                        attrs.get("availability_zone").and_then(Value::as_str).map(Into::into),
+                        attrs
+                            .get("availability_zone")
+                            .and_then(Value::as_str)
+                            .map(Into::into),
                     )
                     .tag_specifications(tag_spec(ResourceType::Subnet, attrs))
                     .send()
                     .await
                     .map_err(api_error("CreateSubnet"))?;
-                let id = out.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string();
+                let id = out
+                    .subnet()
+                    .and_then(|s| s.subnet_id())
+                    .unwrap_or_default()
+                    .to_string();
                 on_id(&id);
                 id
             }
@@ -218,7 +233,11 @@ impl AwsProvider {
         .await
     }
 
-    async fn run_instance(&self, attrs: &Attrs, client_token: &str) -> Result<String, ProviderError> {
+    async fn run_instance(
+        &self,
+        attrs: &Attrs,
+        client_token: &str,
+    ) -> Result<String, ProviderError> {
         let c = &self.client;
         let ami = get_str(attrs, "ami")?;
         let groups: Vec<String> = attrs
@@ -238,7 +257,10 @@ impl AwsProvider {
             .first()
             .and_then(|i| i.root_device_name().map(str::to_string))
             .unwrap_or_else(|| DEFAULT_ROOT_DEVICE.to_string());
-        let size = attrs.get("root_volume_size").and_then(Value::as_int).unwrap_or(20);
+        let size = attrs
+            .get("root_volume_size")
+            .and_then(Value::as_int)
+            .unwrap_or(20);
         let volume_type = get_str(attrs, "root_volume_type")?;
         let out = c
             .run_instances()
@@ -287,7 +309,11 @@ impl AwsProvider {
     }
 
     /// Polls DescribeInstances (filtered on the id) until the instance is in `wanted`.
-    async fn wait_instance(&self, id: &str, wanted: InstanceStateName) -> Result<(), ProviderError> {
+    async fn wait_instance(
+        &self,
+        id: &str,
+        wanted: InstanceStateName,
+    ) -> Result<(), ProviderError> {
         let what = format!("instance {id} to be {}", wanted.as_str());
         poll(what, self.timeouts.instance, || async {
             let out = self
@@ -361,17 +387,23 @@ impl AwsProvider {
             match (address.kind, key.as_str()) {
                 (_, "tags") => self.retag(id, before, after).await?,
                 (Kind::SecurityGroup, "ingress") => {
-                    let old = before.get("ingress").map(Value::as_list).unwrap_or_default();
+                    let old = before
+                        .get("ingress")
+                        .map(Value::as_list)
+                        .unwrap_or_default();
                     let new = after.get("ingress").map(Value::as_list).unwrap_or_default();
-                    let gone: Vec<Value> = old.iter().filter(|r| !new.contains(r)).cloned().collect();
-                    let added: Vec<Value> = new.iter().filter(|r| !old.contains(r)).cloned().collect();
+                    let gone: Vec<Value> =
+                        old.iter().filter(|r| !new.contains(r)).cloned().collect();
+                    let added: Vec<Value> =
+                        new.iter().filter(|r| !old.contains(r)).cloned().collect();
                     // Rules of a shape pgform does not make cannot be revoked from their
                     // observed form; they are reported, not silently kept.
                     self.revoke(id, &gone).await?;
                     self.authorize(id, &added).await?;
                 }
                 (Kind::Instance, "instance_type") => {
-                    self.resize_instance(id, get_str(after, "instance_type")?).await?
+                    self.resize_instance(id, get_str(after, "instance_type")?)
+                        .await?
                 }
                 (Kind::Instance, "vpc_security_group_ids") => {
                     let groups: Vec<String> = after
@@ -413,7 +445,12 @@ impl AwsProvider {
         let set: Vec<Tag> = new
             .iter()
             .filter(|(k, v)| old.get(*k) != Some(*v))
-            .map(|(k, v)| Tag::builder().key(k).value(v.as_str().unwrap_or_default()).build())
+            .map(|(k, v)| {
+                Tag::builder()
+                    .key(k)
+                    .value(v.as_str().unwrap_or_default())
+                    .build()
+            })
             .collect();
         if !stale.is_empty() {
             self.client
@@ -545,9 +582,10 @@ impl AwsProvider {
             .map_err(api_error("DescribeRouteTables"))?;
         for table in tables.route_tables() {
             for assoc in table.associations() {
-                if let (Some(assoc_id), false) =
-                    (assoc.route_table_association_id(), assoc.main() == Some(true))
-                {
+                if let (Some(assoc_id), false) = (
+                    assoc.route_table_association_id(),
+                    assoc.main() == Some(true),
+                ) {
                     self.client
                         .disassociate_route_table()
                         .association_id(assoc_id)

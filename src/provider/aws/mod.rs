@@ -141,10 +141,7 @@ where
             code: code.to_string(),
             message: e.message().unwrap_or_default().to_string(),
         },
-        None => ProviderError::Transport(format!(
-            "{operation}: {}",
-            DisplayErrorContext(&e)
-        )),
+        None => ProviderError::Transport(format!("{operation}: {}", DisplayErrorContext(&e))),
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aws_sdk_ec2::types::{
-    Instance, InstanceStateName, InternetGateway, KeyPairInfo, RouteTable, SecurityGroup,
-    Subnet, Tag, Vpc,
+    Instance, InstanceStateName, InternetGateway, KeyPairInfo, RouteTable, SecurityGroup, Subnet,
+    Tag, Vpc,
 };
 
 use super::{AwsProvider, FILTER_VALUES, api_error, filter};
@@ -130,9 +130,7 @@ impl AwsProvider {
             .iter()
             .map(|l| match &l.id {
                 Some(id) => by_id.get(id).cloned(),
-                None => by_tag
-                    .get(&(l.cluster.clone(), l.address.clone()))
-                    .cloned(),
+                None => by_tag.get(&(l.cluster.clone(), l.address.clone())).cloned(),
             })
             .collect())
     }
@@ -177,13 +175,23 @@ impl AwsProvider {
         let found = match kind {
             Kind::Vpc => {
                 let pages = c.describe_vpcs().filters(f).into_paginator().items().send();
-                let items: Vec<Vpc> = pages.try_collect().await.map_err(api_error("DescribeVpcs"))?;
+                let items: Vec<Vpc> = pages
+                    .try_collect()
+                    .await
+                    .map_err(api_error("DescribeVpcs"))?;
                 items.iter().map(vpc).collect()
             }
             Kind::Subnet => {
-                let pages = c.describe_subnets().filters(f).into_paginator().items().send();
-                let items: Vec<Subnet> =
-                    pages.try_collect().await.map_err(api_error("DescribeSubnets"))?;
+                let pages = c
+                    .describe_subnets()
+                    .filters(f)
+                    .into_paginator()
+                    .items()
+                    .send();
+                let items: Vec<Subnet> = pages
+                    .try_collect()
+                    .await
+                    .map_err(api_error("DescribeSubnets"))?;
                 items.iter().map(subnet).collect()
             }
             Kind::InternetGateway => {
@@ -303,10 +311,18 @@ impl AwsProvider {
 fn tags(list: &[Tag]) -> (Value, Option<String>, Option<Address>) {
     let map: BTreeMap<String, Value> = list
         .iter()
-        .filter_map(|t| Some((t.key.clone()?, Value::str(t.value.clone().unwrap_or_default()))))
+        .filter_map(|t| {
+            Some((
+                t.key.clone()?,
+                Value::str(t.value.clone().unwrap_or_default()),
+            ))
+        })
         .filter(|(k, _)| !k.starts_with("aws:"))
         .collect();
-    let cluster = map.get(CLUSTER_TAG).and_then(Value::as_str).map(str::to_string);
+    let cluster = map
+        .get(CLUSTER_TAG)
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let address = map
         .get(ADDRESS_TAG)
         .and_then(Value::as_str)
@@ -462,10 +478,7 @@ fn instance(i: &Instance, root_volume: Option<&(i64, String)>) -> Found {
     groups.sort_by_key(|g| g.to_string());
     let mut a = attrs([
         ("ami", text(i.image_id())),
-        (
-            "instance_type",
-            text(i.instance_type().map(|t| t.as_str())),
-        ),
+        ("instance_type", text(i.instance_type().map(|t| t.as_str()))),
         ("subnet_id", text(i.subnet_id())),
         ("vpc_security_group_ids", Value::List(groups)),
         ("key_name", text(i.key_name())),
@@ -488,6 +501,9 @@ fn instance(i: &Instance, root_volume: Option<&(i64, String)>) -> Found {
         "availability_zone",
         i.placement().and_then(|p| p.availability_zone()),
     );
-    put("state", i.state().and_then(|s| s.name()).map(|n| n.as_str()));
+    put(
+        "state",
+        i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+    );
     found(i.instance_id(), i.tags(), a, outputs)
 }
