@@ -13,23 +13,39 @@ fn graph(n: usize) -> ResourceGraph {
     let vpc = Address::new(Kind::Vpc, "main");
     let subnet = Address::new(Kind::Subnet, "main");
     let sg = Address::new(Kind::SecurityGroup, "main");
-    let attrs = |pairs: Vec<(&str, Value)>| -> Attrs { pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() };
+    let attrs = |pairs: Vec<(&str, Value)>| -> Attrs {
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    };
     let mut out = vec![
-        Resource::new(vpc.clone(), attrs(vec![("cidr_block", Value::str("10.0.0.0/16"))]), &[]),
         Resource::new(
-            subnet.clone(),
-            attrs(vec![("vpc_id", Value::reference(&vpc)), ("cidr_block", Value::str("10.0.0.0/20"))]),
+            vpc.clone(),
+            attrs(vec![("cidr_block", Value::str("10.0.0.0/16"))]),
             &[],
         ),
-        Resource::new(sg.clone(), attrs(vec![("vpc_id", Value::reference(&vpc))]), &[]),
+        Resource::new(
+            subnet.clone(),
+            attrs(vec![
+                ("vpc_id", Value::reference(&vpc)),
+                ("cidr_block", Value::str("10.0.0.0/20")),
+            ]),
+            &[],
+        ),
+        Resource::new(
+            sg.clone(),
+            attrs(vec![("vpc_id", Value::reference(&vpc))]),
+            &[],
+        ),
     ];
     for i in 0..n.saturating_sub(3) {
         let address = Address::indexed(Kind::Instance, "replica", i as u32);
         let tags = Value::Map(
-            [("Name", format!("bench-{i}")), ("pgform:address", address.to_string())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::Str(v)))
-                .collect(),
+            [
+                ("Name", format!("bench-{i}")),
+                ("pgform:address", address.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::Str(v)))
+            .collect(),
         );
         out.push(Resource::new(
             address,
@@ -37,7 +53,10 @@ fn graph(n: usize) -> ResourceGraph {
                 ("ami", Value::str("ami-0d12a0000000000a2")),
                 ("instance_type", Value::str("t3.medium")),
                 ("subnet_id", Value::reference(&subnet)),
-                ("vpc_security_group_ids", Value::List(vec![Value::reference(&sg)])),
+                (
+                    "vpc_security_group_ids",
+                    Value::List(vec![Value::reference(&sg)]),
+                ),
                 ("root_volume_size", Value::Int(20)),
                 ("tags", tags),
             ]),
@@ -56,7 +75,11 @@ fn applied(g: &ResourceGraph) -> State {
             r.address.clone(),
             ResourceState {
                 id: id(&r.address),
-                attrs: r.attrs.iter().map(|(k, v)| (k.clone(), v.resolve(&id))).collect(),
+                attrs: r
+                    .attrs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.resolve(&id)))
+                    .collect(),
                 outputs: Default::default(),
                 depends_on: r.depends_on.clone(),
                 client_token: None,
@@ -94,7 +117,8 @@ fn main() {
     assert_eq!(changes, n);
     let mut drifted = converged.clone();
     for r in drifted.resources.values_mut() {
-        r.attrs.insert("instance_type".into(), Value::str("t3.large"));
+        r.attrs
+            .insert("instance_type".into(), Value::str("t3.large"));
     }
     let (t_update, changes) = time(runs, || diff(&g, &drifted).len());
     assert_eq!(changes, n - 3);

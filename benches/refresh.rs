@@ -17,7 +17,7 @@ use pgform::graph::{self, Lookups};
 use pgform::plan;
 use pgform::provider::aws::AwsProvider;
 use pgform::provider::{Lookup, Provider};
-use pgform::spec::{parse_str, ClusterSpec};
+use pgform::spec::{ClusterSpec, parse_str};
 use pgform::state::{State, StateStore};
 
 fn spec(i: usize, subnet: &str) -> ClusterSpec {
@@ -26,7 +26,9 @@ fn spec(i: usize, subnet: &str) -> ClusterSpec {
          [ssh]\nkey_name = \"bench\"\n[access]\nadmin_cidrs = [\"198.51.100.0/24\"]\n\
          [postgres]\nreplicas = 3\n"
     );
-    parse_str(&text, std::path::Path::new("bench.toml")).expect("bench spec").spec
+    parse_str(&text, std::path::Path::new("bench.toml"))
+        .expect("bench spec")
+        .spec
 }
 
 /// Applies one cluster through the engine, as `pgform apply` would.
@@ -34,7 +36,9 @@ async fn make_cluster(provider: &AwsProvider, spec: &ClusterSpec, dir: &std::pat
     let path = dir.join(format!("{}.json", spec.name));
     let mut store = StateStore::lock(&path, "apply").expect("lock");
     let state = store.load_or_new(&spec.name).expect("state");
-    let plan = engine::plan(provider, spec, &state, &engine::no_events()).await.expect("plan");
+    let plan = engine::plan(provider, spec, &state, &engine::no_events())
+        .await
+        .expect("plan");
     let (state, _) = engine::apply(provider, &plan, &mut store, state, &ApplyOptions::default())
         .await
         .expect("apply");
@@ -63,13 +67,18 @@ async fn main() {
         .collect()
         .await;
     let resources: usize = states.iter().map(|s| s.resources.len()).sum();
-    println!("setup: {clusters} clusters, {resources} resources applied in {:.1?}", t.elapsed());
+    println!(
+        "setup: {clusters} clusters, {resources} resources applied in {:.1?}",
+        t.elapsed()
+    );
 
     // 1. Refresh cluster by cluster, as one `pgform plan` per cluster does.
     let calls = provider.api_calls();
     let t = Instant::now();
     for s in &states {
-        engine::refresh(&provider, s, &engine::no_events()).await.expect("refresh");
+        engine::refresh(&provider, s, &engine::no_events())
+            .await
+            .expect("refresh");
     }
     let per_cluster = (provider.api_calls() - calls, t.elapsed());
 
@@ -88,15 +97,26 @@ async fn main() {
     let t = Instant::now();
     let found = provider.refresh(&lookups).await.expect("batched refresh");
     let batched = (provider.api_calls() - calls, t.elapsed());
-    assert_eq!(found.iter().filter(|f| f.is_some()).count(), resources, "every resource is found");
+    assert_eq!(
+        found.iter().filter(|f| f.is_some()).count(),
+        resources,
+        "every resource is found"
+    );
 
     // 3. The whole plan of every cluster from that one refresh: merge, build, diff.
-    let lookups_once = engine::lookups(&provider, &specs[0], &states[0]).await.expect("lookups");
+    let lookups_once = engine::lookups(&provider, &specs[0], &states[0])
+        .await
+        .expect("lookups");
     let t = Instant::now();
     let mut found = found.into_iter();
     let mut changes = 0;
     for (spec, state) in specs.iter().zip(&states) {
-        let observations = state.resources.keys().cloned().zip(found.by_ref()).collect();
+        let observations = state
+            .resources
+            .keys()
+            .cloned()
+            .zip(found.by_ref())
+            .collect();
         let (refreshed, _) = plan::merge_observations(state, observations);
         let mut lookups = Lookups {
             subnet: lookups_once.subnet.clone(),
@@ -114,8 +134,17 @@ async fn main() {
     assert_eq!(changes, 0, "the applied clusters are converged");
 
     println!("refresh of {resources} resources in {clusters} clusters:");
-    println!("  one refresh per cluster:  {:>6} API calls, {:.2?}", per_cluster.0, per_cluster.1);
-    println!("  one batched refresh:      {:>6} API calls, {:.2?}", batched.0, batched.1);
+    println!(
+        "  one refresh per cluster:  {:>6} API calls, {:.2?}",
+        per_cluster.0, per_cluster.1
+    );
+    println!(
+        "  one batched refresh:      {:>6} API calls, {:.2?}",
+        batched.0, batched.1
+    );
     println!("  merge + build + diff of all clusters (no I/O): {pure:.2?}");
-    println!("  plan of all clusters (batched refresh + diff): {:.2?}", batched.1 + pure);
+    println!(
+        "  plan of all clusters (batched refresh + diff): {:.2?}",
+        batched.1 + pure
+    );
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use pgform::engine::{self, ApplyOptions, EngineError, Event};
 use pgform::graph::Address;
 use pgform::plan::Action;
-use pgform::provider::memory::MemoryProvider;
 use pgform::provider::Provider;
-use pgform::spec::{parse_str, ClusterSpec};
+use pgform::provider::memory::MemoryProvider;
+use pgform::spec::{ClusterSpec, parse_str};
 use pgform::state::{self, State, StateStore};
 
 fn spec(replicas: u32) -> ClusterSpec {
@@ -16,7 +16,9 @@ fn spec(replicas: u32) -> ClusterSpec {
         "name = \"mem\"\nregion = \"us-east-1\"\n[ssh]\nkey_name = \"k\"\n\
          [access]\nadmin_cidrs = [\"198.51.100.0/24\"]\n[postgres]\nreplicas = {replicas}\n"
     );
-    parse_str(&text, std::path::Path::new("mem.toml")).unwrap().spec
+    parse_str(&text, std::path::Path::new("mem.toml"))
+        .unwrap()
+        .spec
 }
 
 async fn plan_and_apply(
@@ -27,7 +29,8 @@ async fn plan_and_apply(
     let mut store = StateStore::lock(path, "apply")?;
     let state = store.load_or_new(&spec.name)?;
     let plan = engine::plan(provider, spec, &state, &engine::no_events()).await?;
-    let (state, _) = engine::apply(provider, &plan, &mut store, state, &ApplyOptions::default()).await?;
+    let (state, _) =
+        engine::apply(provider, &plan, &mut store, state, &ApplyOptions::default()).await?;
     Ok(state)
 }
 
@@ -42,24 +45,35 @@ async fn apply_converges_and_reports_progress() {
     let sink = events.clone();
     let mut store = StateStore::lock(&path, "apply").unwrap();
     let state = store.load_or_new("mem").unwrap();
-    let plan = engine::plan(&provider, &spec, &state, &engine::no_events()).await.unwrap();
+    let plan = engine::plan(&provider, &spec, &state, &engine::no_events())
+        .await
+        .unwrap();
     assert!(plan.changes.iter().all(|c| c.action == Action::Create));
     let options = ApplyOptions {
         parallelism: 4,
         events: Arc::new(move |e: &Event| sink.lock().unwrap().push(e.clone())),
         ..ApplyOptions::default()
     };
-    let (state, report) = engine::apply(&provider, &plan, &mut store, state, &options).await.unwrap();
+    let (state, report) = engine::apply(&provider, &plan, &mut store, state, &options)
+        .await
+        .unwrap();
     drop(store);
     assert_eq!(report.created, plan.changes.len());
     assert_eq!(state.resources.len(), provider.existing().len());
-    let finished = events.lock().unwrap().iter().filter(|e| matches!(e, Event::Finished { .. })).count();
+    let finished = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, Event::Finished { .. }))
+        .count();
     assert_eq!(finished, plan.changes.len());
 
     // What was written is what a second plan starts from: nothing left to do.
     let on_disk = state::read(&path).unwrap().unwrap();
     assert_eq!(on_disk, state);
-    let again = engine::plan(&provider, &spec, &on_disk, &engine::no_events()).await.unwrap();
+    let again = engine::plan(&provider, &spec, &on_disk, &engine::no_events())
+        .await
+        .unwrap();
     assert!(!again.has_changes(), "{}", pgform::plan::render(&again));
 }
 
@@ -69,11 +83,18 @@ async fn a_failed_resource_stops_its_dependants_and_keeps_the_rest() {
     let path = dir.path().join("s.json");
     let provider = MemoryProvider::new();
     provider.fail_on(&"aws_security_group.main".parse().unwrap());
-    let err = plan_and_apply(&provider, &spec(1), &path).await.unwrap_err();
-    let EngineError::ApplyFailed { failures, skipped } = &err else { panic!("{err}") };
+    let err = plan_and_apply(&provider, &spec(1), &path)
+        .await
+        .unwrap_err();
+    let EngineError::ApplyFailed { failures, skipped } = &err else {
+        panic!("{err}")
+    };
     assert_eq!(failures[0].0.to_string(), "aws_security_group.main");
     let skipped: Vec<String> = skipped.iter().map(Address::to_string).collect();
-    assert!(skipped.contains(&"aws_instance.primary".to_string()), "{skipped:?}");
+    assert!(
+        skipped.contains(&"aws_instance.primary".to_string()),
+        "{skipped:?}"
+    );
     // The network was made and recorded; the rerun (once the cause is gone) converges.
     let recorded = state::read(&path).unwrap().unwrap();
     assert!(recorded.id_of(&"aws_vpc.main".parse().unwrap()).is_some());
@@ -88,16 +109,28 @@ async fn drift_is_repaired_and_scaling_down_removes_only_the_extra_replica() {
     let state = plan_and_apply(&provider, &spec(2), &path).await.unwrap();
     let replica1: Address = "aws_instance.replica[1]".parse().unwrap();
     provider.remove(state.id_of(&replica1).unwrap());
-    let plan = engine::plan(&provider, &spec(2), &state, &engine::no_events()).await.unwrap();
-    assert!(plan.drift.iter().any(|d| d.address == replica1 && d.deleted));
+    let plan = engine::plan(&provider, &spec(2), &state, &engine::no_events())
+        .await
+        .unwrap();
+    assert!(
+        plan.drift
+            .iter()
+            .any(|d| d.address == replica1 && d.deleted)
+    );
     assert_eq!(plan.changes.len(), 1);
     assert_eq!(plan.changes[0].action, Action::Create);
     let state = plan_and_apply(&provider, &spec(2), &path).await.unwrap();
-    let primary_id = state.id_of(&"aws_instance.primary".parse().unwrap()).unwrap().to_string();
+    let primary_id = state
+        .id_of(&"aws_instance.primary".parse().unwrap())
+        .unwrap()
+        .to_string();
 
     let state = plan_and_apply(&provider, &spec(1), &path).await.unwrap();
     assert!(state.id_of(&replica1).is_none());
-    assert_eq!(state.id_of(&"aws_instance.primary".parse().unwrap()), Some(primary_id.as_str()));
+    assert_eq!(
+        state.id_of(&"aws_instance.primary".parse().unwrap()),
+        Some(primary_id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -107,13 +140,23 @@ async fn a_plan_made_before_another_apply_is_stale() {
     let provider = MemoryProvider::new();
     let stale = {
         let state = State::new("mem");
-        engine::plan(&provider, &spec(1), &state, &engine::no_events()).await.unwrap()
+        engine::plan(&provider, &spec(1), &state, &engine::no_events())
+            .await
+            .unwrap()
     };
     plan_and_apply(&provider, &spec(2), &path).await.unwrap();
     let mut store = StateStore::lock(&path, "apply").unwrap();
     let state = store.load_or_new("mem").unwrap();
     let before = provider.existing();
-    let err = engine::apply(&provider, &stale, &mut store, state, &ApplyOptions::default()).await.unwrap_err();
+    let err = engine::apply(
+        &provider,
+        &stale,
+        &mut store,
+        state,
+        &ApplyOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, EngineError::StalePlan { .. }), "{err}");
     assert_eq!(provider.existing(), before);
 }
@@ -126,12 +169,30 @@ async fn destroy_removes_everything_in_reverse_order() {
     plan_and_apply(&provider, &spec(2), &path).await.unwrap();
     let mut store = StateStore::lock(&path, "destroy").unwrap();
     let state = store.load_or_new("mem").unwrap();
-    let plan = engine::plan_destroy(&provider, &state, &engine::no_events()).await.unwrap();
+    let plan = engine::plan_destroy(&provider, &state, &engine::no_events())
+        .await
+        .unwrap();
     assert!(plan.changes.iter().all(|c| c.action == Action::Delete));
-    let vpc = plan.changes.iter().position(|c| c.address.to_string() == "aws_vpc.main").unwrap();
-    let primary = plan.changes.iter().position(|c| c.address.to_string() == "aws_instance.primary").unwrap();
+    let vpc = plan
+        .changes
+        .iter()
+        .position(|c| c.address.to_string() == "aws_vpc.main")
+        .unwrap();
+    let primary = plan
+        .changes
+        .iter()
+        .position(|c| c.address.to_string() == "aws_instance.primary")
+        .unwrap();
     assert!(primary < vpc);
-    let (state, report) = engine::apply(&provider, &plan, &mut store, state, &ApplyOptions::default()).await.unwrap();
+    let (state, report) = engine::apply(
+        &provider,
+        &plan,
+        &mut store,
+        state,
+        &ApplyOptions::default(),
+    )
+    .await
+    .unwrap();
     assert!(state.resources.is_empty());
     assert_eq!(report.deleted, plan.changes.len());
     assert!(provider.existing().is_empty());
@@ -146,7 +207,9 @@ async fn interrupted_apply_keeps_what_was_made_and_reruns_to_convergence() {
 
     let mut store = StateStore::lock(&path, "apply").unwrap();
     let state = store.load_or_new("mem").unwrap();
-    let plan = engine::plan(&provider, &spec, &state, &engine::no_events()).await.unwrap();
+    let plan = engine::plan(&provider, &spec, &state, &engine::no_events())
+        .await
+        .unwrap();
     // Interrupt as soon as the first resource is made (as Ctrl-C would).
     let interrupt = engine::Interrupt::default();
     let trigger = interrupt.clone();
@@ -159,9 +222,15 @@ async fn interrupted_apply_keeps_what_was_made_and_reruns_to_convergence() {
         }),
         interrupt,
     };
-    let err = engine::apply(&provider, &plan, &mut store, state, &options).await.unwrap_err();
+    let err = engine::apply(&provider, &plan, &mut store, state, &options)
+        .await
+        .unwrap_err();
     drop(store);
-    let EngineError::Interrupted { completed, not_started } = &err else {
+    let EngineError::Interrupted {
+        completed,
+        not_started,
+    } = &err
+    else {
         panic!("expected an interrupted apply, got {err}");
     };
     assert_eq!(*completed, 1);
@@ -173,5 +242,9 @@ async fn interrupted_apply_keeps_what_was_made_and_reruns_to_convergence() {
 
     let state = plan_and_apply(&provider, &spec, &path).await.unwrap();
     assert_eq!(state.resources.len(), provider.existing().len());
-    assert_eq!(provider.existing().len(), plan.changes.len(), "no duplicate");
+    assert_eq!(
+        provider.existing().len(),
+        plan.changes.len(),
+        "no duplicate"
+    );
 }
