@@ -56,6 +56,8 @@ async fn make_instance(
         ("key_name", Value::str("k")),
         ("root_volume_size", Value::Int(30)),
         ("root_volume_type", Value::str("gp3")),
+        ("data_volume_size", Value::Int(50)),
+        ("data_volume_type", Value::str("gp2")),
         ("associate_public_ip_address", Value::Bool(false)),
         ("tags", tags(cluster, address)),
     ]);
@@ -71,6 +73,8 @@ async fn make_instance(
         "vpc_security_group_ids",
         "root_volume_size",
         "root_volume_type",
+        "data_volume_size",
+        "data_volume_type",
         "tags",
     ] {
         assert_eq!(

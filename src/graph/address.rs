@@ -55,6 +55,8 @@ impl Kind {
                     | "key_name"
                     | "root_volume_size"
                     | "root_volume_type"
+                    | "data_volume_size"
+                    | "data_volume_type"
                     | "associate_public_ip_address"
             ),
         }

@@ -184,33 +184,37 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
             "replica"
         };
         let after: Vec<&Address> = route.iter().chain(key_pair.iter()).collect();
-        out.push(Resource::new(
-            address.clone(),
-            attrs(vec![
-                ("ami", ami),
-                ("instance_type", Value::str(spec.instances.type_for(role))),
-                ("subnet_id", subnet_id.clone()),
-                (
-                    "vpc_security_group_ids",
-                    Value::List(vec![Value::reference(&sg)]),
-                ),
-                ("key_name", Value::str(&key_name)),
-                (
-                    "root_volume_size",
-                    Value::Int(spec.instances.root_volume_size.into()),
-                ),
-                (
-                    "root_volume_type",
-                    Value::str(&spec.instances.root_volume_type),
-                ),
-                (
-                    "associate_public_ip_address",
-                    Value::Bool(spec.network.public),
-                ),
-                ("tags", tags(&address, &name, Some(role_name))),
-            ]),
-            &after,
-        ));
+        let mut instance_attrs = attrs(vec![
+            ("ami", ami),
+            ("instance_type", Value::str(spec.instances.type_for(role))),
+            ("subnet_id", subnet_id.clone()),
+            (
+                "vpc_security_group_ids",
+                Value::List(vec![Value::reference(&sg)]),
+            ),
+            ("key_name", Value::str(&key_name)),
+            (
+                "root_volume_size",
+                Value::Int(spec.instances.root_volume_size.into()),
+            ),
+            (
+                "root_volume_type",
+                Value::str(&spec.instances.root_volume_type),
+            ),
+            (
+                "associate_public_ip_address",
+                Value::Bool(spec.network.public),
+            ),
+            ("tags", tags(&address, &name, Some(role_name))),
+        ]);
+        if let Some(size) = spec.instances.data_volume_size {
+            instance_attrs.insert("data_volume_size".into(), Value::Int(size.into()));
+            instance_attrs.insert(
+                "data_volume_type".into(),
+                Value::str(&spec.instances.data_volume_type),
+            );
+        }
+        out.push(Resource::new(address.clone(), instance_attrs, &after));
     }
     ResourceGraph::from_resources(out)
 }

@@ -236,6 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn adding_a_data_volume_replaces_the_instances() {
+        let g = build(&spec(""), &lookups()).unwrap();
+        let state = applied(&g);
+        let g2 = build(&spec("[instances]\ndata_volume_size = 100\n"), &lookups()).unwrap();
+        let changes = diff(&g2, &state);
+        let instances = g.in_order().filter(|r| r.address.kind == Kind::Instance);
+        assert_eq!(changes.len(), instances.count(), "{changes:#?}");
+        for c in &changes {
+            assert_eq!(c.action, Action::Replace);
+            assert_eq!(
+                c.reason,
+                "data_volume_size, data_volume_type forces replacement"
+            );
+        }
+    }
+
+    #[test]
     fn converged_state_plans_nothing() {
         let g = build(&spec(""), &lookups()).unwrap();
         assert!(diff(&g, &applied(&g)).is_empty());

@@ -79,9 +79,14 @@ pub struct InstanceSpec {
     /// Root volume size in GiB.
     #[serde(default = "default_root_size")]
     pub root_volume_size: u32,
-    /// Root volume type (gp3, gp2, io1, io2, st1, sc1, standard).
+    /// Root volume type (gp3, gp2, st1, sc1, standard).
     #[serde(default = "default_volume_type")]
     pub root_volume_type: String,
+    /// A separate EBS volume for PostgreSQL's data, in GiB (none when unset).
+    pub data_volume_size: Option<u32>,
+    /// Data volume type (as root_volume_type).
+    #[serde(default = "default_volume_type")]
+    pub data_volume_type: String,
 }
 
 impl Default for InstanceSpec {
@@ -94,6 +99,8 @@ impl Default for InstanceSpec {
             ami_name: default_ami_name(),
             root_volume_size: default_root_size(),
             root_volume_type: default_volume_type(),
+            data_volume_size: None,
+            data_volume_type: default_volume_type(),
         }
     }
 }

@@ -110,13 +110,28 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "choose 8 to 16384 GiB",
         );
     }
-    const VOLUME_TYPES: [&str; 7] = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
-    if !VOLUME_TYPES.contains(&inst.root_volume_type.as_str()) {
-        bad(
-            "instances.root_volume_type",
-            format!("`{}` is not an EBS volume type", inst.root_volume_type),
-            &format!("use one of {}", VOLUME_TYPES.join(", ")),
-        );
+    if let Some(size) = inst.data_volume_size {
+        if !(1..=16384).contains(&size) {
+            bad(
+                "instances.data_volume_size",
+                format!("{size} GiB is out of range"),
+                "choose 1 to 16384 GiB, or remove it to keep the data on the root volume",
+            );
+        }
+    }
+    // io1/io2 need provisioned IOPS, which the spec does not carry (yet).
+    const VOLUME_TYPES: [&str; 5] = ["gp3", "gp2", "st1", "sc1", "standard"];
+    for (field, value) in [
+        ("instances.root_volume_type", &inst.root_volume_type),
+        ("instances.data_volume_type", &inst.data_volume_type),
+    ] {
+        if !VOLUME_TYPES.contains(&value.as_str()) {
+            bad(
+                field,
+                format!("`{value}` is not an EBS volume type"),
+                &format!("use one of {}", VOLUME_TYPES.join(", ")),
+            );
+        }
     }
 
     match (&spec.ssh.key_name, &spec.ssh.public_key_file) {

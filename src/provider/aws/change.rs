@@ -19,6 +19,18 @@ use crate::provider::{Observed, OnId, ProviderError};
 
 /// The root device when the image does not name one (Debian's images use this).
 const DEFAULT_ROOT_DEVICE: &str = "/dev/xvda";
+/// Where the data volume is attached (Nitro instances show it as an NVMe device whose
+/// serial names the volume; the host layer finds it by that).
+pub(super) const DATA_DEVICE: &str = "/dev/sdf";
+
+fn volume(size: i64, volume_type: &str) -> EbsBlockDevice {
+    EbsBlockDevice::builder()
+        .volume_size(i32::try_from(size).unwrap_or(i32::MAX))
+        .volume_type(VolumeType::from(volume_type))
+        .delete_on_termination(true)
+        .encrypted(true)
+        .build()
+}
 
 fn get_str<'a>(attrs: &'a Attrs, key: &str) -> Result<&'a str, ProviderError> {
     attrs.get(key).and_then(Value::as_str).ok_or_else(|| {
@@ -261,7 +273,20 @@ impl AwsProvider {
             .get("root_volume_size")
             .and_then(Value::as_int)
             .unwrap_or(20);
-        let volume_type = get_str(attrs, "root_volume_type")?;
+        let mut disks = vec![
+            BlockDeviceMapping::builder()
+                .device_name(root_device)
+                .ebs(volume(size, get_str(attrs, "root_volume_type")?))
+                .build(),
+        ];
+        if let Some(size) = attrs.get("data_volume_size").and_then(Value::as_int) {
+            disks.push(
+                BlockDeviceMapping::builder()
+                    .device_name(DATA_DEVICE)
+                    .ebs(volume(size, get_str(attrs, "data_volume_type")?))
+                    .build(),
+            );
+        }
         let out = c
             .run_instances()
             .image_id(ami)
@@ -283,19 +308,7 @@ impl AwsProvider {
                     )
                     .build(),
             )
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(root_device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_size(i32::try_from(size).unwrap_or(20))
-                            .volume_type(VolumeType::from(volume_type))
-                            .delete_on_termination(true)
-                            .encrypted(true)
-                            .build(),
-                    )
-                    .build(),
-            )
+            .set_block_device_mappings(Some(disks))
             .tag_specifications(tag_spec(ResourceType::Instance, attrs))
             .tag_specifications(tag_spec(ResourceType::Volume, attrs))
             .send()

@@ -275,9 +275,13 @@ impl AwsProvider {
                 )
             })
             .collect();
-        let root_volumes: Vec<String> = instances.iter().filter_map(root_volume_id).collect();
+        let volume_ids: Vec<String> = instances
+            .iter()
+            .flat_map(|i| [root_volume_id(i), data_volume_id(i)])
+            .flatten()
+            .collect();
         let mut volumes: HashMap<String, (i64, String)> = HashMap::new();
-        for chunk in root_volumes.chunks(FILTER_VALUES) {
+        for chunk in volume_ids.chunks(FILTER_VALUES) {
             let pages = self
                 .client
                 .describe_volumes()
@@ -299,8 +303,9 @@ impl AwsProvider {
         Ok(instances
             .iter()
             .map(|i| {
-                let volume = root_volume_id(i).and_then(|v| volumes.get(&v));
-                instance(i, volume)
+                let root = root_volume_id(i).and_then(|v| volumes.get(&v));
+                let data = data_volume_id(i).and_then(|v| volumes.get(&v));
+                instance(i, root, data)
             })
             .collect())
     }
@@ -444,19 +449,30 @@ fn key_pair(k: &KeyPairInfo) -> Found {
     found(k.key_pair_id(), k.tags(), a, Attrs::new())
 }
 
-fn root_volume_id(i: &Instance) -> Option<String> {
-    let root = i.root_device_name()?;
+fn volume_at(i: &Instance, device: &str) -> Option<String> {
     i.block_device_mappings()
         .iter()
-        .find(|m| m.device_name() == Some(root))
+        .find(|m| m.device_name() == Some(device))
         .and_then(|m| m.ebs())
         .and_then(|e| e.volume_id())
         .map(str::to_string)
 }
 
+fn root_volume_id(i: &Instance) -> Option<String> {
+    volume_at(i, i.root_device_name()?)
+}
+
+fn data_volume_id(i: &Instance) -> Option<String> {
+    volume_at(i, super::change::DATA_DEVICE)
+}
+
 /// `associate_public_ip_address` is not observed (it is a launch setting); the public
 /// address itself is an output.
-fn instance(i: &Instance, root_volume: Option<&(i64, String)>) -> Found {
+fn instance(
+    i: &Instance,
+    root_volume: Option<&(i64, String)>,
+    data_volume: Option<&(i64, String)>,
+) -> Found {
     // The instance's groups; some EC2 implementations list them only on the primary
     // network interface.
     let mut groups: Vec<Value> = i
@@ -486,6 +502,10 @@ fn instance(i: &Instance, root_volume: Option<&(i64, String)>) -> Found {
     if let Some((size, kind)) = root_volume {
         a.insert("root_volume_size".into(), Value::Int(*size));
         a.insert("root_volume_type".into(), Value::str(kind));
+    }
+    if let Some((size, kind)) = data_volume {
+        a.insert("data_volume_size".into(), Value::Int(*size));
+        a.insert("data_volume_type".into(), Value::str(kind));
     }
     let mut outputs = Attrs::new();
     let mut put = |k: &str, v: Option<&str>| {
