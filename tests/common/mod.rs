@@ -19,6 +19,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod proxy;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
