@@ -289,9 +289,23 @@ pub async fn rebuild(provider: &dyn Provider, spec: &ClusterSpec) -> Result<Stat
         .map(|(a, seen)| (a, observed_state(seen)))
         .collect();
     let desired = desired_graph(provider, spec, &state).await?;
+    let ids: BTreeMap<Address, String> = state
+        .resources
+        .iter()
+        .filter_map(|(a, r)| Some((a.clone(), r.id.clone()?)))
+        .collect();
+    let lookup = |a: &Address| ids.get(a).cloned();
     for (address, r) in state.resources.iter_mut() {
         if let Some(d) = desired.get(address) {
             r.depends_on = d.depends_on.clone();
+            // What the cloud does not report back (an imported key's text, launch
+            // settings) is taken from the spec, as a state written by apply has it.
+            for (key, value) in &d.attrs {
+                let value = value.resolve(&lookup);
+                if !r.attrs.contains_key(key) && value.is_known() {
+                    r.attrs.insert(key.clone(), value);
+                }
+            }
         }
     }
     Ok(state)

@@ -522,14 +522,7 @@ impl AwsProvider {
     ) -> Result<(), ProviderError> {
         let result = match address.kind {
             Kind::Instance => self.terminate(id).await,
-            Kind::KeyPair => self
-                .client
-                .delete_key_pair()
-                .key_pair_id(id)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(api_error("DeleteKeyPair")),
+            Kind::KeyPair => self.delete_key_pair(id).await,
             Kind::RouteTable => self.delete_route_table(id).await,
             Kind::InternetGateway => self.delete_internet_gateway(id).await,
             Kind::SecurityGroup => {
@@ -583,6 +576,21 @@ impl AwsProvider {
             .await
             .map_err(api_error("TerminateInstances"))?;
         self.wait_instance(id, InstanceStateName::Terminated).await
+    }
+
+    /// Deletes by name, which every EC2 implementation honours (some ignore the id).
+    async fn delete_key_pair(&self, id: &str) -> Result<(), ProviderError> {
+        let Some(found) = self.describe_one(Kind::KeyPair, id).await? else {
+            return Ok(());
+        };
+        let name = found.attrs.get("key_name").and_then(Value::as_str);
+        self.client
+            .delete_key_pair()
+            .set_key_name(name.map(str::to_string))
+            .send()
+            .await
+            .map_err(api_error("DeleteKeyPair"))?;
+        Ok(())
     }
 
     async fn delete_route_table(&self, id: &str) -> Result<(), ProviderError> {
