@@ -29,6 +29,25 @@ pub struct FlatPayload {
     replication_password: Option<Secret>,
 }
 
+/// The flat payload's name for a native field, so that problems found after the
+/// mapping name what the user wrote.
+pub fn flat_field(native: &str) -> Option<&'static str> {
+    Some(match native {
+        "name" => "cluster_name",
+        "region" => "aws_region",
+        "instances.type" => "instance_type",
+        "postgres.replicas" => "num_replicas",
+        "ssh.key_name" => "ssh_key_name",
+        "network.subnet_id" => "subnet_id",
+        "postgres.version" => "postgres_version",
+        "postgres.max_connections" => "max_connections",
+        "postgres.shared_buffers" => "shared_buffers",
+        "postgres.replication_user" => "replication_user",
+        "postgres.replication_password" => "replication_password",
+        _ => return None,
+    })
+}
+
 fn default_name() -> String {
     "pgform".into()
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::error::{Location, Problem, SpecError};
-use super::flat::FlatPayload;
+use super::flat::{FlatPayload, flat_field};
 use super::types::ClusterSpec;
 use super::validate;
 
@@ -72,6 +72,11 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Loaded, SpecError> {
         let located = problems
             .into_iter()
             .map(|mut p| {
+                if format == Format::FlatJson {
+                    if let Some(flat) = flat_field(&p.field) {
+                        p.field = flat.to_string();
+                    }
+                }
                 p.location = p.location.or_else(|| locate(text, &p.field, format));
                 p
             })
@@ -101,11 +106,12 @@ fn parse_toml(text: &str) -> Result<ClusterSpec, Problem> {
 }
 
 fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> Problem {
+    let (message, fix) = message_and_fix(e.message().trim(), field, "TOML");
     Problem {
         location: e.span().map(|s| Location::of_offset(text, s.start)),
         field: field.to_string(),
-        message: e.message().trim().to_string(),
-        fix: fix_for(e.message()),
+        message,
+        fix: Some(fix),
     }
 }
 
@@ -133,14 +139,15 @@ fn json_problem(field: &str, e: &serde_json::Error) -> Problem {
         .rsplit_once(" at line ")
         .map(|(m, _)| m.to_string())
         .unwrap_or(message);
+    let (message, fix) = message_and_fix(&message, field, "JSON");
     Problem {
         location: (e.line() > 0).then_some(Location {
             line: e.line(),
             column: e.column(),
         }),
         field: field.to_string(),
-        fix: fix_for(&message),
         message,
+        fix: Some(fix),
     }
 }
 
@@ -149,18 +156,30 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
     if p == "." { String::new() } else { p }
 }
 
-/// A fix hint for serde's own messages; our validating types say their fix inline.
-fn fix_for(message: &str) -> Option<String> {
-    if message.contains("unknown field") {
-        Some(
-            "remove the field or correct its spelling (the expected fields are listed above)"
-                .into(),
-        )
-    } else if message.starts_with("missing field") {
-        Some("add the field; `pgform init` writes a starter file with every field".into())
-    } else {
-        None
+/// Splits a parse error into what is wrong and how to fix it. Our validating types
+/// write "problem; fix"; serde's own messages get a fix here; every problem has one.
+fn message_and_fix(message: &str, field: &str, syntax: &str) -> (String, String) {
+    if let Some((problem, fix)) = message.split_once("; ") {
+        return (problem.to_string(), fix.to_string());
     }
+    let fix = if message.contains("unknown field") {
+        "remove the field or correct its spelling (the expected fields are listed above)"
+    } else if message.starts_with("missing field") {
+        "add the field; `pgform init` writes a starter file with every field"
+    } else if ["u16", "u32", "u64", "i64", "integer"]
+        .iter()
+        .any(|t| message.ends_with(&format!("expected {t}")))
+    {
+        "write a whole number of 0 or more, without quotes"
+    } else if field.is_empty() {
+        return (
+            message.to_string(),
+            format!("correct the {syntax} syntax at the position shown"),
+        );
+    } else {
+        "see `pgform schema` for what this field accepts"
+    };
+    (message.to_string(), fix.to_string())
 }
 
 /// Finds where a dotted field path is written in the file.
