@@ -39,9 +39,12 @@
 //! assert!(plan.changes.iter().all(|c| c.action == Action::Create));
 //! println!("{}", pgform::plan::render(&plan));
 //!
+//! // Progress arrives as events; `options.interrupt.trigger()` (from another task, e.g.
+//! // on shutdown) stops the apply cleanly: running steps finish and are recorded.
 //! let options = ApplyOptions {
 //!     parallelism: 10,
 //!     events: Arc::new(|event: &Event| eprintln!("{event:?}")),
+//!     ..ApplyOptions::default()
 //! };
 //! let (state, report) = engine::apply(&provider, &plan, &mut store, state, &options).await?;
 //! assert_eq!(report.created, plan.changes.len());
