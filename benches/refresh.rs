@@ -6,7 +6,6 @@
 //! runs once with 3 clusters, as a check. Needs `moto_server` on PATH (see .ci/run).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::time::Instant;

@@ -195,10 +195,10 @@ async fn check(case: Case) {
         if !stderr.contains("fix:") {
             problems.push("stderr has no `fix:` hint".to_string());
         }
-        if let Some(line) = case.line {
-            if !has_location(&stderr, case.file, line) {
-                problems.push(format!("stderr has no location {}:{line}:COL", case.file));
-            }
+        if let Some(line) = case.line
+            && !has_location(&stderr, case.file, line)
+        {
+            problems.push(format!("stderr has no location {}:{line}:COL", case.file));
         }
         let requests = proxy.actions();
         if !requests.is_empty() {

@@ -72,10 +72,10 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Loaded, SpecError> {
         let located = problems
             .into_iter()
             .map(|mut p| {
-                if format == Format::FlatJson {
-                    if let Some(flat) = flat_field(&p.field) {
-                        p.field = flat.to_string();
-                    }
+                if format == Format::FlatJson
+                    && let Some(flat) = flat_field(&p.field)
+                {
+                    p.field = flat.to_string();
                 }
                 p.location = p.location.or_else(|| locate(text, &p.field, format));
                 p

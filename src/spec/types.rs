@@ -329,7 +329,7 @@ impl fmt::Display for Size {
     /// The largest unit that divides the size exactly, as PostgreSQL prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, scale) in [("TB", 1u64 << 40), ("GB", 1 << 30), ("MB", 1 << 20)] {
-            if self.bytes >= scale && self.bytes % scale == 0 {
+            if self.bytes >= scale && self.bytes.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", self.bytes / scale);
             }
         }

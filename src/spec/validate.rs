@@ -66,17 +66,17 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             }
         }
     }
-    if let Some(az) = &net.availability_zone {
-        if !az.starts_with(&spec.region) || az.len() != spec.region.len() + 1 {
-            bad(
-                "network.availability_zone",
-                format!("`{az}` is not a zone of region {}", spec.region),
-                &format!(
-                    "write the region followed by a letter, e.g. {}a",
-                    spec.region
-                ),
-            );
-        }
+    if let Some(az) = &net.availability_zone
+        && (!az.starts_with(&spec.region) || az.len() != spec.region.len() + 1)
+    {
+        bad(
+            "network.availability_zone",
+            format!("`{az}` is not a zone of region {}", spec.region),
+            &format!(
+                "write the region followed by a letter, e.g. {}a",
+                spec.region
+            ),
+        );
     }
 
     let inst = &spec.instances;
@@ -84,24 +84,24 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         ("instances.type", Some(&inst.instance_type)),
         ("instances.replica_type", inst.replica_type.as_ref()),
     ] {
-        if let Some(ty) = ty {
-            if !is_instance_type(ty) {
-                bad(
-                    field,
-                    format!("`{ty}` is not an EC2 instance type"),
-                    "write family.size, e.g. t3.medium or r6i.large",
-                );
-            }
-        }
-    }
-    if let Some(ami) = &inst.ami {
-        if !ami.starts_with("ami-") {
+        if let Some(ty) = ty
+            && !is_instance_type(ty)
+        {
             bad(
-                "instances.ami",
-                format!("`{ami}` is not an AMI id"),
-                "write an id such as ami-0123456789abcdef0, or remove it to use the newest Debian 12 image",
+                field,
+                format!("`{ty}` is not an EC2 instance type"),
+                "write family.size, e.g. t3.medium or r6i.large",
             );
         }
+    }
+    if let Some(ami) = &inst.ami
+        && !ami.starts_with("ami-")
+    {
+        bad(
+            "instances.ami",
+            format!("`{ami}` is not an AMI id"),
+            "write an id such as ami-0123456789abcdef0, or remove it to use the newest Debian 12 image",
+        );
     }
     if !(8..=16384).contains(&inst.root_volume_size) {
         bad(
@@ -110,14 +110,14 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "choose 8 to 16384 GiB",
         );
     }
-    if let Some(size) = inst.data_volume_size {
-        if !(1..=16384).contains(&size) {
-            bad(
-                "instances.data_volume_size",
-                format!("{size} GiB is out of range"),
-                "choose 1 to 16384 GiB, or remove it to keep the data on the root volume",
-            );
-        }
+    if let Some(size) = inst.data_volume_size
+        && !(1..=16384).contains(&size)
+    {
+        bad(
+            "instances.data_volume_size",
+            format!("{size} GiB is out of range"),
+            "choose 1 to 16384 GiB, or remove it to keep the data on the root volume",
+        );
     }
     // io1/io2 need provisioned IOPS, which the spec does not carry (yet).
     const VOLUME_TYPES: [&str; 5] = ["gp3", "gp2", "st1", "sc1", "standard"];
@@ -190,22 +190,22 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
     }
     for role in [Role::Primary, Role::Replica] {
         let ty = inst.type_for(role);
-        if let Some(mem) = instance_memory(ty) {
-            if pg.shared_buffers.bytes >= mem {
-                bad(
-                    "postgres.shared_buffers",
-                    format!(
-                        "{} does not fit in the {} GiB of a {ty}",
-                        pg.shared_buffers,
-                        mem >> 30
-                    ),
-                    &format!(
-                        "use at most about a quarter of it, e.g. {}",
-                        Size { bytes: mem / 4 }
-                    ),
-                );
-                break;
-            }
+        if let Some(mem) = instance_memory(ty)
+            && pg.shared_buffers.bytes >= mem
+        {
+            bad(
+                "postgres.shared_buffers",
+                format!(
+                    "{} does not fit in the {} GiB of a {ty}",
+                    pg.shared_buffers,
+                    mem >> 30
+                ),
+                &format!(
+                    "use at most about a quarter of it, e.g. {}",
+                    Size { bytes: mem / 4 }
+                ),
+            );
+            break;
         }
     }
     if pg.replication_user.is_empty()

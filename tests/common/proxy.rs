@@ -28,6 +28,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A request's start line and headers.
+type Head = (String, Vec<(String, String)>);
+
 /// What the proxy does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -294,7 +297,7 @@ impl Conn<'_> {
     }
 
     /// The start line and headers; None on a clean end of stream before any byte.
-    fn head(&mut self) -> io::Result<Option<(String, Vec<(String, String)>)>> {
+    fn head(&mut self) -> io::Result<Option<Head>> {
         while self.buf.is_empty() {
             if !self.fill()? {
                 return Ok(None);
