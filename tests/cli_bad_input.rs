@@ -453,6 +453,18 @@ async fn public_key_file_that_cannot_be_read() {
         "public_key_file = \"missing.pub\"",
         1,
     );
+    // Found by validate already: a local file, no cloud call needed.
+    let dir = workdir("cluster.toml", &text);
+    let (code, stdout, stderr) = pgform(dir.path(), &[], &["validate"]);
+    assert_eq!(code, 1, "validate\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("cluster.toml:"),
+        "file:line:col expected:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("missing.pub") && stderr.contains("fix:"),
+        "{stderr}"
+    );
     check_world_error("cluster.toml", &text, "ssh.public_key_file").await;
 }
 

@@ -156,13 +156,7 @@ pub async fn lookups(
     Ok(out)
 }
 
-/// `~/x` to `$HOME/x`, as a shell would.
-pub fn expand_home(path: &std::path::Path) -> std::path::PathBuf {
-    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
-        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
-        _ => path.to_path_buf(),
-    }
-}
+pub use crate::spec::expand_home;
 
 /// The desired graph of `spec`, given the refreshed state.
 pub async fn desired_graph(

@@ -44,7 +44,35 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
     };
     relative_to_file(&mut loaded.spec.ssh.public_key_file);
     relative_to_file(&mut loaded.spec.postgres.replication_password_file);
+    // A key that cannot be read is a spec problem: found here, before any cloud call.
+    if let Some(key) = &loaded.spec.ssh.public_key_file {
+        let key = expand_home(key);
+        if let Err(e) = std::fs::read_to_string(&key) {
+            let field = "ssh.public_key_file";
+            return Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec![Problem {
+                    location: locate(&text, field, loaded.format),
+                    field: field.into(),
+                    message: format!("{} cannot be read: {e}", key.display()),
+                    fix: Some(
+                        "point it at an OpenSSH public key, relative to this file \
+                         (ssh-keygen -t ed25519 makes one), or use ssh.key_name"
+                            .into(),
+                    ),
+                }],
+            });
+        }
+    }
     Ok(loaded)
+}
+
+/// `~/x` to `$HOME/x`, as a shell would.
+pub fn expand_home(path: &Path) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Parses and validates `text`; `path` names the file in messages and its extension

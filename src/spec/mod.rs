@@ -9,7 +9,7 @@ mod types;
 mod validate;
 
 pub use error::{Location, Problem, SpecError};
-pub use load::{Format, Loaded, load_file, parse_str};
+pub use load::{Format, Loaded, expand_home, load_file, parse_str};
 pub use secret::{Secret, SecretSource};
 pub use types::*;
 
