@@ -248,3 +248,48 @@ async fn interrupted_apply_keeps_what_was_made_and_reruns_to_convergence() {
         "no duplicate"
     );
 }
+
+#[tokio::test]
+async fn a_create_with_unknown_outcome_is_retried_with_its_recorded_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mem.pgstate.json");
+    let provider = MemoryProvider::new();
+    plan_and_apply(&provider, &spec(0), &path).await.unwrap();
+
+    // A run that died after recording its intent for replica[0] and before any answer.
+    let replica: Address = "aws_instance.replica[0]".parse().unwrap();
+    let gone: Address = "aws_instance.replica[5]".parse().unwrap();
+    {
+        let mut store = StateStore::lock(&path, "apply").unwrap();
+        let mut state = store.load_or_new("mem").unwrap();
+        for (address, token) in [
+            (&replica, "pgform-retry-token"),
+            (&gone, "pgform-gone-token"),
+        ] {
+            state.resources.insert(
+                address.clone(),
+                state::ResourceState {
+                    id: None,
+                    attrs: Default::default(),
+                    outputs: Default::default(),
+                    depends_on: Default::default(),
+                    client_token: Some(token.into()),
+                },
+            );
+        }
+        store.save(&mut state).unwrap();
+    }
+
+    let state = plan_and_apply(&provider, &spec(1), &path).await.unwrap();
+    let tokens = provider.client_tokens();
+    let id = state.id_of(&replica).expect("replica[0] made").to_string();
+    assert_eq!(tokens.get("pgform-retry-token"), Some(&id), "{tokens:?}");
+    assert_eq!(state.resources[&replica].client_token, None);
+    // A pending record of an address no longer wanted is dropped, nothing is deleted.
+    assert!(
+        !state.resources.contains_key(&gone),
+        "{:?}",
+        state.resources.keys()
+    );
+    assert_eq!(provider.existing().len(), state.resources.len());
+}

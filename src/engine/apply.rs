@@ -109,6 +109,15 @@ pub async fn apply(
     let mut state = state;
     state.lineage = plan.lineage.clone();
     state.resources = plan.prior.clone();
+    // Records of creates with an unknown outcome are kept only while a create of that
+    // address is planned (which reuses their client token).
+    state.resources.retain(|address, r| {
+        r.id.is_some()
+            || plan
+                .changes
+                .iter()
+                .any(|c| &c.address == address && c.action == Action::Create)
+    });
 
     let dag = steps(plan);
     let recorder = Recorder {
@@ -385,7 +394,13 @@ async fn create(
     // run finds what this call makes by its tags instead of making it again.
     let mut token = String::new();
     recorder.record(|s| {
-        token = s.client_token(&change.address);
+        // A retried create (the earlier outcome unknown) reuses its token.
+        token = s
+            .resources
+            .get(&change.address)
+            .filter(|r| r.id.is_none())
+            .and_then(|r| r.client_token.clone())
+            .unwrap_or_else(|| s.client_token(&change.address));
         s.resources.insert(
             change.address.clone(),
             ResourceState {

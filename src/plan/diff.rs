@@ -21,14 +21,15 @@ pub fn merge_observations(state: &State, observations: Vec<Observation>) -> (Sta
             continue;
         };
         match found {
+            // A create whose outcome is unknown and that the cloud does not show (yet):
+            // keep its client token, so that the retried create is the same request.
+            None if recorded.id.is_none() => {}
             None => {
-                if recorded.id.is_some() {
-                    drift.push(Drift {
-                        address: address.clone(),
-                        attrs: Vec::new(),
-                        deleted: true,
-                    });
-                }
+                drift.push(Drift {
+                    address: address.clone(),
+                    attrs: Vec::new(),
+                    deleted: true,
+                });
                 refreshed.resources.remove(&address);
             }
             Some(seen) => {
@@ -118,7 +119,7 @@ pub fn diff(desired: &ResourceGraph, state: &State) -> Vec<Change> {
     let mut gone: Vec<(&Address, &ResourceState)> = state
         .resources
         .iter()
-        .filter(|(a, _)| desired.get(a).is_none())
+        .filter(|(a, r)| desired.get(a).is_none() && r.id.is_some())
         .collect();
     gone.reverse();
     for (address, current) in gone {

@@ -21,6 +21,8 @@ struct Inner {
     resources: BTreeMap<String, (Address, Attrs)>,
     fail_on: BTreeSet<Address>,
     calls: u64,
+    /// Client token -> id of what it made: the same token makes nothing twice.
+    tokens: BTreeMap<String, String>,
 }
 
 impl MemoryProvider {
@@ -52,6 +54,11 @@ impl MemoryProvider {
     /// Deletes behind the engine's back.
     pub fn remove(&self, id: &str) {
         self.lock().resources.remove(id);
+    }
+
+    /// Client tokens used by creates, with the id each made.
+    pub fn client_tokens(&self) -> BTreeMap<String, String> {
+        self.lock().tokens.clone()
     }
 
     pub fn calls(&self) -> u64 {
@@ -138,12 +145,20 @@ impl Provider for MemoryProvider {
         &self,
         address: &Address,
         attrs: &Attrs,
-        _client_token: &str,
+        client_token: &str,
         on_id: OnId<'_>,
     ) -> Result<Observed, ProviderError> {
         self.check(address)?;
         let id = {
             let mut inner = self.lock();
+            if let Some(id) = inner.tokens.get(client_token).cloned() {
+                if let Some((_, made)) = inner.resources.get(&id) {
+                    let seen = Self::observed(&id, made);
+                    drop(inner);
+                    on_id(&id);
+                    return Ok(seen);
+                }
+            }
             inner.next_id += 1;
             let id = format!(
                 "{}-{:04}",
@@ -153,6 +168,7 @@ impl Provider for MemoryProvider {
             inner
                 .resources
                 .insert(id.clone(), (address.clone(), attrs.clone()));
+            inner.tokens.insert(client_token.to_string(), id.clone());
             id
         };
         on_id(&id);
