@@ -151,13 +151,13 @@ impl Provider for MemoryProvider {
         self.check(address)?;
         let id = {
             let mut inner = self.lock();
-            if let Some(id) = inner.tokens.get(client_token).cloned() {
-                if let Some((_, made)) = inner.resources.get(&id) {
-                    let seen = Self::observed(&id, made);
-                    drop(inner);
-                    on_id(&id);
-                    return Ok(seen);
-                }
+            if let Some(id) = inner.tokens.get(client_token).cloned()
+                && let Some((_, made)) = inner.resources.get(&id)
+            {
+                let seen = Self::observed(&id, made);
+                drop(inner);
+                on_id(&id);
+                return Ok(seen);
             }
             inner.next_id += 1;
             let id = format!(
