@@ -464,3 +464,59 @@ async fn proxy_forwards_and_holds() {
         ]
     );
 }
+
+/// Ctrl-C (SIGINT) during an apply: the running create finishes and is recorded, nothing
+/// new starts, pgform exits 1 saying so, and a rerun makes the rest.
+#[tokio::test]
+async fn interrupt_finishes_the_running_step_and_starts_no_more() {
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path());
+    let state_path = spec.with_extension("pgstate.json");
+
+    // The first instance's creation is slow: the interrupt arrives while it runs.
+    let mut first = true;
+    proxy.set_policy(move |action| match action {
+        "RunInstances" if std::mem::take(&mut first) => {
+            Fault::DelayResponse(Duration::from_secs(3))
+        }
+        _ => Fault::Forward,
+    });
+    let mut child = spawn_apply(dir.path(), &via(&moto, &proxy));
+    wait_for(
+        &proxy,
+        &mut child,
+        dir.path(),
+        "moto to answer RunInstances",
+        |log| log.iter().any(|x| x.action == "RunInstances" && x.answered),
+    );
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("cannot run kill");
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("killed.stderr")).unwrap();
+    assert_eq!(status.code(), Some(1), "{status}; stderr:\n{stderr}");
+    assert!(stderr.contains("Interrupt received"), "{stderr}");
+    assert!(stderr.contains("apply interrupted"), "{stderr}");
+
+    // The running create completed and is recorded with its id; no other started.
+    let runs = proxy
+        .actions()
+        .iter()
+        .filter(|a| *a == "RunInstances")
+        .count();
+    assert_eq!(runs, 1, "requests: {:?}", proxy.actions());
+    let made = instance_ids(&moto).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let state = state_json(&state_path);
+    assert!(
+        state_ids(&state).contains(&made[0]),
+        "the finished create is recorded: {state:#}"
+    );
+    drop(proxy);
+
+    rerun_converges(&moto, dir.path(), &state_path, &made[0]).await;
+}

@@ -40,6 +40,8 @@ pub enum Fault {
     HoldResponse,
     /// Never forward it, never answer.
     HoldRequest,
+    /// Forward it to moto, then relay the answer only after this long (a slow call).
+    DelayResponse(Duration),
 }
 
 /// One request the proxy received, in arrival order.
@@ -432,6 +434,9 @@ fn serve(shared: &Shared, client: TcpStream) {
         if fault == Fault::HoldResponse {
             shared.hold();
             break;
+        }
+        if let Fault::DelayResponse(delay) = fault {
+            thread::sleep(delay);
         }
         let connection = if client_closes { "close" } else { "keep-alive" };
         if writer.write_all(&response.to_bytes(connection)).is_err() || client_closes {
