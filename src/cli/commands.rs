@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::report::{Style, reporter};
-use super::{ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, StateCommand};
+use super::{
+    ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, RunArgs, StateCommand,
+};
 use crate::engine::{self, ApplyOptions, Interrupt};
 use crate::plan::{self, Plan};
 use crate::provider::aws::AwsProvider;
@@ -149,80 +151,51 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
 }
 
 async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
+    apply_or_destroy(g, false, args.plan_file.as_deref(), &args.run).await
+}
+
+async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
+    apply_or_destroy(g, true, None, &args.run).await
+}
+
+/// Apply or destroy: plan (or read the saved plan), ask, then apply it while Ctrl-C is
+/// watched, and report.
+async fn apply_or_destroy(
+    g: &Global,
+    destroy: bool,
+    plan_file: Option<&Path>,
+    args: &RunArgs,
+) -> Result<Outcome> {
     let spec = load_spec(g)?;
-    let style = if args.json { Style::Json } else { Style::Human };
-    let events = reporter(style);
-    let mut store = StateStore::lock(&g.state_path(), "apply")?;
+    let events = reporter(if args.json { Style::Json } else { Style::Human });
+    let verb = if destroy { "destroy" } else { "apply" };
+    let mut store = StateStore::lock(&g.state_path(), verb)?;
     let state = store.load_or_new(&spec.name)?;
     let provider = provider(&spec).await;
-    let plan = match &args.plan_file {
+    let plan = match plan_file {
         Some(file) => read_plan(file, &spec)?,
         None => {
-            let plan = engine::plan(&provider, &spec, &state, &events).await?;
-            if !confirm(&plan, args.auto_approve, args.json, "apply")? {
+            let plan = if destroy {
+                engine::plan_destroy(&provider, &state, &events).await?
+            } else {
+                engine::plan(&provider, &spec, &state, &events).await?
+            };
+            if !confirm(&plan, args.auto_approve, args.json, verb)? {
                 return Ok(Outcome::Ok);
             }
             plan
         }
     };
-    run_plan(
-        &provider,
-        &plan,
-        &mut store,
-        state,
-        args.parallelism,
-        events,
-        args.json,
-        &spec,
-    )
-    .await
-}
-
-async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
-    let spec = load_spec(g)?;
-    let style = if args.json { Style::Json } else { Style::Human };
-    let events = reporter(style);
-    let mut store = StateStore::lock(&g.state_path(), "destroy")?;
-    let state = store.load_or_new(&spec.name)?;
-    let provider = provider(&spec).await;
-    let plan = engine::plan_destroy(&provider, &state, &events).await?;
-    if !confirm(&plan, args.auto_approve, args.json, "destroy")? {
-        return Ok(Outcome::Ok);
-    }
-    run_plan(
-        &provider,
-        &plan,
-        &mut store,
-        state,
-        args.parallelism,
-        events,
-        args.json,
-        &spec,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_plan(
-    provider: &AwsProvider,
-    plan: &Plan,
-    store: &mut StateStore,
-    state: State,
-    parallelism: u16,
-    events: engine::EventSink,
-    json: bool,
-    spec: &ClusterSpec,
-) -> Result<Outcome> {
     let options = ApplyOptions {
-        parallelism: parallelism.into(),
+        parallelism: args.parallelism.into(),
         events,
         interrupt: Interrupt::default(),
     };
     let watcher = tokio::spawn(stop_on_ctrl_c(options.interrupt.clone()));
-    let result = engine::apply(provider, plan, store, state, &options).await;
+    let result = engine::apply(&provider, &plan, &mut store, state, &options).await;
     watcher.abort();
     let (state, report) = result?;
-    if json {
+    if args.json {
         println!(
             "{}",
             serde_json::json!({"event": "complete", "report": report})
@@ -237,7 +210,7 @@ async fn run_plan(
         );
         if !plan.destroy && !state.resources.is_empty() {
             println!("\nOutputs:\n");
-            print_outputs(&engine::outputs(&state, Some(spec)));
+            print_outputs(&engine::outputs(&state, Some(&spec)));
         }
     }
     Ok(Outcome::Ok)

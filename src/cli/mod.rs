@@ -111,6 +111,19 @@ pub struct PlanArgs {
 pub struct ApplyArgs {
     /// A plan saved by `pgform plan --out`: run exactly it (no question asked).
     pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What apply and destroy share.
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// Do not ask for approval.
     #[arg(long)]
     pub auto_approve: bool,
@@ -118,17 +131,6 @@ pub struct ApplyArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallelism: u16,
     /// Print progress events as JSON lines.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DestroyArgs {
-    /// Do not ask for approval.
-    #[arg(long)]
-    pub auto_approve: bool,
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub parallelism: u16,
     #[arg(long)]
     pub json: bool,
 }

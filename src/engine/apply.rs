@@ -380,16 +380,24 @@ fn record_observed(state: &mut State, change: &Change, seen: Observed) {
     }
 }
 
+/// The change's desired resource and its attributes with references resolved to ids.
+fn desired_attrs<'c>(
+    recorder: &Recorder<'_>,
+    change: &'c Change,
+) -> Result<(&'c Resource, Attrs), String> {
+    let desired = change
+        .desired
+        .as_ref()
+        .ok_or("the plan has no desired attributes")?;
+    Ok((desired, resolve(recorder, desired)?))
+}
+
 async fn create(
     provider: &dyn Provider,
     recorder: &Recorder<'_>,
     change: &Change,
 ) -> Result<Option<String>, String> {
-    let desired = change
-        .desired
-        .as_ref()
-        .ok_or("the plan has no desired attributes")?;
-    let attrs = resolve(recorder, desired)?;
+    let (desired, attrs) = desired_attrs(recorder, change)?;
     // Record the intent (with its client token) before the call, so that an interrupted
     // run finds what this call makes by its tags instead of making it again.
     let mut token = String::new();
@@ -440,11 +448,7 @@ async fn update(
     recorder: &Recorder<'_>,
     change: &Change,
 ) -> Result<Option<String>, String> {
-    let desired = change
-        .desired
-        .as_ref()
-        .ok_or("the plan has no desired attributes")?;
-    let attrs = resolve(recorder, desired)?;
+    let (_, attrs) = desired_attrs(recorder, change)?;
     let (id, before) = recorder.read(|s| {
         let r = s.resources.get(&change.address);
         (

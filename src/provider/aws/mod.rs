@@ -102,10 +102,6 @@ impl AwsProvider {
     pub fn api_calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
-
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
 }
 
 /// Counts every request attempt the SDK sends.
