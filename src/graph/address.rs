@@ -14,10 +14,27 @@ pub enum Kind {
     SecurityGroup,
     KeyPair,
     Instance,
+    /// The local provider's private network (Docker Engine API).
+    DockerNetwork,
+    /// A local host: a container with sshd on the cluster's Docker network.
+    DockerContainer,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
+        Kind::Vpc,
+        Kind::Subnet,
+        Kind::InternetGateway,
+        Kind::RouteTable,
+        Kind::SecurityGroup,
+        Kind::KeyPair,
+        Kind::Instance,
+        Kind::DockerNetwork,
+        Kind::DockerContainer,
+    ];
+
+    /// The kinds the AWS provider makes.
+    pub const AWS: [Kind; 7] = [
         Kind::Vpc,
         Kind::Subnet,
         Kind::InternetGateway,
@@ -26,6 +43,9 @@ impl Kind {
         Kind::KeyPair,
         Kind::Instance,
     ];
+
+    /// The kinds the local Docker provider makes.
+    pub const DOCKER: [Kind; 2] = [Kind::DockerNetwork, Kind::DockerContainer];
 
     pub fn type_name(self) -> &'static str {
         match self {
@@ -36,6 +56,8 @@ impl Kind {
             Kind::SecurityGroup => "aws_security_group",
             Kind::KeyPair => "aws_key_pair",
             Kind::Instance => "aws_instance",
+            Kind::DockerNetwork => "docker_network",
+            Kind::DockerContainer => "docker_container",
         }
     }
 
@@ -59,6 +81,8 @@ impl Kind {
                     | "data_volume_type"
                     | "associate_public_ip_address"
             ),
+            // Neither can be changed once made but for labels, which name it.
+            Kind::DockerNetwork | Kind::DockerContainer => attr != "labels",
         }
     }
 }

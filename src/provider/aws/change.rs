@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
     VolumeType,
 };
 
+use super::observe::not_aws;
 use super::{AwsProvider, POLL_EVERY, api_error, filter, is_code, is_not_found};
 use crate::graph::{Address, Attrs, Kind, Value};
 use crate::provider::{Observed, OnId, ProviderError};
@@ -231,6 +232,7 @@ impl AwsProvider {
                 self.wait_instance(&id, InstanceStateName::Running).await?;
                 id
             }
+            Kind::DockerNetwork | Kind::DockerContainer => return Err(not_aws(address.kind)),
         };
         self.observe_new(address.kind, &id).await
     }
@@ -522,6 +524,7 @@ impl AwsProvider {
     ) -> Result<(), ProviderError> {
         let result = match address.kind {
             Kind::Instance => self.terminate(id).await,
+            Kind::DockerNetwork | Kind::DockerContainer => Err(not_aws(address.kind)),
             Kind::KeyPair => self.delete_key_pair(id).await,
             Kind::RouteTable => self.delete_route_table(id).await,
             Kind::InternetGateway => self.delete_internet_gateway(id).await,

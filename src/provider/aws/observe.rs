@@ -29,6 +29,7 @@ fn id_filter_name(kind: Kind) -> &'static str {
         Kind::SecurityGroup => "group-id",
         Kind::KeyPair => "key-pair-id",
         Kind::Instance => "instance-id",
+        Kind::DockerNetwork | Kind::DockerContainer => "",
     }
 }
 
@@ -103,7 +104,7 @@ impl AwsProvider {
     ) -> Result<Vec<Option<Observed>>, ProviderError> {
         let mut by_id: HashMap<String, Observed> = HashMap::new();
         let mut by_tag: HashMap<(String, Address), Observed> = HashMap::new();
-        for kind in Kind::ALL {
+        for kind in Kind::AWS {
             let of_kind = lookups.iter().filter(|l| l.address.kind == kind);
             let ids: BTreeSet<&str> = of_kind.clone().filter_map(|l| l.id.as_deref()).collect();
             let clusters: BTreeSet<&str> = of_kind
@@ -142,7 +143,7 @@ impl AwsProvider {
     ) -> Result<BTreeMap<Address, Observed>, ProviderError> {
         let mut out = BTreeMap::new();
         let tag = format!("tag:{CLUSTER_TAG}");
-        for kind in Kind::ALL {
+        for kind in Kind::AWS {
             for found in self.describe(kind, &tag, &[cluster]).await? {
                 if let Some(address) = found.address.filter(|a| a.kind == kind) {
                     out.insert(address, found.observed);
@@ -244,6 +245,7 @@ impl AwsProvider {
                 out.key_pairs().iter().map(key_pair).collect()
             }
             Kind::Instance => self.describe_instances(f).await?,
+            Kind::DockerNetwork | Kind::DockerContainer => return Err(not_aws(kind)),
         };
         Ok(found)
     }
@@ -526,4 +528,9 @@ fn instance(
         i.state().and_then(|s| s.name()).map(|n| n.as_str()),
     );
     found(i.instance_id(), i.tags(), a, outputs)
+}
+
+/// A Docker resource handed to the AWS provider: the spec and the provider disagree.
+pub(super) fn not_aws(kind: Kind) -> ProviderError {
+    ProviderError::Invalid(format!("{kind} is not an AWS resource"))
 }
