@@ -56,7 +56,10 @@
 pub mod cli;
 pub mod engine;
 pub mod graph;
+pub mod hosts;
 pub mod plan;
 pub mod provider;
+pub mod remote;
 pub mod spec;
 pub mod state;
+pub mod tasks;

@@ -81,8 +81,11 @@ impl Kind {
                     | "data_volume_type"
                     | "associate_public_ip_address"
             ),
-            // Neither can be changed once made but for labels, which name it.
-            Kind::DockerNetwork | Kind::DockerContainer => attr != "labels",
+            // Docker changes neither once made, labels included.
+            Kind::DockerNetwork | Kind::DockerContainer => {
+                let _ = attr;
+                true
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Providers make the graph's resources real. The engine talks to them only through
-//! [`Provider`]; `aws` is the EC2 implementation, `memory` an in-memory one for tests.
+//! [`Provider`]; `aws` is the EC2 implementation, `docker` the local one (containers with
+//! sshd on a private Docker network), `memory` an in-memory one for tests.
 
 pub mod aws;
+pub mod docker;
 pub mod memory;
 
 use std::collections::BTreeMap;

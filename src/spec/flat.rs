@@ -73,7 +73,11 @@ impl FlatPayload {
         }
         ClusterSpec {
             name: self.cluster_name,
+            provider: ProviderKind::Aws,
             region: self.aws_region,
+            docker: DockerSpec::default(),
+            hosts: Vec::new(),
+            packages: PackagesSpec::default(),
             network: NetworkSpec {
                 subnet_id: Some(self.subnet_id),
                 public: false,

@@ -14,10 +14,22 @@ use super::secret::{Secret, SecretSource};
 pub struct ClusterSpec {
     /// Cluster name: tags every resource and prefixes their names (a-z, 0-9, '-').
     pub name: String,
-    /// AWS region, e.g. "us-east-1".
+    /// Where hosts come from: `aws` (EC2 instances pgform makes), `docker` (local
+    /// containers pgform makes) or `hosts` (existing machines listed in `hosts`).
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// AWS region, e.g. "us-east-1" (required with provider `aws`).
+    #[serde(default)]
     pub region: String,
     #[serde(default)]
     pub network: NetworkSpec,
+    #[serde(default)]
+    pub docker: DockerSpec,
+    /// Existing machines to configure (provider `hosts`): one primary, the rest replicas.
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+    #[serde(default)]
+    pub packages: PackagesSpec,
     #[serde(default)]
     pub instances: InstanceSpec,
     #[serde(default)]
@@ -58,6 +70,67 @@ impl Default for NetworkSpec {
             public: true,
         }
     }
+}
+
+/// Where a cluster's hosts come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Aws,
+    Docker,
+    Hosts,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Aws => "aws",
+            ProviderKind::Docker => "docker",
+            ProviderKind::Hosts => "hosts",
+        }
+    }
+}
+
+/// Local hosts: containers with sshd on a private Docker network.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// The private network to create; hosts get addresses from `.11` up.
+    #[serde(default = "default_docker_cidr")]
+    pub network_cidr: Cidr,
+    /// The host image (built by `scripts/testbed.sh image`).
+    #[serde(default = "default_docker_image")]
+    pub image: String,
+}
+
+impl Default for DockerSpec {
+    fn default() -> Self {
+        DockerSpec {
+            network_cidr: default_docker_cidr(),
+            image: default_docker_image(),
+        }
+    }
+}
+
+/// An existing machine to configure.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    /// Address or DNS name SSH connects to.
+    pub address: String,
+    /// Address the other members use to reach it (replication); `address` when unset.
+    pub private_address: Option<String>,
+    pub role: Role,
+}
+
+/// Where packages come from.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSpec {
+    /// An apt repository that becomes the hosts' only package source (air-gapped sites,
+    /// local testing), e.g. "http://10.232.0.1:8765" for a flat repository.
+    pub apt_mirror: Option<String>,
 }
 
 /// The machines: type per role, image, disks.
@@ -122,9 +195,51 @@ pub struct SshSpec {
     pub key_name: Option<String>,
     /// A local OpenSSH public key file to import as key pair `<name>-key`.
     pub public_key_file: Option<PathBuf>,
-    /// Login user on the hosts.
-    #[serde(default = "default_ssh_user")]
-    pub user: String,
+    /// Login user on the hosts (default: `admin` on AWS's Debian images, `root` for
+    /// local containers and listed hosts). Other users than root need passwordless sudo.
+    pub user: Option<String>,
+    /// Private key for SSH (default: the agent and ~/.ssh).
+    pub private_key_file: Option<PathBuf>,
+    /// Host key checking: `accept-new` (default: fresh hosts are trusted on first
+    /// contact, changed keys refused) or `strict` (keys must be known already).
+    #[serde(default)]
+    pub known_hosts: KnownHostsPolicy,
+    /// The known-hosts file (default: `<cluster>.known_hosts` beside the state file).
+    pub known_hosts_file: Option<PathBuf>,
+    /// A bastion to jump through, as `[user@]host[:port]`.
+    pub jump_host: Option<String>,
+    /// SSH port on the hosts.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Connect to hosts' `public` (default) or `private` addresses.
+    #[serde(default)]
+    pub connect_via: ConnectVia,
+}
+
+impl SshSpec {
+    pub fn user_for(&self, provider: ProviderKind) -> &str {
+        match (&self.user, provider) {
+            (Some(user), _) => user,
+            (None, ProviderKind::Aws) => "admin",
+            (None, _) => "root",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum KnownHostsPolicy {
+    #[default]
+    AcceptNew,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectVia {
+    #[default]
+    Public,
+    Private,
 }
 
 /// Who may connect.
@@ -213,7 +328,20 @@ impl Default for PostgresSpec {
 }
 
 /// A role in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Deserialize,
+    serde::Serialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
     Replica,
@@ -391,8 +519,14 @@ fn default_root_size() -> u32 {
 fn default_volume_type() -> String {
     "gp3".into()
 }
-fn default_ssh_user() -> String {
-    "admin".into()
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_docker_cidr() -> Cidr {
+    Cidr("10.232.0.0/24".parse().expect("constant CIDR"))
+}
+fn default_docker_image() -> String {
+    "pgform-host:bookworm".into()
 }
 fn default_pg_version() -> u32 {
     15

@@ -22,7 +22,7 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "use 1 to 40 characters: lowercase letters, digits and '-', starting with a letter",
         );
     }
-    if !is_region(&spec.region) {
+    if spec.provider == ProviderKind::Aws && !is_region(&spec.region) {
         bad(
             "region",
             format!("`{}` is not an AWS region name", spec.region),
@@ -134,24 +134,99 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         }
     }
 
-    match (&spec.ssh.key_name, &spec.ssh.public_key_file) {
-        (None, None) => bad(
-            "ssh",
-            "no SSH key is given".into(),
-            "set ssh.key_name to an existing EC2 key pair, or ssh.public_key_file to a local public key to import",
-        ),
-        (Some(_), Some(_)) => bad(
-            "ssh.public_key_file",
-            "both ssh.key_name and ssh.public_key_file are set".into(),
-            "keep one: key_name for an existing key pair, public_key_file to import one",
-        ),
-        _ => {}
+    match spec.provider {
+        ProviderKind::Aws => {
+            match (&spec.ssh.key_name, &spec.ssh.public_key_file) {
+                (None, None) => bad(
+                    "ssh",
+                    "no SSH key is given".into(),
+                    "set ssh.key_name to an existing EC2 key pair, or ssh.public_key_file to a local public key to import",
+                ),
+                (Some(_), Some(_)) => bad(
+                    "ssh.public_key_file",
+                    "both ssh.key_name and ssh.public_key_file are set".into(),
+                    "keep one: key_name for an existing key pair, public_key_file to import one",
+                ),
+                _ => {}
+            }
+            if spec.access.admin_cidrs.is_empty() && !spec.access.allow_vpc {
+                warnings.push(
+                    "access.admin_cidrs is empty: SSH (22) is open to no one, so hosts cannot be configured \
+                     from outside the cluster"
+                        .into(),
+                );
+            }
+        }
+        ProviderKind::Docker => {
+            if spec.ssh.public_key_file.is_none() {
+                bad(
+                    "ssh.public_key_file",
+                    "no SSH key is given for the containers".into(),
+                    "set ssh.public_key_file to a local public key (its private key must be in ssh.private_key_file or the agent)",
+                );
+            }
+            let n = spec.docker.network_cidr.0;
+            if !(16..=28).contains(&n.prefix_len()) {
+                bad(
+                    "docker.network_cidr",
+                    format!("`{n}` has a /{} prefix", n.prefix_len()),
+                    "choose a prefix length between 16 and 28, e.g. 10.232.0.0/24",
+                );
+            }
+        }
+        ProviderKind::Hosts => {
+            let primaries = spec
+                .hosts
+                .iter()
+                .filter(|h| h.role == Role::Primary)
+                .count();
+            if primaries != 1 {
+                bad(
+                    "hosts",
+                    format!("{primaries} hosts have role \"primary\""),
+                    "list exactly one host with role = \"primary\" and the replicas with role = \"replica\"",
+                );
+            }
+            for (i, h) in spec.hosts.iter().enumerate() {
+                if h.address.trim().is_empty() || h.address.contains(char::is_whitespace) {
+                    bad(
+                        &format!("hosts[{i}].address"),
+                        format!("`{}` is not a host address", h.address),
+                        "write an IP address or a DNS name",
+                    );
+                }
+            }
+        }
     }
-    if spec.access.admin_cidrs.is_empty() && !spec.access.allow_vpc {
-        warnings.push(
-            "access.admin_cidrs is empty: SSH (22) is open to no one, so hosts cannot be configured \
-             from outside the cluster"
-                .into(),
+    if spec.provider != ProviderKind::Hosts && !spec.hosts.is_empty() {
+        bad(
+            "hosts",
+            format!(
+                "hosts are listed but provider is `{}`",
+                spec.provider.name()
+            ),
+            "set provider = \"hosts\" to configure existing machines, or remove the hosts list",
+        );
+    }
+    if spec.postgres.replication_user.contains(['"', '\n'])
+        || spec.postgres.replication_user.is_empty()
+    {
+        bad(
+            "postgres.replication_user",
+            format!(
+                "`{}` cannot be written in pg_hba.conf",
+                spec.postgres.replication_user
+            ),
+            "use a name without double quotes or line breaks",
+        );
+    }
+    if let Some(mirror) = &spec.packages.apt_mirror
+        && (!mirror.starts_with("deb ") || mirror.contains('\n'))
+    {
+        bad(
+            "packages.apt_mirror",
+            format!("`{mirror}` is not an apt source line"),
+            "write one line such as \"deb http://mirror.example/debian bookworm main\" or \"deb [trusted=yes] http://10.232.0.1:8765 ./\"",
         );
     }
 

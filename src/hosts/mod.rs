@@ -1,0 +1,283 @@
+//! The hosts layer: which machines make up the cluster (from the state's outputs or the
+//! spec's `hosts` list), the variables the task list renders for each, and the run that
+//! configures them and then verifies that every replica streams.
+
+mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::graph::{Address, Kind};
+use crate::remote::{Connection, RemoteError, Target};
+use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ParamValue, ProviderKind, Role};
+use crate::state::State;
+use crate::tasks::{Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
+
+pub use verify::{NodeStatus, Verified, status, verify};
+
+/// Prefix of the replication slots pgform manages (others are left alone).
+pub const SLOT_PREFIX: &str = "pgform_";
+
+/// One machine of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// `primary`, `replica-0`, ...: also PostgreSQL's cluster_name and the name the
+    /// primary sees in pg_stat_replication.
+    pub name: String,
+    pub role: Role,
+    /// Where SSH connects.
+    pub connect_address: String,
+    /// Where the other members reach it.
+    pub private_address: String,
+}
+
+impl Node {
+    pub fn slot(&self) -> String {
+        format!("{SLOT_PREFIX}{}", self.name.replace('-', "_"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("{0}")]
+    Inventory(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Playbook(#[from] PlaybookError),
+    #[error("{0}")]
+    Verify(String),
+}
+
+/// The cluster's machines: the `hosts` list, or the hosts the provider made (from the
+/// state's outputs). Primary first.
+pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsError> {
+    let mut nodes = Vec::new();
+    if spec.provider == ProviderKind::Hosts {
+        let mut replica = 0;
+        for h in &spec.hosts {
+            let name = match h.role {
+                Role::Primary => "primary".to_string(),
+                Role::Replica => {
+                    replica += 1;
+                    format!("replica-{}", replica - 1)
+                }
+            };
+            nodes.push(Node {
+                name,
+                role: h.role,
+                connect_address: h.address.clone(),
+                private_address: h
+                    .private_address
+                    .clone()
+                    .unwrap_or_else(|| h.address.clone()),
+            });
+        }
+    } else {
+        let kind = if spec.provider == ProviderKind::Docker {
+            Kind::DockerContainer
+        } else {
+            Kind::Instance
+        };
+        let wanted = std::iter::once(Address::new(kind, "primary"))
+            .chain((0..spec.postgres.replicas).map(|i| Address::indexed(kind, "replica", i)));
+        for address in wanted {
+            let r = state.resources.get(&address).ok_or_else(|| {
+                HostsError::Inventory(format!(
+                    "{address} is not in the state; run `pgform apply` (or `--only infra`) first"
+                ))
+            })?;
+            let out = |k: &str| {
+                r.outputs
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            };
+            let private = out("private_ip").ok_or_else(|| {
+                HostsError::Inventory(format!("{address} has no private address yet"))
+            })?;
+            let connect = match spec.ssh.connect_via {
+                ConnectVia::Public => out("public_ip").ok_or_else(|| {
+                    HostsError::Inventory(format!(
+                        "{address} has no public address; set ssh.connect_via = \"private\" (with ssh.jump_host) or network.public = true"
+                    ))
+                })?,
+                ConnectVia::Private => private.clone(),
+            };
+            let (name, role) = match address.index {
+                None => ("primary".to_string(), Role::Primary),
+                Some(i) => (format!("replica-{i}"), Role::Replica),
+            };
+            nodes.push(Node {
+                name,
+                role,
+                connect_address: connect,
+                private_address: private,
+            });
+        }
+    }
+    Ok(nodes)
+}
+
+/// The known-hosts file pgform keeps beside the state, so that a cluster's host keys do
+/// not mix with the user's own.
+pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
+    state_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{cluster}.known_hosts"))
+}
+
+/// How to reach `node`.
+pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
+    Target {
+        name: node.name.clone(),
+        address: node.connect_address.clone(),
+        port: spec.ssh.port,
+        user: spec.ssh.user_for(spec.provider).to_string(),
+        private_key: spec.ssh.private_key_file.clone(),
+        jump_host: spec.ssh.jump_host.clone(),
+        strict_host_keys: spec.ssh.known_hosts == KnownHostsPolicy::Strict,
+        known_hosts_file: Some(
+            spec.ssh
+                .known_hosts_file
+                .clone()
+                .unwrap_or_else(|| known_hosts.to_path_buf()),
+        ),
+    }
+}
+
+/// postgresql.conf settings for the cluster (the same on every node but cluster_name),
+/// each value written as postgresql.conf wants it.
+pub fn settings(spec: &ClusterSpec, nodes: &[Node], node: &Node) -> BTreeMap<String, String> {
+    let pg = &spec.postgres;
+    let senders = (nodes.len() as u32 + 4).max(10);
+    let mut s = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        s.insert(k.to_string(), v);
+    };
+    set("listen_addresses", conf_string("*"));
+    set("port", "5432".into());
+    set("max_connections", pg.max_connections.to_string());
+    set(
+        "shared_buffers",
+        conf_string(&pg.shared_buffers.to_string()),
+    );
+    set("wal_level", "replica".into());
+    set("max_wal_senders", senders.to_string());
+    set("max_replication_slots", senders.to_string());
+    set("hot_standby", "on".into());
+    set("cluster_name", conf_string(&node.name));
+    let standbys: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Replica)
+        .map(|n| format!("\"{}\"", n.name))
+        .collect();
+    let sync = if pg.synchronous && !standbys.is_empty() {
+        format!("FIRST 1 ({})", standbys.join(", "))
+    } else {
+        String::new()
+    };
+    set("synchronous_standby_names", conf_string(&sync));
+    for (k, v) in &pg.parameters {
+        let value = match v {
+            ParamValue::Text(t) => conf_string(t),
+            other => other.to_string(),
+        };
+        set(k, value);
+    }
+    s
+}
+
+/// A postgresql.conf string value.
+fn conf_string(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// pg_hba.conf lines pgform manages: replication between members, clients from the
+/// allowed CIDRs; all with scram-sha-256.
+pub fn hba_block(spec: &ClusterSpec, nodes: &[Node]) -> String {
+    let user = format!("\"{}\"", spec.postgres.replication_user);
+    let mut lines = vec!["# replication between the cluster's members".to_string()];
+    for n in nodes {
+        lines.push(format!(
+            "host replication {user} {}/32 scram-sha-256",
+            n.private_address
+        ));
+        lines.push(format!(
+            "host all {user} {}/32 scram-sha-256",
+            n.private_address
+        ));
+    }
+    if !spec.access.client_cidrs.is_empty() {
+        lines.push("# clients".into());
+        for c in &spec.access.client_cidrs {
+            lines.push(format!("host all all {c} scram-sha-256"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// The variables the task list renders for `node`.
+pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> minijinja::Value {
+    let v = spec.postgres.version;
+    let primary = nodes.iter().find(|n| n.role == Role::Primary);
+    let replicas: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Replica).collect();
+    minijinja::context! {
+        pg_version => v,
+        conf_dir => format!("/etc/postgresql/{v}/main"),
+        data_dir => format!("/var/lib/postgresql/{v}/main"),
+        node_name => node.name.clone(),
+        role => if node.role == Role::Primary { "primary" } else { "replica" },
+        primary_address => primary.map(|p| p.private_address.clone()).unwrap_or_default(),
+        replication_user => spec.postgres.replication_user.clone(),
+        replication_password => password.to_string(),
+        apt_mirror => spec.packages.apt_mirror.clone().unwrap_or_default(),
+        settings => settings(spec, nodes, node),
+        hba_block => hba_block(spec, nodes),
+        replica_slots => replicas.iter().map(|r| r.slot()).collect::<Vec<_>>(),
+        slot => node.slot(),
+        slot_prefix => SLOT_PREFIX,
+    }
+}
+
+/// Opens one SSH master per node, in parallel.
+pub async fn connect(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    known_hosts: &Path,
+) -> Result<Vec<Connection>, HostsError> {
+    let opens = nodes.iter().map(|n| {
+        let t = target(spec, n, known_hosts);
+        async move { Connection::open(&t).await }
+    });
+    let mut out = Vec::new();
+    for r in futures::future::join_all(opens).await {
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+/// Runs the embedded task list on the cluster's nodes.
+pub async fn configure(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    password: &str,
+    opts: &RunOptions,
+) -> Result<Recap, HostsError> {
+    let book = Playbook::embedded()?;
+    let hosts: Vec<HostRun> = nodes
+        .iter()
+        .zip(conns)
+        .map(|(n, c)| HostRun {
+            conn: c.clone(),
+            role: n.role,
+            vars: vars(spec, nodes, n, password),
+        })
+        .collect();
+    Ok(crate::tasks::run_playbook(&book, &hosts, password, opts).await)
+}

@@ -1,0 +1,403 @@
+//! Making, changing and deleting networks and containers. A create first adopts what an
+//! interrupted earlier create of the same address left behind (found by its cluster and
+//! address labels), so a rerun never fails on a name conflict with its own resource.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use ipnet::Ipv4Net;
+use tokio::net::TcpStream;
+
+use super::observe::{Found, KEYS_ENV, not_docker, pgform_labels};
+use super::{DockerProvider, POLL_EVERY, TOKEN_LABEL, message, status};
+use crate::graph::{ADDRESS_TAG, Address, Attrs, CLUSTER_TAG, Kind};
+use crate::provider::{Observed, OnId, ProviderError};
+
+/// How long one TCP connection attempt to a new host's port 22 may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The string attribute `key` of `address`.
+fn text<'a>(address: &Address, attrs: &'a Attrs, key: &str) -> Result<&'a str, ProviderError> {
+    attrs
+        .get(key)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ProviderError::Invalid(format!("{address}: `{key}` must be a string")))
+}
+
+/// The `labels` attribute as Docker labels.
+fn labels(address: &Address, attrs: &Attrs) -> Result<HashMap<String, String>, ProviderError> {
+    let bad = || ProviderError::Invalid(format!("{address}: `labels` must be a map of strings"));
+    let Some(value) = attrs.get("labels") else {
+        return Ok(HashMap::new());
+    };
+    value
+        .as_map()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
+        .collect()
+}
+
+/// Whether a found resource was made for this cluster and address.
+fn same_owner(labels: &HashMap<String, String>, found: &Found) -> bool {
+    let (cluster, address) = pgform_labels(Some(labels));
+    cluster.is_some() && address.is_some() && found.cluster == cluster && found.address == address
+}
+
+impl DockerProvider {
+    pub(super) async fn create_resource(
+        &self,
+        address: &Address,
+        attrs: &Attrs,
+        client_token: &str,
+        on_id: OnId<'_>,
+    ) -> Result<Observed, ProviderError> {
+        match address.kind {
+            Kind::DockerNetwork => {
+                self.create_network(address, attrs, client_token, on_id)
+                    .await
+            }
+            Kind::DockerContainer => {
+                self.create_container(address, attrs, client_token, on_id)
+                    .await
+            }
+            other => Err(not_docker(other)),
+        }
+    }
+
+    async fn create_network(
+        &self,
+        address: &Address,
+        attrs: &Attrs,
+        client_token: &str,
+        on_id: OnId<'_>,
+    ) -> Result<Observed, ProviderError> {
+        let name = text(address, attrs, "name")?;
+        let subnet = text(address, attrs, "subnet")?;
+        let net: Ipv4Net = subnet.parse().map_err(|e| {
+            ProviderError::Invalid(format!(
+                "{address}: `subnet` {subnet:?} is not an IPv4 CIDR: {e}"
+            ))
+        })?;
+        let gateway = net.hosts().next().ok_or_else(|| {
+            ProviderError::Invalid(format!(
+                "{address}: subnet {subnet} has no room for a gateway"
+            ))
+        })?;
+        let mut labels = labels(address, attrs)?;
+
+        // Docker (API < 1.44) does not refuse a second network of the same name, so an
+        // interrupted create is found by its labels before anything is made.
+        if let (Some(cluster), Some(addr)) = (labels.get(CLUSTER_TAG), labels.get(ADDRESS_TAG)) {
+            let filter = [
+                format!("{CLUSTER_TAG}={cluster}"),
+                format!("{ADDRESS_TAG}={addr}"),
+            ];
+            let existing = self.networks(&filter).await?;
+            if let Some(found) = existing
+                .iter()
+                .find(|f| f.observed.attrs.get("name").and_then(|v| v.as_str()) == Some(name))
+                .or(existing.first())
+            {
+                on_id(&found.observed.id);
+                return Ok(found.observed.clone());
+            }
+        }
+
+        labels.insert(TOKEN_LABEL.to_string(), client_token.to_string());
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".to_string()),
+            ipam: Some(Ipam {
+                driver: Some("default".to_string()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(net.to_string()),
+                    gateway: Some(gateway.to_string()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.count();
+        let id = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(|e| self.error("create network", &format!("docker network {name}"), e))?
+            .id;
+        on_id(&id);
+        match self.inspect_network(&id).await? {
+            Some(found) => Ok(found.observed),
+            None => Err(ProviderError::NotFound(format!(
+                "docker network {name} ({id}), just created,"
+            ))),
+        }
+    }
+
+    async fn create_container(
+        &self,
+        address: &Address,
+        attrs: &Attrs,
+        client_token: &str,
+        on_id: OnId<'_>,
+    ) -> Result<Observed, ProviderError> {
+        let name = text(address, attrs, "name")?;
+        let hostname = text(address, attrs, "hostname")?;
+        let image = text(address, attrs, "image")?;
+        let network_id = text(address, attrs, "network_id")?;
+        let ip = text(address, attrs, "ipv4_address")?;
+        let keys = text(address, attrs, "ssh_authorized_keys")?;
+        let ip_addr: std::net::Ipv4Addr = ip.parse().map_err(|e| {
+            ProviderError::Invalid(format!(
+                "{address}: `ipv4_address` {ip:?} is not an IPv4 address: {e}"
+            ))
+        })?;
+        let labels = labels(address, attrs)?;
+        let mut with_token = labels.clone();
+        with_token.insert(TOKEN_LABEL.to_string(), client_token.to_string());
+
+        let body = ContainerCreateBody {
+            hostname: Some(hostname.to_string()),
+            image: Some(image.to_string()),
+            env: Some(vec![format!("{KEYS_ENV}={keys}")]),
+            labels: Some(with_token),
+            host_config: Some(HostConfig {
+                network_mode: Some(network_id.to_string()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network_id.to_string(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let what = format!("docker container {name}");
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        self.count();
+        let id = match self.docker.create_container(Some(options), body).await {
+            Ok(made) => made.id,
+            // The name is taken: ours from an interrupted create (adopt it), or not.
+            Err(e) if status(&e) == Some(409) => {
+                let existing = self.inspect_container(name).await?;
+                match existing {
+                    Some(found) if same_owner(&labels, &found) => found.observed.id,
+                    Some(found) => {
+                        return Err(ProviderError::Api {
+                            operation: "create container".into(),
+                            code: "409".into(),
+                            message: format!(
+                                "the name {name} is taken by container {} which is not \
+                                 labelled as {address} of this cluster; remove or rename it",
+                                found.observed.id
+                            ),
+                        });
+                    }
+                    None => return Err(self.error("create container", &what, e)),
+                }
+            }
+            Err(e) => return Err(self.error("create container", &what, e)),
+        };
+        on_id(&id);
+
+        self.count();
+        match self.docker.start_container(&id, None).await {
+            Ok(()) => {}
+            // 304: already running (an adopted container).
+            Err(e) if status(&e) == Some(304) => {}
+            Err(e) => return Err(self.error("start container", &what, e)),
+        }
+        self.wait_for_ssh(address, &id, SocketAddr::from((ip_addr, 22)))
+            .await?;
+        match self.inspect_container(&id).await? {
+            Some(found) => Ok(found.observed),
+            None => Err(ProviderError::NotFound(format!(
+                "{what} ({id}), just started,"
+            ))),
+        }
+    }
+
+    /// Waits until `ssh` accepts TCP connections; fails early if the container stops.
+    async fn wait_for_ssh(
+        &self,
+        address: &Address,
+        id: &str,
+        ssh: SocketAddr,
+    ) -> Result<(), ProviderError> {
+        let start = Instant::now();
+        let mut last_check = Instant::now();
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ssh)).await
+            {
+                return Ok(());
+            }
+            if start.elapsed() >= self.timeouts.ssh {
+                return Err(ProviderError::Timeout {
+                    what: format!(
+                        "sshd of {address} (container {id}) to accept connections on {ssh}"
+                    ),
+                    seconds: self.timeouts.ssh.as_secs(),
+                });
+            }
+            if last_check.elapsed() >= Duration::from_secs(2) {
+                last_check = Instant::now();
+                self.ensure_running(address, id).await?;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// An error if the container is gone or no longer running.
+    async fn ensure_running(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
+        self.count();
+        let c = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c,
+            Err(e) => return Err(self.error("inspect container", &format!("container {id}"), e)),
+        };
+        let state = c.state.unwrap_or_default();
+        if state.running == Some(true) {
+            return Ok(());
+        }
+        Err(ProviderError::Api {
+            operation: "start container".into(),
+            code: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            message: format!(
+                "container {id} of {address} stopped before sshd answered (exit code {}{}); \
+                 see `docker logs {id}`",
+                state.exit_code.unwrap_or_default(),
+                state
+                    .error
+                    .filter(|e| !e.is_empty())
+                    .map(|e| format!(", {e}"))
+                    .unwrap_or_default()
+            ),
+        })
+    }
+
+    /// Docker cannot change anything of a made network or container, labels included:
+    /// only a no-op update succeeds.
+    pub(super) async fn update_resource(
+        &self,
+        address: &Address,
+        id: &str,
+        before: &Attrs,
+        after: &Attrs,
+    ) -> Result<Observed, ProviderError> {
+        if before != after {
+            let changed: Vec<&str> = before
+                .keys()
+                .chain(after.keys())
+                .filter(|k| before.get(*k) != after.get(*k))
+                .map(String::as_str)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            return Err(ProviderError::Invalid(format!(
+                "{address}: Docker cannot change {} of an existing {} in place; \
+                 replace the resource instead",
+                changed.join(", "),
+                address.kind
+            )));
+        }
+        let found = match address.kind {
+            Kind::DockerNetwork => self.inspect_network(id).await?,
+            Kind::DockerContainer => self.inspect_container(id).await?,
+            other => return Err(not_docker(other)),
+        };
+        found
+            .map(|f| f.observed)
+            .ok_or_else(|| ProviderError::NotFound(format!("{address} ({id})")))
+    }
+
+    pub(super) async fn delete_resource(
+        &self,
+        address: &Address,
+        id: &str,
+    ) -> Result<(), ProviderError> {
+        match address.kind {
+            Kind::DockerNetwork => self.delete_network(address, id).await,
+            Kind::DockerContainer => self.delete_container(address, id).await,
+            other => Err(not_docker(other)),
+        }
+    }
+
+    /// Force-removes the container (and its anonymous volumes); gone already is Ok.
+    async fn delete_container(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let start = Instant::now();
+        loop {
+            self.count();
+            match self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if status(&e) == Some(404) => return Ok(()),
+                // "removal of container ... is already in progress": wait for it.
+                Err(e)
+                    if status(&e) == Some(409)
+                        && message(&e).contains("in progress")
+                        && start.elapsed() < self.timeouts.network_busy =>
+                {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => {
+                    return Err(self.error("remove container", &format!("{address} ({id})"), e));
+                }
+            }
+        }
+    }
+
+    /// Removes the network; gone already is Ok. While containers are still attached
+    /// (a removal finishing elsewhere) it retries for a while, then fails.
+    async fn delete_network(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
+        let start = Instant::now();
+        loop {
+            self.count();
+            match self.docker.remove_network(id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if status(&e) == Some(404) => return Ok(()),
+                Err(e) if message(&e).contains("active endpoints") => {
+                    if start.elapsed() >= self.timeouts.network_busy {
+                        return Err(ProviderError::Api {
+                            operation: "remove network".into(),
+                            code: status(&e).unwrap_or_default().to_string(),
+                            message: format!(
+                                "{address} ({id}) still has containers attached after {}s: {}",
+                                self.timeouts.network_busy.as_secs(),
+                                message(&e)
+                            ),
+                        });
+                    }
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => {
+                    return Err(self.error("remove network", &format!("{address} ({id})"), e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! SSH to the hosts: one multiplexed OpenSSH master per host (the `openssh` crate, so
+//! ~/.ssh/config, the agent and jump hosts work as they do for `ssh`), commands built by
+//! [`shell`], at most [`CHANNELS_PER_HOST`] at once per host (sshd's MaxSessions is 10).
+
+pub mod shell;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+pub use shell::Sh;
+
+pub const CHANNELS_PER_HOST: usize = 8;
+
+/// How to reach one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The name the reports use (`primary`, `replica1`).
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub private_key: Option<PathBuf>,
+    pub jump_host: Option<String>,
+    /// Reject unknown host keys (otherwise new hosts are trusted on first contact).
+    pub strict_host_keys: bool,
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot connect to {host} ({address}): {message}")]
+    Connect {
+        host: String,
+        address: String,
+        message: String,
+    },
+    #[error("lost the connection to {host}: {message}")]
+    Lost { host: String, message: String },
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    /// The last lines of stderr (or stdout), for an error message.
+    pub fn tail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text.trim().lines().collect();
+        lines[lines.len().saturating_sub(6)..].join("\n")
+    }
+}
+
+/// A live connection to one host.
+#[derive(Clone)]
+pub struct Connection {
+    target: Arc<Target>,
+    session: Arc<Session>,
+    channels: Arc<Semaphore>,
+}
+
+impl Connection {
+    pub async fn open(target: &Target) -> Result<Connection, RemoteError> {
+        let mut b = SessionBuilder::default();
+        b.user(target.user.clone())
+            .port(target.port)
+            .connect_timeout(Duration::from_secs(15))
+            .server_alive_interval(Duration::from_secs(15))
+            .known_hosts_check(if target.strict_host_keys {
+                KnownHosts::Strict
+            } else {
+                KnownHosts::Add
+            })
+            .control_directory(std::env::temp_dir());
+        if let Some(key) = &target.private_key {
+            b.keyfile(key);
+        }
+        if let Some(jump) = &target.jump_host {
+            b.jump_hosts([jump]);
+        }
+        if let Some(file) = &target.known_hosts_file {
+            b.user_known_hosts_file(file);
+        }
+        let session = b
+            .connect_mux(&target.address)
+            .await
+            .map_err(|e| RemoteError::Connect {
+                host: target.name.clone(),
+                address: target.address.clone(),
+                message: error_text(&e),
+            })?;
+        Ok(Connection {
+            target: Arc::new(target.clone()),
+            session: Arc::new(session),
+            channels: Arc::new(Semaphore::new(CHANNELS_PER_HOST)),
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Runs `cmd` as root (sudo when the login user is not root), with `stdin` fed to it.
+    pub async fn run(&self, cmd: Sh, stdin: Option<&[u8]>) -> Result<Output, RemoteError> {
+        let cmd = cmd.as_root(&self.target.user);
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|e| self.lost(e.to_string()))?;
+        let mut command = self.session.raw_command(cmd.text());
+        command
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .await
+            .map_err(|e| self.lost(error_text(&e)))?;
+        if let Some(data) = stdin
+            && let Some(mut pipe) = child.stdin().take()
+        {
+            pipe.write_all(data)
+                .await
+                .map_err(|e| self.lost(e.to_string()))?;
+            pipe.shutdown()
+                .await
+                .map_err(|e| self.lost(e.to_string()))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| self.lost(error_text(&e)))?;
+        Ok(Output {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn lost(&self, message: String) -> RemoteError {
+        RemoteError::Lost {
+            host: self.target.name.clone(),
+            message,
+        }
+    }
+
+    /// Ends the master connection.
+    pub async fn close(self) {
+        if let Ok(session) = Arc::try_unwrap(self.session) {
+            let _ = session.close().await;
+        }
+    }
+}
+
+/// openssh's errors nest the useful part (ssh's own message) in their sources.
+fn error_text(e: &openssh::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

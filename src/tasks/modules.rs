@@ -1,0 +1,746 @@
+//! The actions a task can take. Each one first asks the host what needs doing
+//! ([`Action::query`]) and acts ([`Action::act`]) only when something does. Shell text
+//! comes from `remote::shell`; SQL goes to psql on standard input.
+
+use serde::Deserialize;
+use similar::TextDiff;
+
+use crate::remote::{Connection, Output, Sh, shell};
+
+/// What a task would change on a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub summary: String,
+    /// A unified diff of a file's content, when the task writes one.
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error("{what} failed (exit {status}): {detail}")]
+    Command {
+        what: String,
+        status: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A task's action with its arguments rendered for one host.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Debian packages installed (apt).
+    Package { names: Vec<String> },
+    /// A file rendered from a template in `playbooks/templates/`.
+    Template {
+        src: String,
+        dest: String,
+        #[serde(flatten)]
+        meta: Meta,
+    },
+    /// A file with the given content.
+    Copy {
+        content: String,
+        dest: String,
+        #[serde(flatten)]
+        meta: Meta,
+    },
+    /// A block of lines between markers inside a file that the system owns.
+    Block {
+        path: String,
+        block: String,
+        #[serde(default = "default_marker")]
+        marker: String,
+    },
+    /// A path that must be absent, or a directory.
+    File {
+        path: String,
+        state: FileState,
+        #[serde(flatten)]
+        meta: Meta,
+    },
+    /// A command, guarded so it runs only when needed.
+    Command {
+        argv: Vec<String>,
+        /// Skip when this path exists.
+        creates: Option<String>,
+    },
+    /// A PostgreSQL cluster (`pg_ctlcluster`, which hands over to systemctl on systemd
+    /// hosts) in the given state.
+    Service {
+        version: String,
+        state: ServiceState,
+    },
+    /// After a settings change: reload, then restart if a changed parameter needs it
+    /// (pg_settings.pending_restart); start a stopped cluster.
+    ApplySettings { version: String },
+    /// A login role with the given password and attributes.
+    PgRole {
+        name: String,
+        password: String,
+        #[serde(default)]
+        replication: bool,
+    },
+    /// Exactly these physical replication slots among those starting with `prefix`.
+    PgSlots { names: String, prefix: String },
+    /// A standby seeded from the primary with pg_basebackup, unless it already is one of
+    /// that primary (same system identifier).
+    BaseBackup {
+        version: String,
+        data_dir: String,
+        primary: String,
+        user: String,
+        slot: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Meta {
+    #[serde(default = "root")]
+    pub owner: String,
+    #[serde(default = "root")]
+    pub group: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    Absent,
+    Directory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    Started,
+    Restarted,
+    Reloaded,
+}
+
+fn root() -> String {
+    "root".into()
+}
+fn default_mode() -> String {
+    "644".into()
+}
+fn default_marker() -> String {
+    "pgform".into()
+}
+
+/// What the runner gives an action besides its arguments.
+pub struct Cx<'a> {
+    pub conn: &'a Connection,
+    /// Renders a template file by name for this host.
+    pub render: &'a (dyn Fn(&str) -> Result<String, ActionError> + Send + Sync),
+}
+
+impl Action {
+    /// Parses a task's module key and arguments (`package: {names: [...]}`).
+    pub fn parse(value: &serde_norway::Value) -> Result<Action, String> {
+        let map = value.as_mapping().ok_or("a task needs one module")?;
+        if map.len() != 1 {
+            let keys: Vec<String> = map
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect();
+            return Err(format!(
+                "a task needs exactly one module, found {}",
+                if keys.is_empty() {
+                    "none".into()
+                } else {
+                    keys.join(", ")
+                }
+            ));
+        }
+        // YAML's own enum form is a tagged value (`!package`); a one-key map reads as
+        // an externally tagged enum once it is plain data.
+        let plain = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        serde_json::from_value(plain).map_err(|e| e.to_string())
+    }
+
+    pub fn template_name(&self) -> Option<&str> {
+        match self {
+            Action::Template { src, .. } => Some(src),
+            _ => None,
+        }
+    }
+
+    /// What needs doing on this host, or `None` when it is as asked.
+    pub async fn query(&self, cx: &Cx<'_>) -> Result<Option<Change>, ActionError> {
+        let conn = cx.conn;
+        match self {
+            Action::Package { names } => {
+                let out = ok(
+                    conn.run(shell::package_status(names), None).await?,
+                    "dpkg-query",
+                )?;
+                let installed: Vec<&str> = out
+                    .stdout
+                    .lines()
+                    .filter_map(|l| l.strip_suffix(" installed"))
+                    .collect();
+                let missing: Vec<&String> = names
+                    .iter()
+                    .filter(|n| !installed.contains(&n.as_str()))
+                    .collect();
+                Ok((!missing.is_empty()).then(|| {
+                    change(format!(
+                        "install {}",
+                        missing
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                }))
+            }
+            Action::Template { src, dest, meta } => {
+                let content = (cx.render)(src)?;
+                file_change(conn, dest, &content, meta).await
+            }
+            Action::Copy {
+                content,
+                dest,
+                meta,
+            } => file_change(conn, dest, content, meta).await,
+            Action::Block {
+                path,
+                block,
+                marker,
+            } => {
+                let current = read(conn, path).await?;
+                let Some((_, text)) = current else {
+                    return Err(ActionError::Invalid(format!("{path} does not exist")));
+                };
+                let wanted = with_block(&text, marker, block);
+                Ok((wanted != text).then(|| Change {
+                    summary: format!("update block in {path}"),
+                    diff: Some(unified(path, &text, &wanted)),
+                }))
+            }
+            Action::File { path, state, meta } => match state {
+                FileState::Absent => {
+                    let there = conn.run(shell::exists(path), None).await?.success();
+                    Ok(there.then(|| change(format!("remove {path}"))))
+                }
+                FileState::Directory => {
+                    let out = ok(conn.run(shell::dir_meta(path), None).await?, "stat")?;
+                    let now = out.stdout.trim();
+                    let want = format!("{} {} {}", meta.owner, meta.group, meta.mode);
+                    Ok((now != want).then(|| change(format!("directory {path} ({want})"))))
+                }
+            },
+            Action::Command { argv, creates } => {
+                if let Some(path) = creates
+                    && conn.run(shell::exists(path), None).await?.success()
+                {
+                    return Ok(None);
+                }
+                Ok(Some(change(format!("run {}", argv.join(" ")))))
+            }
+            Action::Service { version, state } => {
+                let online = cluster_online(conn, version).await?;
+                Ok(match state {
+                    ServiceState::Started if online => None,
+                    ServiceState::Started => Some(change("start PostgreSQL".into())),
+                    ServiceState::Restarted => Some(change("restart PostgreSQL".into())),
+                    ServiceState::Reloaded => Some(change("reload PostgreSQL".into())),
+                })
+            }
+            Action::ApplySettings { version } => {
+                if !cluster_online(conn, version).await? {
+                    return Ok(Some(change("start PostgreSQL".into())));
+                }
+                Ok(Some(change(
+                    "reload PostgreSQL (restart if a setting needs it)".into(),
+                )))
+            }
+            Action::PgRole {
+                name,
+                password,
+                replication,
+            } => {
+                let rows = sql(
+                    conn,
+                    &format!(
+                        "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = {};",
+                        literal(name)
+                    ),
+                )
+                .await?;
+                let want = format!("t|{}", if *replication { "t" } else { "f" });
+                if rows.trim() != want {
+                    return Ok(Some(change(format!("create or alter role {name}"))));
+                }
+                // The password is right if a TCP login with it works (it is read from
+                // ~postgres/.pgpass, which an earlier task wrote).
+                let _ = password;
+                let login = conn
+                    .run(
+                        shell::psql_tcp("127.0.0.1", name, "postgres", false),
+                        Some(b"SELECT 1;"),
+                    )
+                    .await?;
+                Ok((!login.success()).then(|| change(format!("set the password of role {name}"))))
+            }
+            Action::PgSlots { names, prefix } => {
+                let (missing, extra) = slot_changes(conn, names, prefix).await?;
+                if missing.is_empty() && extra.is_empty() {
+                    return Ok(None);
+                }
+                let mut parts = Vec::new();
+                if !missing.is_empty() {
+                    parts.push(format!("create slot {}", missing.join(", ")));
+                }
+                if !extra.is_empty() {
+                    parts.push(format!("drop slot {}", extra.join(", ")));
+                }
+                Ok(Some(change(parts.join("; "))))
+            }
+            Action::BaseBackup {
+                version,
+                data_dir,
+                primary,
+                user,
+                ..
+            } => {
+                let v = version_number(version)?;
+                let local = conn
+                    .run(shell::control_system_identifier(v, data_dir), None)
+                    .await?
+                    .stdout
+                    .trim()
+                    .to_string();
+                let standby = conn
+                    .run(shell::exists(&format!("{data_dir}/standby.signal")), None)
+                    .await?
+                    .success();
+                let remote = conn
+                    .run(
+                        shell::psql_tcp(primary, user, "postgres", true),
+                        Some(b"IDENTIFY_SYSTEM;"),
+                    )
+                    .await?;
+                let remote = ok(remote, "IDENTIFY_SYSTEM on the primary")?;
+                let primary_id = remote
+                    .stdout
+                    .split('|')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let seeded = standby && !local.is_empty() && local == primary_id;
+                Ok((!seeded).then(|| change(format!("seed from {primary} with pg_basebackup"))))
+            }
+        }
+    }
+
+    /// Makes the change that [`Action::query`] found.
+    pub async fn act(&self, cx: &Cx<'_>) -> Result<(), ActionError> {
+        let conn = cx.conn;
+        match self {
+            Action::Package { names } => {
+                ok(
+                    conn.run(shell::apt_install(names), None).await?,
+                    "apt-get install",
+                )?;
+            }
+            Action::Template { src, dest, meta } => {
+                let content = (cx.render)(src)?;
+                write(conn, dest, &content, meta).await?;
+            }
+            Action::Copy {
+                content,
+                dest,
+                meta,
+            } => write(conn, dest, content, meta).await?,
+            Action::Block {
+                path,
+                block,
+                marker,
+            } => {
+                let (meta, text) = read(conn, path)
+                    .await?
+                    .ok_or_else(|| ActionError::Invalid(format!("{path} does not exist")))?;
+                write(conn, path, &with_block(&text, marker, block), &meta).await?;
+            }
+            Action::File { path, state, meta } => {
+                let cmd = match state {
+                    FileState::Absent => shell::remove_file(path),
+                    FileState::Directory => {
+                        shell::make_dir(path, &meta.owner, &meta.group, &meta.mode)
+                    }
+                };
+                ok(conn.run(cmd, None).await?, "file")?;
+            }
+            Action::Command { argv, .. } => {
+                ok(conn.run(Sh::argv(argv), None).await?, &argv.join(" "))?;
+            }
+            Action::Service { version, state } => {
+                let v = version_number(version)?;
+                let verb = match state {
+                    ServiceState::Started => "start",
+                    ServiceState::Restarted => "restart",
+                    ServiceState::Reloaded => "reload",
+                };
+                ok(
+                    conn.run(shell::pg_ctlcluster(v, verb), None).await?,
+                    &format!("pg_ctlcluster {verb}"),
+                )?;
+            }
+            Action::ApplySettings { version } => {
+                let v = version_number(version)?;
+                if !cluster_online(conn, version).await? {
+                    ok(
+                        conn.run(shell::pg_ctlcluster(v, "start"), None).await?,
+                        "pg_ctlcluster start",
+                    )?;
+                    return Ok(());
+                }
+                ok(
+                    conn.run(shell::pg_ctlcluster(v, "reload"), None).await?,
+                    "pg_ctlcluster reload",
+                )?;
+                let pending = sql(
+                    conn,
+                    "SELECT count(*) FROM pg_settings WHERE pending_restart;",
+                )
+                .await?;
+                if pending.trim() != "0" {
+                    ok(
+                        conn.run(shell::pg_ctlcluster(v, "restart"), None).await?,
+                        "pg_ctlcluster restart",
+                    )?;
+                }
+            }
+            Action::PgRole {
+                name,
+                password,
+                replication,
+            } => {
+                let exists = sql(
+                    conn,
+                    &format!("SELECT 1 FROM pg_roles WHERE rolname = {};", literal(name)),
+                )
+                .await?;
+                let verb = if exists.trim() == "1" {
+                    "ALTER"
+                } else {
+                    "CREATE"
+                };
+                let statement = format!(
+                    "SET log_statement = 'none'; {verb} ROLE {} WITH LOGIN {} PASSWORD {};",
+                    ident(name),
+                    if *replication {
+                        "REPLICATION"
+                    } else {
+                        "NOREPLICATION"
+                    },
+                    literal(password)
+                );
+                sql(conn, &statement).await?;
+            }
+            Action::PgSlots { names, prefix } => {
+                let (missing, extra) = slot_changes(conn, names, prefix).await?;
+                let mut statements = String::new();
+                for s in missing {
+                    statements.push_str(&format!(
+                        "SELECT pg_create_physical_replication_slot({});\n",
+                        literal(&s)
+                    ));
+                }
+                for s in extra {
+                    statements.push_str(&format!(
+                        "SELECT pg_drop_replication_slot({});\n",
+                        literal(&s)
+                    ));
+                }
+                sql(conn, &statements).await?;
+            }
+            Action::BaseBackup {
+                version,
+                data_dir,
+                primary,
+                user,
+                slot,
+            } => {
+                let v = version_number(version)?;
+                ok(
+                    conn.run(shell::base_backup(v, data_dir, primary, user, slot), None)
+                        .await?,
+                    "pg_basebackup",
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn change(summary: String) -> Change {
+    Change {
+        summary,
+        diff: None,
+    }
+}
+
+fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(ActionError::Command {
+            what: what.to_string(),
+            status: out
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "signal".into()),
+            detail: out.tail(),
+        })
+    }
+}
+
+fn version_number(v: &str) -> Result<u32, ActionError> {
+    v.trim()
+        .parse()
+        .map_err(|_| ActionError::Invalid(format!("`{v}` is not a PostgreSQL major version")))
+}
+
+/// Runs SQL as the postgres superuser over the local socket; returns the rows.
+pub async fn sql(conn: &Connection, statements: &str) -> Result<String, ActionError> {
+    Ok(ok(
+        conn.run(shell::psql("postgres"), Some(statements.as_bytes()))
+            .await?,
+        "psql",
+    )?
+    .stdout)
+}
+
+/// A SQL string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL identifier.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+async fn cluster_online(conn: &Connection, version: &str) -> Result<bool, ActionError> {
+    let out = conn.run(shell::list_clusters(), None).await?;
+    Ok(out.stdout.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 4 && f[0] == version.trim() && f[1] == "main" && f[3].starts_with("online")
+    }))
+}
+
+async fn slot_changes(
+    conn: &Connection,
+    names: &str,
+    prefix: &str,
+) -> Result<(Vec<String>, Vec<String>), ActionError> {
+    let want: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let rows = sql(
+        conn,
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical';",
+    )
+    .await?;
+    let have: Vec<String> = rows
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let missing = want.iter().filter(|w| !have.contains(w)).cloned().collect();
+    let extra = have
+        .iter()
+        .filter(|h| h.starts_with(prefix) && !want.contains(h))
+        .cloned()
+        .collect();
+    Ok((missing, extra))
+}
+
+/// The file's owner/group/mode and content, or `None` when it does not exist.
+async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, ActionError> {
+    let out = ok(
+        conn.run(shell::read_file(path), None).await?,
+        &format!("reading {path}"),
+    )?;
+    let (first, rest) = out
+        .stdout
+        .split_once('\n')
+        .unwrap_or((out.stdout.as_str(), ""));
+    if first == "absent" {
+        return Ok(None);
+    }
+    let f: Vec<&str> = first.split_whitespace().collect();
+    if f.len() != 3 {
+        return Err(ActionError::Invalid(format!(
+            "unexpected stat output for {path}: {first}"
+        )));
+    }
+    Ok(Some((
+        Meta {
+            owner: f[0].into(),
+            group: f[1].into(),
+            mode: f[2].into(),
+        },
+        rest.to_string(),
+    )))
+}
+
+async fn write(
+    conn: &Connection,
+    path: &str,
+    content: &str,
+    meta: &Meta,
+) -> Result<(), ActionError> {
+    let cmd = shell::write_file(path, &meta.owner, &meta.group, &meta.mode);
+    ok(
+        conn.run(cmd, Some(content.as_bytes())).await?,
+        &format!("writing {path}"),
+    )?;
+    Ok(())
+}
+
+async fn file_change(
+    conn: &Connection,
+    path: &str,
+    content: &str,
+    meta: &Meta,
+) -> Result<Option<Change>, ActionError> {
+    let current = read(conn, path).await?;
+    let (old_meta, old) = match current {
+        None => {
+            return Ok(Some(Change {
+                summary: format!("create {path}"),
+                diff: Some(unified(path, "", content)),
+            }));
+        }
+        Some(c) => c,
+    };
+    let mode_now = old_meta.mode.trim_start_matches('0');
+    let mode_want = meta.mode.trim_start_matches('0');
+    if old == content
+        && old_meta.owner == meta.owner
+        && old_meta.group == meta.group
+        && mode_now == mode_want
+    {
+        return Ok(None);
+    }
+    Ok(Some(Change {
+        summary: format!("update {path}"),
+        diff: (old != content).then(|| unified(path, &old, content)),
+    }))
+}
+
+/// `text` with the lines between `# BEGIN marker` and `# END marker` replaced by
+/// `block` (appended at the end when the markers are missing).
+pub fn with_block(text: &str, marker: &str, block: &str) -> String {
+    let begin = format!("# BEGIN {marker}");
+    let end = format!("# END {marker}");
+    let mut body = block.to_string();
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let managed = format!("{begin}\n{body}{end}\n");
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == begin);
+    let stop = lines.iter().position(|l| l.trim() == end);
+    match (start, stop) {
+        (Some(a), Some(b)) if a < b => {
+            let mut out = String::new();
+            for l in &lines[..a] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push_str(&managed);
+            for l in &lines[b + 1..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out
+        }
+        _ => {
+            let mut out = text.to_string();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&managed);
+            out
+        }
+    }
+}
+
+pub fn unified(path: &str, old: &str, new: &str) -> String {
+    TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(2)
+        .header(&format!("{path} (host)"), &format!("{path} (pgform)"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_is_appended_then_replaced_in_place() {
+        let base = "local all postgres peer\n";
+        let once = with_block(
+            base,
+            "pgform",
+            "host replication r 10.0.0.1/32 scram-sha-256",
+        );
+        assert!(once.starts_with(base));
+        assert!(once.ends_with("# END pgform\n"));
+        assert_eq!(
+            with_block(
+                &once,
+                "pgform",
+                "host replication r 10.0.0.1/32 scram-sha-256"
+            ),
+            once
+        );
+        let changed = with_block(
+            &once,
+            "pgform",
+            "host replication r 10.0.0.2/32 scram-sha-256",
+        );
+        assert!(changed.contains("10.0.0.2") && !changed.contains("10.0.0.1"));
+        assert_eq!(changed.matches("# BEGIN pgform").count(), 1);
+    }
+
+    #[test]
+    fn sql_quoting() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(ident("a \"b\""), "\"a \"\"b\"\"\"");
+    }
+
+    #[test]
+    fn actions_parse_from_yaml() {
+        let v: serde_norway::Value = serde_norway::from_str(
+            "template: {src: a.j2, dest: /etc/x, owner: postgres, group: postgres, mode: '640'}",
+        )
+        .unwrap();
+        let a = Action::parse(&v).unwrap();
+        assert_eq!(a.template_name(), Some("a.j2"));
+        let two: serde_norway::Value =
+            serde_norway::from_str("{package: {names: [a]}, copy: {content: x, dest: /y}}")
+                .unwrap();
+        assert!(
+            Action::parse(&two)
+                .unwrap_err()
+                .contains("exactly one module")
+        );
+    }
+}
