@@ -7,12 +7,15 @@ use anyhow::{Context, Result, bail};
 
 use super::report::{Style, reporter};
 use super::{
-    ApplyArgs, Cli, Command, DestroyArgs, Global, Outcome, PlanArgs, RunArgs, StateCommand,
+    ApplyArgs, Cli, Command, DestroyArgs, Global, Layer, Outcome, PlanArgs, RunArgs, StateCommand,
 };
 use crate::engine::{self, ApplyOptions, Interrupt};
 use crate::plan::{self, Plan};
+use crate::provider::Provider;
 use crate::provider::aws::AwsProvider;
-use crate::spec::{self, ClusterSpec};
+use crate::provider::docker::DockerProvider;
+use crate::provider::memory::MemoryProvider;
+use crate::spec::{self, ClusterSpec, ProviderKind};
 use crate::state::{self, State, StateStore};
 
 pub async fn run(cli: Cli) -> Result<Outcome> {
@@ -28,6 +31,12 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Apply(args) => apply(g, args).await,
         Command::Destroy(args) => destroy(g, args).await,
         Command::Output { name, json } => output(g, name.as_deref(), json),
+        Command::Status { json } => {
+            let spec = load_spec(g)?;
+            let state = read_state(&g.state_path(), &spec.name)?;
+            super::hosts::status(&spec, &state, &g.state_path(), json).await?;
+            Ok(Outcome::Ok)
+        }
         Command::State(cmd) => state_command(g, cmd).await,
         Command::ForceUnlock => {
             match state::force_unlock(&g.state_path())? {
@@ -101,8 +110,14 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
-async fn provider(spec: &ClusterSpec) -> AwsProvider {
-    AwsProvider::from_env(&spec.region).await
+/// The provider the spec names. Listed hosts need none: their graph is empty, and an
+/// in-memory provider answers its (empty) refresh.
+async fn provider(spec: &ClusterSpec) -> Result<Box<dyn Provider>> {
+    Ok(match spec.provider {
+        ProviderKind::Aws => Box::new(AwsProvider::from_env(&spec.region).await),
+        ProviderKind::Docker => Box::new(DockerProvider::from_env().await?),
+        ProviderKind::Hosts => Box::new(MemoryProvider::new()),
+    })
 }
 
 /// The state as it is on disk (no lock: reading is safe, writes are atomic).
@@ -121,12 +136,12 @@ fn read_state(path: &Path, cluster: &str) -> Result<State> {
 async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     let spec = load_spec(g)?;
     let state = read_state(&g.state_path(), &spec.name)?;
-    let provider = provider(&spec).await;
+    let provider = provider(&spec).await?;
     let events = reporter(Style::HumanToStderr);
     let plan = if args.destroy {
-        engine::plan_destroy(&provider, &state, &events).await?
+        engine::plan_destroy(&*provider, &state, &events).await?
     } else {
-        engine::plan(&provider, &spec, &state, &events).await?
+        engine::plan(&*provider, &spec, &state, &events).await?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -150,8 +165,37 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     })
 }
 
+/// Infrastructure first (unless `--only hosts`), then the hosts layer (unless
+/// `--only infra`); `--check` changes neither.
 async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
-    apply_or_destroy(g, false, args.plan_file.as_deref(), &args.run).await
+    if args.check && args.plan_file.is_some() {
+        bail!("--check shows what would change; it cannot run a saved plan (drop one of them)");
+    }
+    let spec = load_spec(g)?;
+    let before = read_state(&g.state_path(), &spec.name)?;
+    // Listed machines have no infrastructure layer.
+    if args.only != Some(Layer::Hosts) && spec.provider != ProviderKind::Hosts {
+        if args.check {
+            plan(
+                g,
+                PlanArgs {
+                    out: None,
+                    detailed_exitcode: false,
+                    json: args.run.json,
+                    destroy: false,
+                },
+            )
+            .await?;
+        } else {
+            apply_or_destroy(g, false, args.plan_file.as_deref(), &args.run).await?;
+        }
+    }
+    if args.only != Some(Layer::Infra) {
+        let state = read_state(&g.state_path(), &spec.name)?;
+        super::hosts::forget_replaced_hosts(&spec, &before, &state, &g.state_path());
+        super::hosts::configure(&spec, &state, &g.state_path(), args.check, args.run.json).await?;
+    }
+    Ok(Outcome::Ok)
 }
 
 async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
@@ -171,14 +215,14 @@ async fn apply_or_destroy(
     let verb = if destroy { "destroy" } else { "apply" };
     let mut store = StateStore::lock(&g.state_path(), verb)?;
     let state = store.load_or_new(&spec.name)?;
-    let provider = provider(&spec).await;
+    let provider = provider(&spec).await?;
     let plan = match plan_file {
         Some(file) => read_plan(file, &spec)?,
         None => {
             let plan = if destroy {
-                engine::plan_destroy(&provider, &state, &events).await?
+                engine::plan_destroy(&*provider, &state, &events).await?
             } else {
-                engine::plan(&provider, &spec, &state, &events).await?
+                engine::plan(&*provider, &spec, &state, &events).await?
             };
             if !confirm(&plan, args.auto_approve, args.json, verb)? {
                 return Ok(Outcome::Ok);
@@ -192,7 +236,7 @@ async fn apply_or_destroy(
         interrupt: Interrupt::default(),
     };
     let watcher = tokio::spawn(stop_on_ctrl_c(options.interrupt.clone()));
-    let result = engine::apply(&provider, &plan, &mut store, state, &options).await;
+    let result = engine::apply(&*provider, &plan, &mut store, state, &options).await;
     watcher.abort();
     let (state, report) = result?;
     if args.json {
@@ -261,12 +305,11 @@ fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bo
     std::io::stdout().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
-    if answer.trim() == "yes" {
-        Ok(true)
-    } else {
-        println!("\n{verb} cancelled; nothing was changed.");
-        Ok(false)
+    if answer.trim() != "yes" {
+        // An error, as in Terraform: a pipeline must not go on as if it had applied.
+        bail!("{verb} cancelled; nothing was changed");
     }
+    Ok(true)
 }
 
 fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
@@ -368,8 +411,8 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
                     existing.resources.len()
                 );
             }
-            let provider = provider(&spec).await;
-            let mut rebuilt = engine::rebuild(&provider, &spec).await?;
+            let provider = provider(&spec).await?;
+            let mut rebuilt = engine::rebuild(&*provider, &spec).await?;
             rebuilt.lineage = existing.lineage;
             rebuilt.serial = existing.serial;
             store.save(&mut rebuilt)?;

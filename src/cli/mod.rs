@@ -2,6 +2,7 @@
 //! engine's operations. Errors become messages and exit codes here, and only here.
 
 mod commands;
+mod hosts;
 mod report;
 
 use std::ffi::OsString;
@@ -10,8 +11,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// pgform: a PostgreSQL primary with streaming replicas on EC2, from one desired-state
-/// file, through a reviewed plan. No Terraform or Ansible needed.
+/// pgform: a PostgreSQL primary with streaming replicas on EC2, local containers or
+/// existing machines, from one desired-state file, through a reviewed plan. No
+/// Terraform or Ansible needed.
 #[derive(Debug, Parser)]
 #[command(
     name = "pgform",
@@ -22,7 +24,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     after_help = "Exit codes: 0 success, 1 error, 2 usage error (plan --detailed-exitcode: 2 = changes).\n\
 AWS credentials, region overrides and endpoints come from the standard AWS chain \
-(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)."
+(AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...); the local provider's Docker daemon from DOCKER_HOST."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -84,6 +86,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each node's role, WAL position, replication state and lag (asks the hosts).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect or rebuild the state.
     #[command(subcommand)]
     State(StateCommand),
@@ -111,8 +118,22 @@ pub struct PlanArgs {
 pub struct ApplyArgs {
     /// A plan saved by `pgform plan --out`: run exactly it (no question asked).
     pub plan_file: Option<PathBuf>,
+    /// Run one layer only: `infra` (cloud or containers) or `hosts` (the task list over
+    /// SSH, then the replication check).
+    #[arg(long, value_enum)]
+    pub only: Option<Layer>,
+    /// Change nothing: show the infrastructure plan and what the task list would change
+    /// on the hosts (with file diffs).
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layer {
+    Infra,
+    Hosts,
 }
 
 #[derive(Debug, Args)]

@@ -74,3 +74,42 @@ fn human(event: &Event) -> String {
         }
     }
 }
+
+/// Shows task-list events: one line per task and host as it finishes (skipped tasks
+/// stay quiet), the diff of files when `diffs`; or JSON lines.
+pub fn task_reporter(style: Style, diffs: bool) -> crate::tasks::Sink {
+    use crate::tasks::{TaskEvent, TaskStatus};
+    Arc::new(move |e: &TaskEvent| {
+        if style == Style::Json {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["event"] = "task".into();
+            println!("{v}");
+            return;
+        }
+        let word = match e.status {
+            TaskStatus::Skipped => return,
+            TaskStatus::Ok => "ok",
+            TaskStatus::Changed => "changed",
+            TaskStatus::WouldChange => "would change",
+            TaskStatus::Failed => "FAILED",
+        };
+        let mut line = format!(
+            "  {:<11} {:<13} {} ({:.1}s)",
+            e.host, word, e.task, e.seconds
+        );
+        if let Some(s) = &e.summary {
+            line.push_str(&format!(": {s}"));
+        }
+        if let Some(err) = &e.error {
+            line.push_str(&format!("\n      {}", err.replace('\n', "\n      ")));
+        }
+        if diffs && let Some(d) = &e.diff {
+            for l in d.lines() {
+                line.push_str(&format!("\n      {l}"));
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })
+}

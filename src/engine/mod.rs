@@ -116,7 +116,8 @@ pub async fn lookups(
     state: &State,
 ) -> Result<Lookups, EngineError> {
     let mut out = Lookups::default();
-    if let Some(id) = &spec.network.subnet_id {
+    let aws = spec.provider == crate::spec::ProviderKind::Aws;
+    if let Some(id) = spec.network.subnet_id.as_ref().filter(|_| aws) {
         out.subnet = Some(provider.lookup_subnet(id).await.map_err(|e| match e {
             ProviderError::NotFound(_) => EngineError::Input(format!(
                 "network.subnet_id: subnet `{id}` does not exist in {}\n    fix: use the id of an existing subnet, or remove subnet_id to create a network",
@@ -133,7 +134,7 @@ pub async fn lookups(
         }
     }
     let instances = 1 + spec.postgres.replicas as usize;
-    if spec.instances.ami.is_none() && out.current_amis.len() < instances {
+    if aws && spec.instances.ami.is_none() && out.current_amis.len() < instances {
         let (owner, pattern) = (&spec.instances.ami_owner, &spec.instances.ami_name);
         out.default_ami = Some(provider.lookup_image(owner, pattern).await.map_err(|e| match e {
             ProviderError::NotFound(_) => EngineError::Input(format!(
@@ -318,7 +319,16 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
             .map(str::to_string)
     };
     let mut out = BTreeMap::new();
-    let primary = Address::new(Kind::Instance, "primary");
+    // Hosts are EC2 instances or local containers, whichever the state holds.
+    let kind = if state
+        .resources
+        .contains_key(&Address::new(Kind::DockerContainer, "primary"))
+    {
+        Kind::DockerContainer
+    } else {
+        Kind::Instance
+    };
+    let primary = Address::new(kind, "primary");
     let node = |a: &Address| {
         json!({
             "id": state.id_of(a),
@@ -339,7 +349,7 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
     let replicas: Vec<_> = state
         .resources
         .keys()
-        .filter(|a| a.kind == Kind::Instance && a.name == "replica")
+        .filter(|a| a.kind == kind && a.name == "replica")
         .map(node)
         .collect();
     out.insert("replicas".into(), json!(replicas));

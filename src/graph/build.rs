@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Address, Attrs, GraphError, Kind, Resource, ResourceGraph, Value};
-use crate::spec::{ClusterSpec, Role};
+use crate::spec::{ClusterSpec, ProviderKind, Role};
 
 /// Tag naming the cluster a resource belongs to.
 pub const CLUSTER_TAG: &str = "pgform:cluster";
@@ -34,6 +34,12 @@ pub struct Lookups {
 
 /// Builds the resource graph of `spec`.
 pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, GraphError> {
+    match spec.provider {
+        ProviderKind::Aws => {}
+        ProviderKind::Docker => return build_docker(spec, lookups),
+        // Existing machines: nothing to make, only the hosts layer runs.
+        ProviderKind::Hosts => return ResourceGraph::from_resources(Vec::new()),
+    }
     let cluster = spec.name.as_str();
     let mut out = Vec::new();
     let tags = |address: &Address, name: &str, role: Option<&str>| {
@@ -215,6 +221,75 @@ pub fn build(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, Gra
             );
         }
         out.push(Resource::new(address.clone(), instance_attrs, &after));
+    }
+    ResourceGraph::from_resources(out)
+}
+
+/// First host address on the local network: primary `.11`, replica i `.12 + i`.
+pub const DOCKER_FIRST_HOST: u32 = 11;
+
+/// The local provider's graph: one private network and a container per node.
+fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, GraphError> {
+    let cluster = spec.name.as_str();
+    let labels = |address: &Address, role: Option<&str>| {
+        let mut t = BTreeMap::new();
+        t.insert(CLUSTER_TAG.to_string(), Value::str(cluster));
+        t.insert(ADDRESS_TAG.to_string(), Value::str(address.to_string()));
+        if let Some(role) = role {
+            t.insert("pgform:role".to_string(), Value::str(role));
+        }
+        Value::Map(t)
+    };
+    let net = Address::new(Kind::DockerNetwork, "main");
+    let cidr = spec.docker.network_cidr.0;
+    let mut out = vec![Resource::new(
+        net.clone(),
+        [
+            ("name", Value::str(format!("{cluster}-net"))),
+            ("subnet", Value::str(cidr.to_string())),
+            ("labels", labels(&net, None)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        &[],
+    )];
+    let nodes = std::iter::once((
+        Address::new(Kind::DockerContainer, "primary"),
+        "primary".to_string(),
+    ))
+    .chain((0..spec.postgres.replicas).map(|i| {
+        (
+            Address::indexed(Kind::DockerContainer, "replica", i),
+            format!("replica-{i}"),
+        )
+    }));
+    for (n, (address, name)) in nodes.enumerate() {
+        let ip = std::net::Ipv4Addr::from(u32::from(cidr.network()) + DOCKER_FIRST_HOST + n as u32);
+        let role = if address.index.is_none() {
+            "primary"
+        } else {
+            "replica"
+        };
+        out.push(Resource::new(
+            address.clone(),
+            [
+                ("name", Value::str(format!("{cluster}-{name}"))),
+                ("hostname", Value::str(format!("{cluster}-{name}"))),
+                ("image", Value::str(&spec.docker.image)),
+                ("network_id", Value::reference(&net)),
+                ("ipv4_address", Value::str(ip.to_string())),
+                (
+                    "ssh_authorized_keys",
+                    Value::str(lookups.public_key.clone().unwrap_or_default()),
+                ),
+                ("labels", labels(&address, Some(role))),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            &[],
+        ));
     }
     ResourceGraph::from_resources(out)
 }

@@ -138,7 +138,11 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
         address: node.connect_address.clone(),
         port: spec.ssh.port,
         user: spec.ssh.user_for(spec.provider).to_string(),
-        private_key: spec.ssh.private_key_file.clone(),
+        private_key: spec
+            .ssh
+            .private_key_file
+            .as_deref()
+            .map(crate::spec::expand_home),
         jump_host: spec.ssh.jump_host.clone(),
         strict_host_keys: spec.ssh.known_hosts == KnownHostsPolicy::Strict,
         known_hosts_file: Some(

@@ -96,7 +96,8 @@ impl ProviderKind {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DockerSpec {
-    /// The private network to create; hosts get addresses from `.11` up.
+    /// The private network to create; hosts get addresses from `.11` up, and `.1` (this
+    /// machine) can serve them a package repository.
     #[serde(default = "default_docker_cidr")]
     pub network_cidr: Cidr,
     /// The host image (built by `scripts/testbed.sh image`).
@@ -523,7 +524,7 @@ fn default_ssh_port() -> u16 {
     22
 }
 fn default_docker_cidr() -> Cidr {
-    Cidr("10.232.0.0/24".parse().expect("constant CIDR"))
+    Cidr("10.231.0.0/24".parse().expect("constant CIDR"))
 }
 fn default_docker_image() -> String {
     "pgform-host:bookworm".into()

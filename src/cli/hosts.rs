@@ -1,0 +1,204 @@
+//! The hosts layer's commands: configure after apply (or alone), and status.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::report::{Style, task_reporter};
+use crate::graph::Kind;
+use crate::hosts::{self, Node};
+use crate::remote::Connection;
+use crate::spec::ClusterSpec;
+use crate::state::State;
+use crate::tasks::RunOptions;
+
+/// How long replicas get to show up streaming and to receive the check row.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn open(
+    spec: &ClusterSpec,
+    state: &State,
+    state_path: &Path,
+) -> Result<(Vec<Node>, Vec<Connection>)> {
+    let nodes = hosts::inventory(spec, state)?;
+    let known = hosts::default_known_hosts(state_path, &spec.name);
+    let conns = hosts::connect(spec, &nodes, &known).await?;
+    Ok((nodes, conns))
+}
+
+/// Runs the task list on the cluster's hosts, then (unless `check`) verifies that every
+/// replica streams. Fails when a task failed or verification did.
+pub async fn configure(
+    spec: &ClusterSpec,
+    state: &State,
+    state_path: &Path,
+    check: bool,
+    json: bool,
+) -> Result<()> {
+    let password = spec
+        .postgres
+        .password_source()
+        .resolve()
+        .map_err(|e| anyhow!("postgres.replication_password: {e}"))?;
+    let style = if json { Style::Json } else { Style::Human };
+    let (nodes, conns) = open(spec, state, state_path).await?;
+    if !json {
+        println!(
+            "\n{} {} host(s): {}",
+            if check { "Checking" } else { "Configuring" },
+            nodes.len(),
+            nodes
+                .iter()
+                .map(|n| format!("{} ({})", n.name, n.connect_address))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let opts = RunOptions {
+        check,
+        events: Some(task_reporter(style, check)),
+    };
+    let recap = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await?;
+    if json {
+        println!("{}", serde_json::json!({"event": "recap", "recap": recap}));
+    } else {
+        println!("\nRecap:");
+        for (host, c) in &recap.hosts {
+            println!(
+                "  {host:<11} ok={} {}={} failed={} skipped={}",
+                c.ok,
+                if check { "would_change" } else { "changed" },
+                c.changed,
+                c.failed,
+                c.skipped
+            );
+        }
+    }
+    if let Some(f) = recap.failures.first() {
+        let more = recap.failures.len() - 1;
+        bail!(
+            "{}: task `{}` failed: {}{}\n    fix: correct the cause and run apply again; finished tasks are not repeated",
+            f.host,
+            f.task,
+            f.error,
+            if more > 0 {
+                format!(" (and {more} more failure(s) above)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if check {
+        for c in conns {
+            c.close().await;
+        }
+        return Ok(());
+    }
+    let verified = hosts::verify(&nodes, &conns, VERIFY_TIMEOUT).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "verified", "verified": verified})
+        );
+    } else {
+        println!(
+            "\nVerified: every replica streams; a row written on the primary reached them in {:.1}s.",
+            verified.row_seconds
+        );
+        for (name, state, sync) in &verified.replicas {
+            println!("  {name:<11} {state} ({sync})");
+        }
+    }
+    for c in conns {
+        c.close().await;
+    }
+    Ok(())
+}
+
+/// Hosts made anew since `before` (new ids) get new host keys, often at an address an
+/// earlier host had: drop those addresses from pgform's known-hosts file so that
+/// accept-new trusts the new keys (a changed key on a host pgform did not make is still
+/// refused).
+pub fn forget_replaced_hosts(spec: &ClusterSpec, before: &State, after: &State, state_path: &Path) {
+    if spec.ssh.known_hosts_file.is_some() {
+        return; // the user's own file: not ours to edit
+    }
+    let file = hosts::default_known_hosts(state_path, &spec.name);
+    if !file.exists() {
+        return;
+    }
+    let Ok(nodes) = hosts::inventory(spec, after) else {
+        return;
+    };
+    for (address, r) in &after.resources {
+        if !matches!(address.kind, Kind::Instance | Kind::DockerContainer) {
+            continue;
+        }
+        if before.resources.get(address).and_then(|b| b.id.as_ref()) == r.id.as_ref() {
+            continue;
+        }
+        let name = match address.index {
+            None => "primary".to_string(),
+            Some(i) => format!("replica-{i}"),
+        };
+        for n in nodes.iter().filter(|n| n.name == name) {
+            let host = if spec.ssh.port == 22 {
+                n.connect_address.clone()
+            } else {
+                format!("[{}]:{}", n.connect_address, spec.ssh.port)
+            };
+            let _ = std::process::Command::new("ssh-keygen")
+                .arg("-R")
+                .arg(&host)
+                .arg("-f")
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// `pgform status`: each node's role, WAL position, replication state and lag.
+pub async fn status(
+    spec: &ClusterSpec,
+    state: &State,
+    state_path: &Path,
+    json: bool,
+) -> Result<()> {
+    let (nodes, conns) = open(spec, state, state_path).await?;
+    let rows = hosts::status(&nodes, &conns).await;
+    for c in conns {
+        c.close().await;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {}",
+        "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC", "LAG"
+    );
+    for r in &rows {
+        println!(
+            "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {}",
+            r.name,
+            r.address,
+            r.role,
+            r.lsn.as_deref().unwrap_or("-"),
+            r.state.as_deref().unwrap_or("-"),
+            r.sync_state.as_deref().unwrap_or("-"),
+            r.lag_bytes
+                .map(|b| format!("{b} B"))
+                .unwrap_or_else(|| "-".into())
+        );
+        if let Some(e) = &r.error {
+            println!("  {e}");
+        }
+    }
+    if rows.iter().any(|r| r.role == "down") {
+        bail!("some nodes do not answer");
+    }
+    Ok(())
+}
