@@ -141,7 +141,7 @@ impl Work {
     /// Runs `pgform ARGS` in the directory with moto's environment; never reads stdin.
     fn pgform(&self, args: &[&str]) -> Run {
         let mut child = Command::new(PGFORM)
-            .args(args)
+            .args(common::infra_only(args))
             .envs(self.env.iter().cloned())
             .env_remove("RUST_LOG")
             .current_dir(self.dir.path())

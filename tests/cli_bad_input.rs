@@ -91,7 +91,7 @@ impl Case {
 fn pgform(dir: &Path, env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgform"))
         .current_dir(dir)
-        .args(args)
+        .args(common::infra_only(args))
         .env_remove("AWS_PROFILE")
         .env("HOME", dir)
         .env("PGFORM_REPLICATION_PASSWORD", "test-only-secret")

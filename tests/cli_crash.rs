@@ -64,7 +64,7 @@ shared_buffers = "1GB"
 fn pgform(dir: &Path, env: &[(String, String)], args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgform"));
     cmd.current_dir(dir)
-        .args(args)
+        .args(common::infra_only(args))
         .env_remove("AWS_PROFILE")
         .env("HOME", dir)
         .env("PGFORM_REPLICATION_PASSWORD", "test-only-secret")

@@ -143,10 +143,25 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     } else {
         engine::plan(&*provider, &spec, &state, &events).await?
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+    // The hosts layer joins the plan: the task list in check mode, where hosts exist.
+    let hosts = if args.destroy || args.only == Some(Layer::Infra) {
+        None
     } else {
-        print!("{}", plan::render(&plan));
+        Some(super::hosts::plan_hosts(&spec, &state, &g.state_path()).await)
+    };
+    if args.json {
+        let mut doc = serde_json::to_value(&plan)?;
+        if let Some(h) = &hosts {
+            doc["hosts"] = h.to_json();
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        if args.only != Some(Layer::Hosts) {
+            print!("{}", plan::render(&plan));
+        }
+        if let Some(h) = &hosts {
+            print!("{}", h.render());
+        }
     }
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&plan)?)
@@ -158,7 +173,8 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
             );
         }
     }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
+    let host_changes = hosts.as_ref().is_some_and(|h| h.has_changes());
+    Ok(if args.detailed_exitcode && (plan.has_changes() || host_changes) {
         Outcome::Changes
     } else {
         Outcome::Ok
@@ -183,6 +199,7 @@ async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
                     detailed_exitcode: false,
                     json: args.run.json,
                     destroy: false,
+                    only: Some(Layer::Infra),
                 },
             )
             .await?;

@@ -11,7 +11,7 @@ use crate::hosts::{self, Node};
 use crate::remote::Connection;
 use crate::spec::ClusterSpec;
 use crate::state::State;
-use crate::tasks::RunOptions;
+use crate::tasks::{RunOptions, TaskEvent, TaskStatus};
 
 /// How long replicas get to show up streaming and to receive the check row.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -114,6 +114,101 @@ pub async fn configure(
         c.close().await;
     }
     Ok(())
+}
+
+/// What the hosts layer would change, for `pgform plan`: the task list in check mode.
+pub enum HostPlan {
+    /// The hosts do not exist yet: apply makes them, then runs the whole task list.
+    NotYetMade(String),
+    /// They exist but could not be checked (unreachable, ...): the plan says so.
+    Unchecked(String),
+    /// The tasks that would change something, per host, with file diffs.
+    Checked(Vec<TaskEvent>),
+}
+
+pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) -> HostPlan {
+    let nodes = match hosts::inventory(spec, state) {
+        Ok(n) => n,
+        Err(e) => return HostPlan::NotYetMade(e.to_string()),
+    };
+    let password = match spec.postgres.password_source().resolve() {
+        Ok(p) => p,
+        Err(e) => return HostPlan::Unchecked(format!("postgres.replication_password: {e}")),
+    };
+    let known = hosts::default_known_hosts(state_path, &spec.name);
+    let conns = match hosts::connect(spec, &nodes, &known).await {
+        Ok(c) => c,
+        Err(e) => return HostPlan::Unchecked(e.to_string()),
+    };
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let opts = RunOptions {
+        check: true,
+        events: Some(std::sync::Arc::new(move |e: &TaskEvent| {
+            if matches!(e.status, TaskStatus::WouldChange | TaskStatus::Failed)
+                && let Ok(mut v) = sink.lock()
+            {
+                v.push(e.clone());
+            }
+        })),
+    };
+    let result = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await;
+    for c in conns {
+        c.close().await;
+    }
+    if let Err(e) = result {
+        return HostPlan::Unchecked(e.to_string());
+    }
+    let events = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    HostPlan::Checked(events)
+}
+
+impl HostPlan {
+    pub fn has_changes(&self) -> bool {
+        match self {
+            HostPlan::Checked(events) => !events.is_empty(),
+            HostPlan::NotYetMade(_) | HostPlan::Unchecked(_) => false,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            HostPlan::NotYetMade(why) => serde_json::json!({"checked": false, "reason": why}),
+            HostPlan::Unchecked(why) => serde_json::json!({"checked": false, "reason": why}),
+            HostPlan::Checked(events) => serde_json::json!({"checked": true, "changes": events}),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("\nHost configuration:\n");
+        match self {
+            HostPlan::NotYetMade(_) => out.push_str(
+                "  The hosts are not made yet: apply makes them, then runs the whole task list.\n",
+            ),
+            HostPlan::Unchecked(why) => out.push_str(&format!("  Not checked: {why}\n")),
+            HostPlan::Checked(events) if events.is_empty() => {
+                out.push_str("  No changes. The hosts match the spec.\n")
+            }
+            HostPlan::Checked(events) => {
+                for e in events {
+                    let mark = if e.status == TaskStatus::Failed { "!" } else { "~" };
+                    out.push_str(&format!(
+                        "  {mark} {}: {}: {}\n",
+                        e.host,
+                        e.task,
+                        e.summary.as_deref().or(e.error.as_deref()).unwrap_or("")
+                    ));
+                    if let Some(d) = &e.diff {
+                        for l in d.lines() {
+                            out.push_str(&format!("      {l}\n"));
+                        }
+                    }
+                }
+                out.push_str(&format!("\nHosts: {} task(s) to change.\n", events.len()));
+            }
+        }
+        out
+    }
 }
 
 /// Hosts made anew since `before` (new ids) get new host keys, often at an address an

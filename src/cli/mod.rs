@@ -112,6 +112,9 @@ pub struct PlanArgs {
     /// Plan the destruction of everything instead.
     #[arg(long)]
     pub destroy: bool,
+    /// Plan one layer only: `infra`, or `hosts` (the task list in check mode).
+    #[arg(long, value_enum)]
+    pub only: Option<Layer>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod error;
 mod flat;
 mod load;
+pub mod params;
 mod secret;
 mod types;
 mod validate;

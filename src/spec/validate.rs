@@ -208,6 +208,42 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "set provider = \"hosts\" to configure existing machines, or remove the hosts list",
         );
     }
+    for name in spec.postgres.parameters.keys() {
+        let field = format!("postgres.parameters.{name}");
+        match name.as_str() {
+            "max_connections" | "shared_buffers" => bad(
+                &field,
+                format!("`{name}` has its own field"),
+                &format!("set postgres.{name} instead"),
+            ),
+            "listen_addresses" | "port" | "wal_level" | "hot_standby" | "cluster_name"
+            | "synchronous_standby_names" | "max_wal_senders" | "max_replication_slots" => bad(
+                &field,
+                format!("`{name}` is managed by pgform for replication"),
+                "remove it (use postgres.synchronous for synchronous replication)",
+            ),
+            _ => match super::params::lookup(spec.postgres.version, name) {
+                super::params::Known::Unknown => bad(
+                    &field,
+                    format!("PostgreSQL {} has no parameter `{name}`", spec.postgres.version),
+                    &match super::params::closest(spec.postgres.version, name) {
+                        Some(n) => format!("did you mean `{n}`?"),
+                        None => "check the name in the PostgreSQL documentation (pg_settings)".into(),
+                    },
+                ),
+                super::params::Known::Context("internal") => bad(
+                    &field,
+                    format!("`{name}` is read-only (set when PostgreSQL is built or initialised)"),
+                    "remove it",
+                ),
+                super::params::Known::Unchecked if !name.contains('.') => warnings.push(format!(
+                    "postgres.parameters.{name}: parameter names are not checked for PostgreSQL {}",
+                    spec.postgres.version
+                )),
+                _ => {}
+            },
+        }
+    }
     if spec.postgres.replication_user.contains(['"', '\n'])
         || spec.postgres.replication_user.is_empty()
     {

@@ -42,6 +42,15 @@ pub enum Action {
         #[serde(flatten)]
         meta: Meta,
     },
+    /// A postgresql.conf include rendered from a template: as `template`, and its
+    /// change says which parameters need a restart and which only a reload.
+    PgConf {
+        src: String,
+        dest: String,
+        version: String,
+        #[serde(flatten)]
+        meta: Meta,
+    },
     /// A file with the given content.
     Copy {
         content: String,
@@ -166,7 +175,7 @@ impl Action {
 
     pub fn template_name(&self) -> Option<&str> {
         match self {
-            Action::Template { src, .. } => Some(src),
+            Action::Template { src, .. } | Action::PgConf { src, .. } => Some(src),
             _ => None,
         }
     }
@@ -203,6 +212,26 @@ impl Action {
             Action::Template { src, dest, meta } => {
                 let content = (cx.render)(src)?;
                 file_change(conn, dest, &content, meta).await
+            }
+            Action::PgConf {
+                src,
+                dest,
+                version,
+                meta,
+            } => {
+                let content = (cx.render)(src)?;
+                let old = read(conn, dest)
+                    .await?
+                    .map(|(_, text)| text)
+                    .unwrap_or_default();
+                let change = file_change(conn, dest, &content, meta).await?;
+                Ok(change.map(|mut c| {
+                    let v = version_number(version).unwrap_or(0);
+                    if let Some(effect) = settings_effect(v, &old, &content) {
+                        c.summary = format!("{}: {effect}", c.summary);
+                    }
+                    c
+                }))
             }
             Action::Copy {
                 content,
@@ -351,7 +380,7 @@ impl Action {
                     "apt-get install",
                 )?;
             }
-            Action::Template { src, dest, meta } => {
+            Action::Template { src, dest, meta } | Action::PgConf { src, dest, meta, .. } => {
                 let content = (cx.render)(src)?;
                 write(conn, dest, &content, meta).await?;
             }
@@ -480,6 +509,38 @@ impl Action {
         }
         Ok(())
     }
+}
+
+/// `name = value` lines of a postgresql.conf file.
+fn conf_values(text: &str) -> std::collections::BTreeMap<&str, &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect()
+}
+
+/// Which changed parameters take a restart and which a reload, e.g.
+/// `restart for shared_buffers; reload for work_mem`.
+pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
+    let (a, b) = (conf_values(old), conf_values(new));
+    let mut names: Vec<&str> = a.keys().chain(b.keys()).copied().filter(|k| a.get(k) != b.get(k)).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() || a.is_empty() {
+        return None;
+    }
+    let (restart, reload): (Vec<&str>, Vec<&str>) =
+        names.into_iter().partition(|n| crate::spec::params::needs_restart(version, n));
+    let mut parts = Vec::new();
+    if !restart.is_empty() {
+        parts.push(format!("restart for {}", restart.join(", ")));
+    }
+    if !reload.is_empty() {
+        parts.push(format!("reload for {}", reload.join(", ")));
+    }
+    Some(parts.join("; "))
 }
 
 fn change(summary: String) -> Change {
@@ -718,6 +779,18 @@ mod tests {
         );
         assert!(changed.contains("10.0.0.2") && !changed.contains("10.0.0.1"));
         assert_eq!(changed.matches("# BEGIN pgform").count(), 1);
+    }
+
+    #[test]
+    fn settings_changes_say_restart_or_reload() {
+        let old = "# x\nshared_buffers = '128MB'\nwork_mem = '4MB'\n";
+        let new = "# x\nshared_buffers = '256MB'\nwork_mem = '8MB'\n";
+        assert_eq!(
+            settings_effect(15, old, new).as_deref(),
+            Some("restart for shared_buffers; reload for work_mem")
+        );
+        assert_eq!(settings_effect(15, old, old), None);
+        assert_eq!(settings_effect(15, "", new), None, "a new file is no change of settings");
     }
 
     #[test]

@@ -349,3 +349,17 @@ fn answers_http(addr: SocketAddr) -> bool {
     let mut status_line = [0u8; 12]; // "HTTP/1.1 200"
     stream.read_exact(&mut status_line).is_ok() && status_line.ends_with(b" 200")
 }
+
+/// `args` with `--only infra` after `apply` or `plan`: the EC2 tests check the
+/// infrastructure layer, and moto's instances are not hosts anyone can reach.
+pub fn infra_only<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let explicit = args.contains(&"--only");
+    for a in args {
+        out.push(*a);
+        if !explicit && matches!(*a, "apply" | "plan") {
+            out.extend(["--only", "infra"]);
+        }
+    }
+    out
+}
