@@ -291,6 +291,16 @@ malformed! {
         from: r#"public_key_file = "key.pub""#, to: "public_key_file = \"key.pub\"\nkey_name = \"existing\"",
         field: "ssh.public_key_file", line: Some(12),
     };
+    toml_unknown_parameter: Case {
+        file: "cluster.toml", base: TOML,
+        from: r#"shared_buffers = "1GB""#, to: "shared_buffers = \"1GB\"\n[postgres.parameters]\nwrok_mem = \"8MB\"",
+        field: "postgres.parameters.wrok_mem", line: Some(22),
+    };
+    toml_parameter_managed_by_pgform: Case {
+        file: "cluster.toml", base: TOML,
+        from: r#"shared_buffers = "1GB""#, to: "shared_buffers = \"1GB\"\n[postgres.parameters]\nwal_level = \"logical\"",
+        field: "postgres.parameters.wal_level", line: Some(22),
+    };
     toml_postgres_version_9: Case {
         file: "cluster.toml", base: TOML,
         from: "version = 15", to: "version = 9",

@@ -208,42 +208,6 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "set provider = \"hosts\" to configure existing machines, or remove the hosts list",
         );
     }
-    for name in spec.postgres.parameters.keys() {
-        let field = format!("postgres.parameters.{name}");
-        match name.as_str() {
-            "max_connections" | "shared_buffers" => bad(
-                &field,
-                format!("`{name}` has its own field"),
-                &format!("set postgres.{name} instead"),
-            ),
-            "listen_addresses" | "port" | "wal_level" | "hot_standby" | "cluster_name"
-            | "synchronous_standby_names" | "max_wal_senders" | "max_replication_slots" => bad(
-                &field,
-                format!("`{name}` is managed by pgform for replication"),
-                "remove it (use postgres.synchronous for synchronous replication)",
-            ),
-            _ => match super::params::lookup(spec.postgres.version, name) {
-                super::params::Known::Unknown => bad(
-                    &field,
-                    format!("PostgreSQL {} has no parameter `{name}`", spec.postgres.version),
-                    &match super::params::closest(spec.postgres.version, name) {
-                        Some(n) => format!("did you mean `{n}`?"),
-                        None => "check the name in the PostgreSQL documentation (pg_settings)".into(),
-                    },
-                ),
-                super::params::Known::Context("internal") => bad(
-                    &field,
-                    format!("`{name}` is read-only (set when PostgreSQL is built or initialised)"),
-                    "remove it",
-                ),
-                super::params::Known::Unchecked if !name.contains('.') => warnings.push(format!(
-                    "postgres.parameters.{name}: parameter names are not checked for PostgreSQL {}",
-                    spec.postgres.version
-                )),
-                _ => {}
-            },
-        }
-    }
     if spec.postgres.replication_user.contains(['"', '\n'])
         || spec.postgres.replication_user.is_empty()
     {
@@ -351,6 +315,8 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
                 format!("`{name}` is not a parameter name"),
                 "use lowercase letters, digits, '_' and '.'",
             );
+        } else if let Some((message, fix)) = unknown_parameter(pg.version, name) {
+            bad(&field, message, &fix);
         } else if matches!(value, ParamValue::Text(t) if t.contains('\n') || t.contains('\0')) {
             bad(
                 &field,
@@ -362,8 +328,27 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
     out
 }
 
+/// A problem when PostgreSQL `version` has no settable parameter `name`.
+fn unknown_parameter(version: u32, name: &str) -> Option<(String, String)> {
+    use super::params::{Known, closest, lookup};
+    match lookup(version, name) {
+        Known::Unknown => Some((
+            format!("PostgreSQL {version} has no parameter `{name}`"),
+            match closest(version, name) {
+                Some(n) => format!("did you mean `{n}`?"),
+                None => "check the name in pg_settings or the PostgreSQL documentation".into(),
+            },
+        )),
+        Known::Context("internal") => Some((
+            format!("`{name}` is read-only (fixed when PostgreSQL is built or initialised)"),
+            "remove it".into(),
+        )),
+        Known::Context(_) | Known::Unchecked => None,
+    }
+}
+
 /// Parameters pgform sets itself, with where to set them instead.
-const MANAGED_PARAMETERS: [(&str, &str); 9] = [
+const MANAGED_PARAMETERS: [(&str, &str); 12] = [
     ("shared_buffers", "set postgres.shared_buffers instead"),
     ("max_connections", "set postgres.max_connections instead"),
     (
@@ -385,6 +370,9 @@ const MANAGED_PARAMETERS: [(&str, &str); 9] = [
         "pgform writes it when it seeds a replica",
     ),
     ("primary_slot_name", "pgform makes one slot per replica"),
+    ("cluster_name", "pgform names each node (primary, replica-0, ...)"),
+    ("max_wal_senders", "pgform sizes it for the replicas"),
+    ("max_replication_slots", "pgform sizes it for the replicas"),
 ];
 
 fn is_name(s: &str) -> bool {
