@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the local default, no AWS account needed: starts the EC2 emulator
+# The infrastructure layer on EC2, no AWS account needed: starts the EC2 emulator
 # (moto server) on loopback, then runs pgform validate, plan, apply, a converged plan,
-# output and destroy on examples/cluster.toml. Leaves nothing running.
+# output and destroy on examples/cluster.toml (--only infra: the emulated instances are
+# not hosts anyone can reach). Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -34,9 +35,9 @@ cd "$work"
 
 step() { printf '\n\033[1m==> pgform %s\033[0m\n' "$*"; }
 step validate;                      "$pgform" validate
-step plan;                          "$pgform" plan
-step apply --auto-approve;          "$pgform" apply --auto-approve
-step plan --detailed-exitcode;      "$pgform" plan --detailed-exitcode && echo "(exit 0: converged)"
+step plan --only infra;              "$pgform" plan --only infra
+step apply --only infra --auto-approve; "$pgform" apply --only infra --auto-approve
+step plan --detailed-exitcode;      "$pgform" plan --only infra --detailed-exitcode && echo "(exit 0: converged)"
 step state list;                    "$pgform" state list
 step output;                        "$pgform" output
 step destroy --auto-approve;        "$pgform" destroy --auto-approve

@@ -85,7 +85,8 @@ pub enum Action {
         state: ServiceState,
     },
     /// After a settings change: reload, then restart if a changed parameter needs it
-    /// (pg_settings.pending_restart); start a stopped cluster.
+    /// (pg_settings.pending_restart). A stopped cluster is left alone: it reads its
+    /// files when it starts.
     ApplySettings { version: String },
     /// A login role with the given password and attributes.
     PgRole {
@@ -245,7 +246,12 @@ impl Action {
             } => {
                 let current = read(conn, path).await?;
                 let Some((_, text)) = current else {
-                    return Err(ActionError::Invalid(format!("{path} does not exist")));
+                    // Only check mode gets here legitimately (the package that creates
+                    // the file is not installed yet); a real run fails in `act`.
+                    return Ok(Some(Change {
+                        summary: format!("add block to {path} (which does not exist yet)"),
+                        diff: None,
+                    }));
                 };
                 let wanted = with_block(&text, marker, block);
                 Ok((wanted != text).then(|| Change {
@@ -283,8 +289,9 @@ impl Action {
                 })
             }
             Action::ApplySettings { version } => {
+                // A stopped server reads its files when it starts: nothing to apply.
                 if !cluster_online(conn, version).await? {
-                    return Ok(Some(change("start PostgreSQL".into())));
+                    return Ok(None);
                 }
                 Ok(Some(change(
                     "reload PostgreSQL (restart if a setting needs it)".into(),
@@ -295,14 +302,23 @@ impl Action {
                 password,
                 replication,
             } => {
-                let rows = sql(
+                let rows = match sql(
                     conn,
                     &format!(
                         "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = {};",
                         literal(name)
                     ),
                 )
-                .await?;
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(_) if !any_cluster_online(conn).await? => {
+                        return Ok(Some(change(format!(
+                            "create role {name} (PostgreSQL is not running yet)"
+                        ))));
+                    }
+                    Err(e) => return Err(e),
+                };
                 let want = format!("t|{}", if *replication { "t" } else { "f" });
                 if rows.trim() != want {
                     return Ok(Some(change(format!("create or alter role {name}"))));
@@ -319,7 +335,15 @@ impl Action {
                 Ok((!login.success()).then(|| change(format!("set the password of role {name}"))))
             }
             Action::PgSlots { names, prefix } => {
-                let (missing, extra) = slot_changes(conn, names, prefix).await?;
+                let (missing, extra) = match slot_changes(conn, names, prefix).await {
+                    Ok(changes) => changes,
+                    Err(_) if !any_cluster_online(conn).await? => {
+                        return Ok(Some(change(format!(
+                            "create slot {names} (PostgreSQL is not running yet)"
+                        ))));
+                    }
+                    Err(e) => return Err(e),
+                };
                 if missing.is_empty() && extra.is_empty() {
                     return Ok(None);
                 }
@@ -350,6 +374,13 @@ impl Action {
                     .run(shell::exists(&format!("{data_dir}/standby.signal")), None)
                     .await?
                     .success();
+                if !standby || local.is_empty() {
+                    // Not a standby of anything: no need to ask the primary (which, in
+                    // check mode on bare hosts, does not run yet).
+                    return Ok(Some(change(format!(
+                        "seed from {primary} with pg_basebackup"
+                    ))));
+                }
                 let remote = conn
                     .run(
                         shell::psql_tcp(primary, user, "postgres", true),
@@ -425,13 +456,6 @@ impl Action {
             }
             Action::ApplySettings { version } => {
                 let v = version_number(version)?;
-                if !cluster_online(conn, version).await? {
-                    ok(
-                        conn.run(shell::pg_ctlcluster(v, "start"), None).await?,
-                        "pg_ctlcluster start",
-                    )?;
-                    return Ok(());
-                }
                 ok(
                     conn.run(shell::pg_ctlcluster(v, "reload"), None).await?,
                     "pg_ctlcluster reload",
@@ -464,7 +488,11 @@ impl Action {
                     "CREATE"
                 };
                 let statement = format!(
-                    "SET log_statement = 'none'; {verb} ROLE {} WITH LOGIN {} PASSWORD {};",
+                    // synchronous_commit = local: with synchronous replication on and no
+                    // standby seeded yet (they need this role first), the commit would
+                    // wait for a synchronous standby forever.
+                    "SET log_statement = 'none'; SET synchronous_commit = 'local'; \
+                     {verb} ROLE {} WITH LOGIN {} PASSWORD {};",
                     ident(name),
                     if *replication {
                         "REPLICATION"
@@ -478,16 +506,26 @@ impl Action {
             Action::PgSlots { names, prefix } => {
                 let (missing, extra) = slot_changes(conn, names, prefix).await?;
                 let mut statements = String::new();
+                // Reserve WAL at once: an unreserved slot holds nothing until a standby
+                // uses it, and a base backup running meanwhile loses its WAL.
                 for s in missing {
                     statements.push_str(&format!(
-                        "SELECT pg_create_physical_replication_slot({});\n",
+                        "SELECT pg_create_physical_replication_slot({}, true);\n",
                         literal(&s)
                     ));
                 }
+                // A removed replica may still stream from its slot, and an active slot
+                // cannot be dropped: end its walsender first and wait (up to 10 s) for
+                // the slot to be released. (pg_hba.conf no longer lets it back in.)
                 for s in extra {
+                    let l = literal(&s);
                     statements.push_str(&format!(
-                        "SELECT pg_drop_replication_slot({});\n",
-                        literal(&s)
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                         WHERE slot_name = {l} AND active_pid IS NOT NULL;\n\
+                         DO $pgform$ BEGIN FOR i IN 1..100 LOOP \
+                         EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {l} AND active); \
+                         PERFORM pg_sleep(0.1); END LOOP; END $pgform$;\n\
+                         SELECT pg_drop_replication_slot({l});\n"
                     ));
                 }
                 sql(conn, &statements).await?;
@@ -596,6 +634,16 @@ async fn cluster_online(conn: &Connection, version: &str) -> Result<bool, Action
     Ok(out.stdout.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() >= 4 && f[0] == version.trim() && f[1] == "main" && f[3].starts_with("online")
+    }))
+}
+
+/// Whether any PostgreSQL cluster on the host is online (false when none is installed).
+async fn any_cluster_online(conn: &Connection) -> Result<bool, ActionError> {
+    let out = conn.run(shell::list_clusters(), None).await?;
+    Ok(out.stdout.lines().any(|l| {
+        l.split_whitespace()
+            .nth(3)
+            .is_some_and(|s| s.starts_with("online"))
     }))
 }
 
