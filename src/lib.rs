@@ -8,10 +8,15 @@
 //!   the dependency walker. Pure.
 //! - [`state`]: what was made, as last seen; the on-disk file, its lock and backups.
 //! - [`plan`]: the diff of graph against refreshed state (pure), and its rendering.
-//! - [`provider`]: the [`provider::Provider`] trait; `aws` (EC2) and `memory`.
+//! - [`provider`]: the [`provider::Provider`] trait; `aws` (EC2), `docker` (local
+//!   containers) and `memory`.
 //! - [`engine`]: the operations — refresh, plan, apply, destroy, rebuild — with progress
 //!   [`engine::Event`]s. Apply executes a plan and nothing else.
-//! - [`cli`]: the command line, a thin layer over [`engine`].
+//! - [`hosts`]: the hosts layer — inventory, per-host variables, [`hosts::configure`]
+//!   (the embedded task list), [`hosts::verify`] and [`hosts::status`].
+//! - [`tasks`]: the task-list interpreter (query, then act; check mode; handlers).
+//! - [`remote`]: SSH sessions and the one place that builds shell text.
+//! - [`cli`]: the command line, a thin layer over [`engine`] and [`hosts`].
 //!
 //! # Embedding
 //! A service loads a spec, plans, inspects the plan, applies it and receives progress
@@ -52,6 +57,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Then the hosts layer: `hosts::inventory(&spec, &state)` lists the nodes,
+//! `hosts::connect` opens one SSH master per node, `hosts::configure(&spec, &nodes,
+//! &conns, password, &RunOptions { check, events })` runs the task list (events per task
+//! and host, a recap at the end), and `hosts::verify` proves that every replica streams.
 
 pub mod cli;
 pub mod engine;

@@ -208,6 +208,14 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "set provider = \"hosts\" to configure existing machines, or remove the hosts list",
         );
     }
+    // Debian 12 ships PostgreSQL 15 only; other majors need a repository that has them.
+    if spec.postgres.version != 15 && spec.packages.apt_mirror.is_none() {
+        warnings.push(format!(
+            "postgres.version {}: Debian 12 packages PostgreSQL 15 only; set packages.apt_mirror to a \
+             repository with postgresql-{} (a PGDG mirror) unless the hosts have one",
+            spec.postgres.version, spec.postgres.version
+        ));
+    }
     if spec.postgres.replication_user.contains(['"', '\n'])
         || spec.postgres.replication_user.is_empty()
     {
