@@ -1,0 +1,685 @@
+//! End to end on this machine: the real `pgform` binary with the `docker` provider (a
+//! primary and two streaming replicas as local containers), driven as a user drives it:
+//! apply, status, a converged rerun, plan, check mode, a settings change seen first in
+//! check mode and then applied, destroy.
+//!
+//! Needs the host testbed (`bash scripts/testbed.sh up`, then
+//! `eval "$(bash scripts/testbed.sh env)"`); skipped without it, failed under `CI`.
+//! Each test has its own cluster name and its own /24 in 10.234.0.0/16 (the harness uses
+//! 10.232.x, the docker provider tests 10.233.x, examples/local.toml 10.231.0.0/24), and a
+//! guard that removes whatever carries the cluster's label if the test fails midway.
+
+mod common;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::hosts::{self, SshKey, docker_cmd};
+use serde_json::Value;
+
+const PGFORM: &str = env!("CARGO_BIN_EXE_pgform");
+/// A full build takes about a minute on two cores; with other tests running at the same
+/// time it can take several. This only stops a hang.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The replication password: quotes, spaces, shell and pgpass metacharacters. It reaches
+/// pgform only through its environment.
+const PASSWORD: &str = r#"Zq7 'single' "double" $HOME `id` ;&|<>\ :*#%! Vx9"#;
+/// Parts of the password that are unlikely anywhere else: a leak that escaped or quoted
+/// the password differently still shows them.
+const PASSWORD_MARKERS: [&str; 2] = ["Zq7 'single'", ":*#%! Vx9"];
+
+// ---------------------------------------------------------------------------------
+// Running pgform
+// ---------------------------------------------------------------------------------
+
+/// The outcome of one `pgform` run.
+struct Run {
+    args: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    seconds: f64,
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "\n--- `pgform {}` exited {:?} after {:.1}s ---\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- end ---",
+            self.args, self.code, self.seconds, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    #[track_caller]
+    fn expect(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "`pgform {}` should exit {code}{self}",
+            self.args
+        );
+        self
+    }
+
+    #[track_caller]
+    fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout of `pgform {}` should contain {needle:?}{self}",
+            self.args
+        );
+        self
+    }
+
+    #[track_caller]
+    fn stdout_lacks(&self, needle: &str) -> &Run {
+        assert!(
+            !self.stdout.contains(needle),
+            "stdout of `pgform {}` should not contain {needle:?}{self}",
+            self.args
+        );
+        self
+    }
+
+    /// The recap's counter `counter` (`changed`, `would_change`, ...) per host.
+    #[track_caller]
+    fn recap(&self, counter: &str) -> Vec<(String, u32)> {
+        let Some((_, after)) = self.stdout.split_once("\nRecap:\n") else {
+            panic!("`pgform {}` printed no recap{self}", self.args);
+        };
+        let prefix = format!("{counter}=");
+        after
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let host = words.next().unwrap_or_default().to_string();
+                let n = words
+                    .find_map(|w| w.strip_prefix(prefix.as_str()))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("recap line {l:?} has no {prefix}N{self}"));
+                (host, n)
+            })
+            .collect()
+    }
+
+    /// Asserts that the recap lists exactly the three hosts, each with `counter`=0.
+    #[track_caller]
+    fn recap_all_zero(&self, counter: &str) -> &Run {
+        let recap = self.recap(counter);
+        let hosts: Vec<&str> = recap.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(
+            hosts,
+            ["primary", "replica-0", "replica-1"],
+            "recap hosts of `pgform {}`{self}",
+            self.args
+        );
+        assert!(
+            recap.iter().all(|(_, n)| *n == 0),
+            "every host should have {counter}=0 after `pgform {}`: {recap:?}{self}",
+            self.args
+        );
+        self
+    }
+}
+
+/// A working directory for one test: spec, state, known hosts.
+struct Work {
+    dir: tempfile::TempDir,
+    /// stdout and stderr of every run so far, for the leak check.
+    output: std::sync::Mutex<String>,
+}
+
+impl Work {
+    fn new() -> Work {
+        Work {
+            dir: tempfile::Builder::new()
+                .prefix("pgform-cli-local")
+                .tempdir()
+                .expect("cannot create a temporary directory"),
+            output: Default::default(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let path = self.path(name);
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    fn read(&self, name: &str) -> String {
+        let path = self.path(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// Runs `pgform ARGS` in the directory; the password only in its environment; never
+    /// reads stdin.
+    fn pgform(&self, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let mut child = Command::new(PGFORM)
+            .args(args)
+            .env("DOCKER_HOST", hosts::docker_host())
+            .env("PGFORM_REPLICATION_PASSWORD", PASSWORD)
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {PGFORM}: {e}"));
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+        let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+        let deadline = started + RUN_TIMEOUT;
+        let status = loop {
+            match child.try_wait().expect("cannot wait for pgform") {
+                Some(status) => break Some(status),
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let run = Run {
+            args: args.join(" "),
+            code: status.and_then(|s| s.code()),
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        // Shown with --nocapture, and with the output of a failed test.
+        eprintln!("{run}");
+        {
+            let mut all = self.output.lock().unwrap();
+            all.push_str(&run.stdout);
+            all.push('\n');
+            all.push_str(&run.stderr);
+            all.push('\n');
+        }
+        assert!(
+            status.is_some(),
+            "`pgform {}` did not finish within {RUN_TIMEOUT:?}{run}",
+            run.args
+        );
+        run
+    }
+
+    /// `pgform output --json`: the private addresses of primary, replica-0, replica-1.
+    fn private_ips(&self) -> Vec<String> {
+        let out = self.pgform(&["output", "--json"]);
+        out.expect(0);
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("output --json is not JSON: {e}{out}"));
+        let ip = |n: &Value| {
+            n["private_ip"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no private_ip in {n}{out}"))
+                .to_string()
+        };
+        let mut ips = vec![ip(&v["primary"])];
+        let replicas = v["replicas"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no replicas list{out}"));
+        ips.extend(replicas.iter().map(ip));
+        ips
+    }
+
+    /// Asserts that the password appears in no output so far and in no file of the
+    /// directory (spec, state, known hosts, lock, anything else).
+    #[track_caller]
+    fn assert_no_password_anywhere(&self) {
+        let output = self.output.lock().unwrap();
+        for needle in std::iter::once(PASSWORD).chain(PASSWORD_MARKERS) {
+            assert!(
+                !output.contains(needle),
+                "pgform's output holds the password (found {needle:?})"
+            );
+        }
+        for file in files_under(self.dir.path()) {
+            let bytes = std::fs::read(&file)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+            let text = String::from_utf8_lossy(&bytes);
+            for needle in std::iter::once(PASSWORD).chain(PASSWORD_MARKERS) {
+                assert!(
+                    !text.contains(needle),
+                    "{} holds the password (found {needle:?})",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot list {}: {e}", d.display()));
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// The cluster on Docker
+// ---------------------------------------------------------------------------------
+
+/// A cluster name and a free /24 in 10.234.0.0/16, unique to this test process and call.
+fn unique_cluster() -> (String, u8) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let used = used_subnets();
+    let start = (pid.wrapping_mul(7).wrapping_add(n * 31)) % 250;
+    let third = (0..250)
+        .map(|i| ((start + i) % 250 + 2) as u8)
+        .find(|t| !used.contains(&format!("10.234.{t}.0/24")))
+        .expect("no free /24 in 10.234.0.0/16");
+    (format!("cli-local-{pid}-{n}"), third)
+}
+
+/// The subnets of the daemon's networks (to pick a free one).
+fn used_subnets() -> Vec<String> {
+    let ids = docker(&["network", "ls", "-q"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let mut args = vec![
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+    ];
+    args.extend(&ids);
+    docker_try(&args)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn docker_try(args: &[&str]) -> Result<String, String> {
+    let out = docker_cmd()
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "`docker {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[track_caller]
+fn docker(args: &[&str]) -> String {
+    docker_try(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Ids of the containers (all states) labelled with the cluster.
+fn cluster_containers(cluster: &str) -> Vec<String> {
+    let filter = format!("label={}={cluster}", common::CLUSTER_TAG);
+    docker(&["ps", "-aq", "--filter", &filter])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ids of the networks labelled with the cluster.
+fn cluster_networks(cluster: &str) -> Vec<String> {
+    let filter = format!("label={}={cluster}", common::CLUSTER_TAG);
+    docker(&["network", "ls", "-q", "--filter", &filter])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes whatever carries the cluster's label when the test ends (after a successful
+/// destroy there is nothing left to remove).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label={}={}", common::CLUSTER_TAG, self.0);
+        if let Ok(ids) = docker_try(&["ps", "-aq", "--filter", &filter]) {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids);
+                let _ = docker_try(&args);
+            }
+        }
+        if let Ok(ids) = docker_try(&["network", "ls", "-q", "--filter", &filter]) {
+            for id in ids.split_whitespace() {
+                for _ in 0..5 {
+                    if docker_try(&["network", "rm", id]).is_ok() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+}
+
+/// The spec: like examples/local.toml, on its own network, with the harness's key.
+fn spec(cluster: &str, third: u8, key: &SshKey, max_connections: u32) -> String {
+    let private = key.private.display();
+    let public = key.private.with_extension("pub");
+    let public = public.display();
+    let port = hosts::apt_port();
+    format!(
+        r#"name = "{cluster}"
+provider = "docker"
+
+[docker]
+network_cidr = "10.234.{third}.0/24"
+image = "{image}"
+
+[ssh]
+public_key_file = "{public}"
+private_key_file = "{private}"
+
+[packages]
+apt_mirror = "deb [trusted=yes] http://10.234.{third}.1:{port} ./"
+
+[postgres]
+version = 15
+replicas = 2
+max_connections = {max_connections}
+shared_buffers = "128MB"
+replication_user = "replicator"
+
+[postgres.parameters]
+work_mem = "8MB"
+"#,
+        image = hosts::IMAGE,
+    )
+}
+
+/// `SHOW max_connections` on the host at `ip`, over SSH as root with the test's key.
+fn show_max_connections(key: &SshKey, ip: &str) -> String {
+    let out = ssh(
+        key,
+        ip,
+        "cd /tmp && sudo -u postgres psql -tAc 'SHOW max_connections'",
+    );
+    assert!(
+        out.status.success(),
+        "SHOW max_connections on {ip} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Prints the end of each host's PostgreSQL log (for a failed configuration).
+fn show_postgres_logs(work: &Work, key: &SshKey) {
+    let out = work.pgform(&["output", "--json"]);
+    let Ok(v) = serde_json::from_str::<Value>(&out.stdout) else {
+        return;
+    };
+    let mut nodes = vec![v["primary"].clone()];
+    nodes.extend(v["replicas"].as_array().cloned().unwrap_or_default());
+    for ip in nodes.iter().filter_map(|n| n["private_ip"].as_str()) {
+        let log = ssh(
+            key,
+            ip,
+            "tail -n 40 /var/log/postgresql/postgresql-15-main.log",
+        );
+        eprintln!(
+            "--- PostgreSQL log at {ip} ---\n{}{}",
+            String::from_utf8_lossy(&log.stdout),
+            String::from_utf8_lossy(&log.stderr)
+        );
+    }
+}
+
+/// Runs `cmd` on the host at `ip` over SSH as root with the test's key.
+fn ssh(key: &SshKey, ip: &str, cmd: &str) -> std::process::Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(&key.private)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("root@{ip}"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ssh: {e}"))
+}
+
+/// `pgform status --json` shows one primary and two replicas streaming from it.
+#[track_caller]
+fn assert_streaming(work: &Work) {
+    let run = work.pgform(&["status", "--json"]);
+    run.expect(0);
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not a JSON list: {e}{run}"));
+    let role = |r: &Value| r["role"].as_str().unwrap_or_default().to_string();
+    let primaries: Vec<&Value> = rows.iter().filter(|r| role(r) == "primary").collect();
+    let replicas: Vec<&Value> = rows.iter().filter(|r| role(r) == "replica").collect();
+    assert_eq!(primaries.len(), 1, "one primary{run}");
+    assert_eq!(primaries[0]["name"], "primary", "{run}");
+    assert_eq!(replicas.len(), 2, "two replicas{run}");
+    assert_eq!(rows.len(), 3, "nothing else (no node down){run}");
+    for r in replicas {
+        assert_eq!(r["state"], "streaming", "{r}{run}");
+        assert!(r["error"].is_null(), "{r}{run}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The main local job
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn local_cluster_applies_converges_checks_changes_and_destroys() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let started = Instant::now();
+    let key = SshKey::generate();
+    let (cluster, third) = unique_cluster();
+    let _cleanup = Cleanup(cluster.clone());
+    let work = Work::new();
+    work.write("cluster.toml", &spec(&cluster, third, &key, 100));
+
+    // From nothing to a verified cluster in one command.
+    let first = work.pgform(&["apply", "--auto-approve"]);
+    if first.code != Some(0) {
+        show_postgres_logs(&work, &key);
+    }
+    first
+        .expect(0)
+        .stdout_has("Apply complete!")
+        .stdout_has("Verified");
+    assert_eq!(cluster_containers(&cluster).len(), 3, "three containers");
+    assert_eq!(cluster_networks(&cluster).len(), 1, "one network");
+    let ips = work.private_ips();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    for ip in &ips {
+        assert!(
+            ip.starts_with(&format!("10.234.{third}.")),
+            "{ip} is on the spec's network 10.234.{third}.0/24"
+        );
+    }
+    assert_streaming(&work);
+
+    // A rerun changes nothing, and says so host by host.
+    work.pgform(&["apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("No changes")
+        .stdout_has("Verified")
+        .recap_all_zero("changed");
+
+    // One layer at a time: the infrastructure alone touches no host, the hosts alone
+    // refresh no infrastructure.
+    work.pgform(&["apply", "--only", "infra", "--auto-approve"])
+        .expect(0)
+        .stdout_has("No changes")
+        .stdout_lacks("Recap:")
+        .stdout_lacks("Verified");
+    work.pgform(&["apply", "--only", "hosts", "--auto-approve"])
+        .expect(0)
+        .stdout_lacks("Refreshing")
+        .stdout_has("Verified")
+        .recap_all_zero("changed");
+
+    work.pgform(&["plan", "--detailed-exitcode"]).expect(0);
+
+    // Check mode on a converged cluster: nothing would change, nothing does.
+    let state_before = work.read("cluster.pgstate.json");
+    work.pgform(&["apply", "--check"])
+        .expect(0)
+        .stdout_lacks("would change ")
+        .stdout_lacks("Verified")
+        .recap_all_zero("would_change");
+    assert_eq!(
+        work.read("cluster.pgstate.json"),
+        state_before,
+        "apply --check wrote the state"
+    );
+
+    // A settings change: check mode shows it with the file's diff and leaves it undone...
+    work.write("cluster.toml", &spec(&cluster, third, &key, 150));
+    let check = work.pgform(&["apply", "--check"]);
+    check.expect(0);
+    let would_change_settings = check
+        .stdout
+        .lines()
+        .any(|l| l.contains("would change") && l.contains("postgresql.conf settings"));
+    assert!(
+        would_change_settings,
+        "apply --check should report `would change` for the settings template{check}"
+    );
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with('+') && l.contains("max_connections = 150")),
+        "apply --check should show the diff line `+max_connections = 150`{check}"
+    );
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with('-') && l.contains("max_connections = 100")),
+        "apply --check should show the old line `-max_connections = 100`{check}"
+    );
+    assert_eq!(
+        work.read("cluster.pgstate.json"),
+        state_before,
+        "apply --check wrote the state"
+    );
+    for ip in &ips {
+        assert_eq!(
+            show_max_connections(&key, ip),
+            "100",
+            "apply --check changed max_connections on {ip}"
+        );
+    }
+    // The plan covers the hosts too: the change makes it exit 2, with the same diff.
+    work.pgform(&["plan", "--detailed-exitcode"])
+        .expect(2)
+        .stdout_has("+max_connections = 150");
+    assert_eq!(
+        show_max_connections(&key, &ips[0]),
+        "100",
+        "plan changed max_connections on the primary"
+    );
+
+    // ...and apply makes it, on every node.
+    work.pgform(&["apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("Verified");
+    for ip in &ips {
+        assert_eq!(
+            show_max_connections(&key, ip),
+            "150",
+            "max_connections on {ip} after apply"
+        );
+    }
+    assert_streaming(&work);
+
+    // The password went to the hosts only: in no output, no state, no file here, and not
+    // in what Docker records of the containers and network.
+    let state = work.read("cluster.pgstate.json");
+    assert!(!state.contains(PASSWORD), "the state holds the password");
+    work.assert_no_password_anywhere();
+    let mut inspect = vec!["inspect".to_string()];
+    inspect.extend(cluster_containers(&cluster));
+    inspect.extend(cluster_networks(&cluster));
+    let inspect: Vec<&str> = inspect.iter().map(String::as_str).collect();
+    let recorded = docker(&inspect);
+    for needle in std::iter::once(PASSWORD).chain(PASSWORD_MARKERS) {
+        assert!(
+            !recorded.contains(needle),
+            "docker inspect of the cluster shows the password (found {needle:?})"
+        );
+    }
+
+    // Destroy leaves nothing labelled with the cluster.
+    work.pgform(&["destroy", "--auto-approve"])
+        .expect(0)
+        .stdout_has("Destroy complete!");
+    assert_eq!(
+        cluster_containers(&cluster),
+        Vec::<String>::new(),
+        "containers labelled {}={cluster} after destroy",
+        common::CLUSTER_TAG
+    );
+    assert_eq!(
+        cluster_networks(&cluster),
+        Vec::<String>::new(),
+        "networks labelled {}={cluster} after destroy",
+        common::CLUSTER_TAG
+    );
+    work.assert_no_password_anywhere();
+    eprintln!(
+        "local_cluster_applies_converges_checks_changes_and_destroys: {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+}
