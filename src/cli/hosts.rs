@@ -253,6 +253,8 @@ pub fn forget_replaced_hosts(spec: &ClusterSpec, before: &State, after: &State, 
                 .status();
         }
     }
+    // ssh-keygen -R keeps the previous file as `.old`: pgform keeps none.
+    let _ = std::fs::remove_file(file.with_extension("known_hosts.old"));
 }
 
 /// `pgform status`: each node's role, WAL position, replication state and lag.
