@@ -1,21 +1,30 @@
 //! The task list against real hosts: Debian containers with sshd, PostgreSQL from the
 //! local apt repository (the testbed of `scripts/testbed.sh`), configured through the
 //! library with the `hosts` provider.
+//!
+//! A full cluster setup costs 40-60 s, so each test shares one cluster between several
+//! scenarios, in the order a cluster's life would go through them.
 
 mod common;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::hosts::{self, Host, Network, SshKey};
 use pgform::hosts as cluster;
 use pgform::spec::{ClusterSpec, parse_str};
 use pgform::state::State;
-use pgform::tasks::{RunOptions, TaskStatus};
+use pgform::tasks::modules::sql;
+use pgform::tasks::{Recap, RunOptions, TaskEvent, TaskStatus};
 
 const USER: &str = "rep user's $(id)";
 const PASSWORD: &str = "p@ss 'w\"o:r\\d $(touch /tmp/pwned); `id` & *";
+const CONF: &str = "/etc/postgresql/15/main/conf.d/pgform.conf";
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A spec for `hosts` (the first one the primary). `extra` goes into `[postgres]` and
+/// may open `[postgres.parameters]`.
 fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra: &str) -> ClusterSpec {
     let mut text = format!(
         "name = \"t\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
@@ -37,11 +46,80 @@ fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra: &str) -> ClusterSpe
         .spec
 }
 
+/// `n` hosts `pg0`, `pg1`, ... at .11, .12, ...
+fn start_hosts(net: &Network, n: u8, key: &SshKey) -> Vec<Host> {
+    (0..n)
+        .map(|i| Host::start(net, &format!("pg{i}"), 11 + i, key))
+        .collect()
+}
+
 struct Cluster {
     spec: ClusterSpec,
     nodes: Vec<cluster::Node>,
     conns: Vec<pgform::remote::Connection>,
 }
+
+/// What one run reported: the recap and every event, in the order they were emitted.
+struct Run {
+    recap: Recap,
+    events: Vec<TaskEvent>,
+}
+
+impl Run {
+    fn statuses(&self, host: &str, task: &str) -> Vec<TaskStatus> {
+        self.events
+            .iter()
+            .filter(|e| e.host == host && e.task == task)
+            .map(|e| e.status)
+            .collect()
+    }
+    fn event(&self, host: &str, play: &str, task: &str) -> &TaskEvent {
+        self.events
+            .iter()
+            .find(|e| e.host == host && e.play == play && e.task == task)
+            .unwrap_or_else(|| panic!("no event {host}/{play}/{task}: {:#?}", self.events))
+    }
+    fn changed(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.status, TaskStatus::Changed | TaskStatus::WouldChange))
+            .map(|e| format!("{} {}: {:?}", e.host, e.task, e.summary))
+            .collect()
+    }
+    /// The settings play's `apply settings` handler ran on every replica before it ran
+    /// (or anything of that play ran) on the primary.
+    fn assert_replicas_first(&self, nodes: &[cluster::Node]) {
+        let settings: Vec<&TaskEvent> = self
+            .events
+            .iter()
+            .filter(|e| e.play == "settings")
+            .collect();
+        let applied = |host: &str| {
+            settings
+                .iter()
+                .position(|e| e.host == host && e.task == "apply settings")
+                .unwrap_or_else(|| panic!("no `apply settings` on {host}: {settings:#?}"))
+        };
+        let primary_first = settings
+            .iter()
+            .position(|e| e.host == "primary")
+            .expect("the primary ran the settings play");
+        assert!(applied("primary") >= primary_first);
+        for n in nodes.iter().filter(|n| n.name != "primary") {
+            assert!(
+                applied(&n.name) < primary_first,
+                "{} applied its settings after the primary started: {:#?}",
+                n.name,
+                settings
+                    .iter()
+                    .map(|e| format!("{} {}", e.host, e.task))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+type Hook = Arc<dyn Fn(&TaskEvent) + Send + Sync>;
 
 async fn connect(spec: ClusterSpec, key: &SshKey) -> Cluster {
     let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
@@ -51,27 +129,114 @@ async fn connect(spec: ClusterSpec, key: &SshKey) -> Cluster {
 }
 
 impl Cluster {
-    async fn run(&self, check: bool) -> pgform::tasks::Recap {
-        let events: pgform::tasks::Sink = std::sync::Arc::new(|e: &pgform::tasks::TaskEvent| {
+    /// The same hosts with another spec (same connections).
+    fn respec(&mut self, spec: ClusterSpec) {
+        let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+        assert_eq!(
+            nodes, self.nodes,
+            "respec keeps the hosts; reconnect otherwise"
+        );
+        self.spec = spec;
+    }
+
+    async fn run(&self, check: bool) -> Run {
+        self.run_with(check, None).await
+    }
+
+    async fn run_with(&self, check: bool, hook: Option<Hook>) -> Run {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let events: pgform::tasks::Sink = Arc::new(move |e: &TaskEvent| {
             eprintln!(
-                "{:>10} {:?} {} {}",
+                "{:>10} {:?} {} {}{}",
                 e.host,
                 e.status,
                 e.task,
-                e.summary.clone().unwrap_or_default()
+                e.summary.clone().unwrap_or_default(),
+                e.error.clone().unwrap_or_default()
             );
             assert!(
                 !format!("{e:?}").contains(PASSWORD),
                 "password in an event: {e:?}"
             );
+            sink_seen.lock().unwrap().push(e.clone());
+            if let Some(h) = &hook {
+                h(e);
+            }
         });
         let opts = RunOptions {
             check,
             events: Some(events),
         };
-        cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts)
+        let recap = cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts)
             .await
-            .expect("playbook runs")
+            .expect("playbook runs");
+        let events = std::mem::take(&mut *seen.lock().unwrap());
+        Run { recap, events }
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// One value from SQL run as postgres on node `name`.
+    async fn query(&self, name: &str, statement: &str) -> String {
+        sql(&self.conns[self.index(name)], statement)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: `{statement}`: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    /// `SHOW parameter` on every node, by node name.
+    async fn show_all(&self, parameter: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push((
+                n.name.clone(),
+                self.query(&n.name, &format!("SHOW {parameter};")).await,
+            ));
+        }
+        out
+    }
+
+    async fn assert_all_show(&self, parameter: &str, want: &str) {
+        let got = self.show_all(parameter).await;
+        assert!(
+            got.iter().all(|(_, v)| v == want),
+            "{parameter} is not {want} everywhere: {got:?}"
+        );
+    }
+
+    async fn start_times(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(
+                self.query(&n.name, "SELECT pg_postmaster_start_time();")
+                    .await,
+            );
+        }
+        out
+    }
+
+    async fn slots(&self) -> Vec<String> {
+        self.query(
+            "primary",
+            "SELECT slot_name FROM pg_replication_slots ORDER BY 1;",
+        )
+        .await
+        .lines()
+        .map(String::from)
+        .collect()
+    }
+
+    async fn verify(&self) -> cluster::Verified {
+        cluster::verify(&self.nodes, &self.conns, VERIFY_TIMEOUT)
+            .await
+            .expect("verified")
     }
 }
 
@@ -82,17 +247,17 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     }
     let key = SshKey::generate();
     let net = Network::create("cfg");
-    let hs: Vec<Host> = (0..3)
-        .map(|i| Host::start(&net, &format!("pg{i}"), 11 + i, &key))
-        .collect();
+    let hs = start_hosts(&net, 3, &key);
     let c = connect(spec(&net, &hs.iter().collect::<Vec<_>>(), &key, ""), &key).await;
 
     let first = c.run(false).await;
-    assert!(!first.failed(), "first run failed: {:?}", first.failures);
-    assert!(first.changed() > 0);
-    let v = cluster::verify(&c.nodes, &c.conns, Duration::from_secs(60))
-        .await
-        .expect("verified");
+    assert!(
+        !first.recap.failed(),
+        "first run failed: {:?}",
+        first.recap.failures
+    );
+    assert!(first.recap.changed() > 0);
+    let v = c.verify().await;
     assert_eq!(v.replicas.len(), 2, "{v:?}");
     assert!(
         v.replicas
@@ -102,15 +267,15 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     );
 
     let second = c.run(false).await;
-    assert!(!second.failed(), "{:?}", second.failures);
+    assert!(!second.recap.failed(), "{:?}", second.recap.failures);
     assert_eq!(
-        second.changed(),
+        second.recap.changed(),
         0,
         "a converged rerun changed something: {:?}",
-        second.hosts
+        second.changed()
     );
     let check = c.run(true).await;
-    assert_eq!(check.changed(), 0);
+    assert_eq!(check.recap.changed(), 0, "{:?}", check.changed());
 
     // The password reached no argument list or file outside the password file: a
     // command substitution in it never ran.
@@ -123,5 +288,335 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
         2,
         "{status:?}"
     );
-    let _ = TaskStatus::Ok;
+}
+
+/// Synchronous mode; then, on the converged cluster: a check run changes nothing; a
+/// reload-only parameter (work_mem) is applied without a restart; shared_buffers and a
+/// higher max_connections restart every node, replicas first.
+#[tokio::test(flavor = "multi_thread")]
+async fn synchronous_cluster_applies_settings_with_reload_or_restart_replicas_first() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("set");
+    let hs = start_hosts(&net, 3, &key);
+    let refs: Vec<&Host> = hs.iter().collect();
+    let mut c = connect(spec(&net, &refs, &key, "synchronous = true"), &key).await;
+
+    let first = c.run(false).await;
+    assert!(!first.recap.failed(), "{:?}", first.recap.failures);
+
+    // Synchronous mode: the first replica is the synchronous standby, the other one the
+    // candidate.
+    assert_eq!(
+        c.query("primary", "SHOW synchronous_standby_names;").await,
+        r#"FIRST 1 ("replica-0", "replica-1")"#
+    );
+    let v = c.verify().await;
+    let mut seen = v.replicas.clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("replica-0".into(), "streaming".into(), "sync".into()),
+            ("replica-1".into(), "streaming".into(), "potential".into()),
+        ],
+        "{v:?}"
+    );
+
+    // Check mode: the settings file would change (diff with the new line), but neither
+    // the file nor the running value does.
+    let files: Vec<String> = hs
+        .iter()
+        .map(|h| h.ssh_ok(&format!("cat {CONF}")))
+        .collect();
+    assert!(files.iter().all(|f| !f.contains("work_mem")), "{files:?}");
+    let work_mem = "synchronous = true\n[postgres.parameters]\nwork_mem = \"64MB\"";
+    c.respec(spec(&net, &refs, &key, work_mem));
+    let check = c.run(true).await;
+    assert!(!check.recap.failed(), "{:?}", check.recap.failures);
+    for n in &c.nodes {
+        let e = c.event_check(&check, &n.name);
+        let diff = e.diff.as_deref().unwrap_or_default();
+        assert!(
+            diff.lines().any(|l| l == "+work_mem = '64MB'"),
+            "{}: the diff misses the new line:\n{diff}",
+            n.name
+        );
+    }
+    assert!(
+        !check.events.iter().any(|e| e.status == TaskStatus::Changed),
+        "check mode reported a real change: {:?}",
+        check.changed()
+    );
+    c.assert_all_show("work_mem", "4MB").await;
+    let after: Vec<String> = hs
+        .iter()
+        .map(|h| h.ssh_ok(&format!("cat {CONF}")))
+        .collect();
+    assert_eq!(files, after, "check mode changed {CONF}");
+
+    // work_mem: a reload, no restart.
+    let started = c.start_times().await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    for n in &c.nodes {
+        assert_eq!(
+            run.statuses(&n.name, "postgresql.conf settings"),
+            [TaskStatus::Changed],
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            run.statuses(&n.name, "apply settings"),
+            [TaskStatus::Changed],
+            "{}",
+            n.name
+        );
+    }
+    c.assert_all_show("work_mem", "64MB").await;
+    assert_eq!(
+        c.start_times().await,
+        started,
+        "a reload-only change restarted PostgreSQL"
+    );
+    run.assert_replicas_first(&c.nodes);
+
+    // shared_buffers: a restart everywhere, replicas first.
+    let buffers = format!("shared_buffers = \"192MB\"\n{work_mem}");
+    c.respec(spec(&net, &refs, &key, &buffers));
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    run.assert_replicas_first(&c.nodes);
+    c.assert_all_show("shared_buffers", "192MB").await;
+    c.assert_all_show("work_mem", "64MB").await;
+    let restarted = c.start_times().await;
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert_ne!(
+            restarted[i], started[i],
+            "{} did not restart for shared_buffers",
+            n.name
+        );
+    }
+    let v = c.verify().await;
+    assert_eq!(v.replicas.len(), 2, "{v:?}");
+
+    // A higher max_connections: a standby refuses to run with less than its primary, so
+    // the replicas must go first and all must come back.
+    let connections = format!("max_connections = 150\n{buffers}");
+    c.respec(spec(&net, &refs, &key, &connections));
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    run.assert_replicas_first(&c.nodes);
+    c.assert_all_show("max_connections", "150").await;
+    for n in c.nodes.iter().filter(|n| n.name != "primary") {
+        assert_eq!(c.query(&n.name, "SELECT pg_is_in_recovery();").await, "t");
+    }
+    let v = c.verify().await;
+    let mut seen = v.replicas.clone();
+    seen.sort();
+    assert_eq!(seen[0].2, "sync", "{v:?}");
+    assert_eq!(seen.len(), 2, "{v:?}");
+
+    // Converged again: a rerun changes nothing (no handler keeps firing).
+    let again = c.run(false).await;
+    assert!(!again.recap.failed(), "{:?}", again.recap.failures);
+    assert_eq!(again.recap.changed(), 0, "{:?}", again.changed());
+}
+
+impl Cluster {
+    fn event_check<'a>(&self, run: &'a Run, host: &str) -> &'a TaskEvent {
+        let e = run.event(host, "settings", "postgresql.conf settings");
+        assert_eq!(e.status, TaskStatus::WouldChange, "{e:?}");
+        e
+    }
+}
+
+/// A replica added to a running cluster is seeded alone; a replica removed from the spec
+/// loses its slot on the primary; a replica that is down during a run fails alone, and
+/// a rerun once it is back starts PostgreSQL on it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_come_and_go_and_a_stopped_replica_recovers() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("grow");
+    let hs = start_hosts(&net, 3, &key);
+    let two = [&hs[0], &hs[1]];
+
+    let c = connect(spec(&net, &two, &key, ""), &key).await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(c.verify().await.replicas.len(), 1);
+
+    // Add a replica: only it is seeded.
+    let all: Vec<&Host> = hs.iter().collect();
+    let c = connect(spec(&net, &all, &key, ""), &key).await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(
+        run.statuses("replica-1", "seed from the primary"),
+        [TaskStatus::Changed]
+    );
+    assert_eq!(
+        run.statuses("replica-0", "seed from the primary"),
+        [TaskStatus::Ok]
+    );
+    let v = c.verify().await;
+    assert_eq!(v.replicas.len(), 2, "{v:?}");
+    assert_eq!(c.slots().await, ["pgform_replica_0", "pgform_replica_1"]);
+
+    // Remove it again (its host still runs and streams): its slot goes.
+    let c = connect(spec(&net, &two, &key, ""), &key).await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(c.slots().await, ["pgform_replica_0"]);
+    let v = c.verify().await;
+    assert_eq!(v.replicas.len(), 1, "{v:?}");
+
+    // The replica is down (power cut) while a changed setting is rolled out: it fails
+    // alone, the primary gets the setting.
+    let mut c = c;
+    hs[1].stop();
+    c.respec(spec(
+        &net,
+        &two,
+        &key,
+        "[postgres.parameters]\nwork_mem = \"8MB\"",
+    ));
+    let run = c.run(false).await;
+    assert!(run.recap.failed());
+    assert!(
+        run.recap.failures.iter().all(|f| f.host == "replica-0"),
+        "{:?}",
+        run.recap.failures
+    );
+    let f = &run.recap.failures[0];
+    assert_eq!(f.task, "use the configured apt source only", "{f:?}");
+    assert_eq!(run.recap.hosts["primary"].failed, 0, "{:?}", run.recap);
+    assert_eq!(c.query("primary", "SHOW work_mem;").await, "8MB");
+
+    // Back up, reconnected (the old SSH master died with the host): PostgreSQL is down
+    // there (no init system), the rerun starts it and the replica streams again.
+    hs[1].start_again();
+    let c = connect(c.spec.clone(), &key).await;
+    let status = cluster::status(&c.nodes, &c.conns).await;
+    assert_eq!(status[1].role, "down", "{status:?}");
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert!(
+        run.statuses("replica-0", "PostgreSQL running")
+            .contains(&TaskStatus::Changed),
+        "nothing started PostgreSQL on the replica: {:?}",
+        run.changed()
+    );
+    let v = c.verify().await;
+    assert_eq!(v.replicas.len(), 1, "{v:?}");
+    assert_eq!(c.query("replica-0", "SHOW work_mem;").await, "8MB");
+}
+
+/// Check mode on bare hosts reports what it would do and installs nothing; a replica
+/// that loses power in the middle of the first real run fails alone, and once it is back
+/// a rerun completes the cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_mode_on_bare_hosts_then_a_replica_stopped_mid_run() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("cut");
+    let hs = start_hosts(&net, 2, &key);
+    let refs: Vec<&Host> = hs.iter().collect();
+    let c = connect(spec(&net, &refs, &key, ""), &key).await;
+
+    let check = c.run(true).await;
+    assert!(
+        !check.recap.failed(),
+        "check mode on bare hosts failed: {:?}",
+        check.recap.failures
+    );
+    for n in ["primary", "replica-0"] {
+        assert_eq!(
+            check.statuses(n, "install PostgreSQL"),
+            [TaskStatus::WouldChange]
+        );
+        assert_eq!(
+            check.statuses(n, "postgresql.conf settings"),
+            [TaskStatus::WouldChange]
+        );
+    }
+    assert_eq!(
+        check.statuses("replica-0", "seed from the primary"),
+        [TaskStatus::WouldChange]
+    );
+    assert!(
+        !check.events.iter().any(|e| e.status == TaskStatus::Changed),
+        "{:?}",
+        check.changed()
+    );
+    for h in &hs {
+        assert!(!h.ssh("dpkg -s postgresql-15").status.success());
+        assert!(
+            !h.ssh("test -e /etc/apt/sources.list.d/pgform.list")
+                .status
+                .success()
+        );
+        assert!(!h.ssh("test -e /etc/postgresql").status.success());
+    }
+
+    // The replica loses power as soon as PostgreSQL is installed on it.
+    let stopper: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let container = hs[1].container.clone();
+    let slot = stopper.clone();
+    let hook: Hook = Arc::new(move |e: &TaskEvent| {
+        if e.host == "replica-0" && e.task == "install PostgreSQL" {
+            let container = container.clone();
+            *slot.lock().unwrap() = Some(std::thread::spawn(move || {
+                let out = hosts::docker_cmd()
+                    .args(["stop", "-t", "5", &container])
+                    .output()
+                    .expect("docker stop");
+                assert!(out.status.success(), "{out:?}");
+            }));
+        }
+    });
+    let run = c.run_with(false, Some(hook)).await;
+    stopper
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the replica was installed")
+        .join()
+        .expect("stopped");
+    assert!(run.recap.failed(), "the run missed the power cut");
+    assert!(
+        run.recap.failures.iter().all(|f| f.host == "replica-0"),
+        "{:?}",
+        run.recap.failures
+    );
+    let f = &run.recap.failures[0];
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e.host == "replica-0" && e.task == f.task && e.status == TaskStatus::Failed),
+        "{f:?}"
+    );
+    assert_eq!(run.recap.hosts["primary"].failed, 0, "{:?}", run.recap);
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e.host == "primary" && e.task == "replication slots"),
+        "the primary did not finish its plays"
+    );
+
+    hs[1].start_again();
+    let c = connect(c.spec.clone(), &key).await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    let v = c.verify().await;
+    assert_eq!(v.replicas.len(), 1, "{v:?}");
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:?}", again.changed());
 }
