@@ -6,6 +6,7 @@
 
 pub mod modules;
 pub mod run;
+mod scram;
 
 use std::collections::BTreeMap;
 

@@ -499,7 +499,11 @@ impl Action {
                     } else {
                         "NOREPLICATION"
                     },
-                    literal(password)
+                    // The verifier, not the password, when it can be computed here.
+                    literal(
+                        &super::scram::verifier(password, &super::scram::salt())
+                            .unwrap_or_else(|| password.clone())
+                    )
                 );
                 sql(conn, &statement).await?;
             }
