@@ -86,6 +86,30 @@ impl Run {
             .map(|e| format!("{} {}: {:?}", e.host, e.task, e.summary))
             .collect()
     }
+    /// The primary finished the settings play (its `apply settings` included) before
+    /// any replica's settings events.
+    fn assert_primary_first(&self, nodes: &[cluster::Node]) {
+        let settings: Vec<&TaskEvent> = self
+            .events
+            .iter()
+            .filter(|e| e.play == "settings")
+            .collect();
+        let primary_applied = settings
+            .iter()
+            .position(|e| e.host == "primary" && e.task == "apply settings")
+            .unwrap_or_else(|| panic!("no `apply settings` on the primary: {settings:#?}"));
+        for n in nodes.iter().filter(|n| n.name != "primary") {
+            let first = settings
+                .iter()
+                .position(|e| e.host == n.name)
+                .expect("replica ran the settings play");
+            assert!(
+                first > primary_applied,
+                "{} started its settings before the primary had applied its own",
+                n.name
+            );
+        }
+    }
     /// The settings play's `apply settings` handler ran on every replica before it ran
     /// (or anything of that play ran) on the primary.
     fn assert_replicas_first(&self, nodes: &[cluster::Node]) {
@@ -418,6 +442,18 @@ async fn synchronous_cluster_applies_settings_with_reload_or_restart_replicas_fi
     seen.sort();
     assert_eq!(seen[0].2, "sync", "{v:?}");
     assert_eq!(seen.len(), 2, "{v:?}");
+
+    // Lower again: now the primary must go first, or a replica would refuse to start
+    // with less than its primary.
+    c.respec(spec(&net, &refs, &key, &buffers));
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    run.assert_primary_first(&c.nodes);
+    c.assert_all_show("max_connections", "100").await;
+    for n in c.nodes.iter().filter(|n| n.name != "primary") {
+        assert_eq!(c.query(&n.name, "SELECT pg_is_in_recovery();").await, "t");
+    }
+    assert_eq!(c.verify().await.replicas.len(), 2);
 
     // Converged again: a rerun changes nothing (no handler keeps firing).
     let again = c.run(false).await;

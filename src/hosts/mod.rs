@@ -13,7 +13,7 @@ use crate::graph::{Address, Kind};
 use crate::remote::{Connection, RemoteError, Target};
 use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ParamValue, ProviderKind, Role};
 use crate::state::State;
-use crate::tasks::{Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
+use crate::tasks::{Order, Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
 
 pub use verify::{NodeStatus, Verified, status, verify};
 
@@ -248,6 +248,38 @@ pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> 
     }
 }
 
+/// Settings a hot standby must have at least as high as its primary's: raised on
+/// replicas first, lowered on the primary first.
+const STANDBY_LIMITS: [&str; 5] = [
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+];
+
+/// True when the run would lower one of [`STANDBY_LIMITS`] below what the running
+/// primary has (then the primary must restart first).
+async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> bool {
+    let Some((node, conn)) = nodes.iter().zip(conns).find(|(n, _)| n.role == Role::Primary) else {
+        return false;
+    };
+    let names: Vec<String> = STANDBY_LIMITS.iter().map(|n| crate::tasks::modules::literal(n)).collect();
+    let Ok(rows) = crate::tasks::modules::sql(
+        conn,
+        &format!("SELECT name, setting FROM pg_settings WHERE name IN ({});", names.join(", ")),
+    )
+    .await
+    else {
+        return false; // not running yet: nothing to lower
+    };
+    let wanted = settings(spec, nodes, node);
+    rows.lines().filter_map(|l| l.split_once('|')).any(|(name, now)| {
+        let want = wanted.get(name).and_then(|v| v.trim_matches('\'').parse::<i64>().ok());
+        matches!((want, now.trim().parse::<i64>()), (Some(w), Ok(n)) if w < n)
+    })
+}
+
 /// Opens one SSH master per node, in parallel.
 pub async fn connect(
     spec: &ClusterSpec,
@@ -273,7 +305,14 @@ pub async fn configure(
     password: &str,
     opts: &RunOptions,
 ) -> Result<Recap, HostsError> {
-    let book = Playbook::embedded()?;
+    let mut book = Playbook::embedded()?;
+    if lowers_standby_limits(spec, nodes, conns).await {
+        for play in &mut book.plays {
+            if play.order == Order::ReplicasFirst {
+                play.order = Order::PrimaryFirst;
+            }
+        }
+    }
     let hosts: Vec<HostRun> = nodes
         .iter()
         .zip(conns)

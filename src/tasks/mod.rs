@@ -40,6 +40,8 @@ pub enum Order {
     /// Replicas (at once), then the primary: a standby must never run with a lower
     /// max_connections (and similar) than its primary.
     ReplicasFirst,
+    /// The primary, then the replicas (at once): for lowering those same limits.
+    PrimaryFirst,
 }
 
 #[derive(Debug, Clone, Deserialize)]

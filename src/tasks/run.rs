@@ -154,6 +154,12 @@ pub async fn run_playbook(
                     .partition(|&i| hosts[i].role == Role::Replica);
                 vec![r, p]
             }
+            Order::PrimaryFirst => {
+                let (r, p): (Vec<usize>, Vec<usize>) = chosen
+                    .into_iter()
+                    .partition(|&i| hosts[i].role == Role::Replica);
+                vec![p, r]
+            }
         };
         for batch in batches {
             let runs = batch.iter().map(|&i| {
