@@ -238,8 +238,8 @@ fn max(xs: &[f64]) -> f64 {
 fn print_rows(title: &str, rows: &[Row], spans: &[PlaySpan], wall: f64) {
     println!("\n{title} (configure wall {wall:.2} s)");
     println!(
-        "  {:<9} {:<36} {:>9} {:>6} {:>9}  {}",
-        "play", "task", "critical", "% wall", "sum hosts", "statuses"
+        "  {:<9} {:<36} {:>9} {:>6} {:>9}  statuses",
+        "play", "task", "critical", "% wall", "sum hosts"
     );
     for r in rows {
         println!(

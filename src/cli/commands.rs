@@ -174,11 +174,13 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
         }
     }
     let host_changes = hosts.as_ref().is_some_and(|h| h.has_changes());
-    Ok(if args.detailed_exitcode && (plan.has_changes() || host_changes) {
-        Outcome::Changes
-    } else {
-        Outcome::Ok
-    })
+    Ok(
+        if args.detailed_exitcode && (plan.has_changes() || host_changes) {
+            Outcome::Changes
+        } else {
+            Outcome::Ok
+        },
+    )
 }
 
 /// Infrastructure first (unless `--only hosts`), then the hosts layer (unless

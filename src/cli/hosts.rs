@@ -191,7 +191,11 @@ impl HostPlan {
             }
             HostPlan::Checked(events) => {
                 for e in events {
-                    let mark = if e.status == TaskStatus::Failed { "!" } else { "~" };
+                    let mark = if e.status == TaskStatus::Failed {
+                        "!"
+                    } else {
+                        "~"
+                    };
                     out.push_str(&format!(
                         "  {mark} {}: {}: {}\n",
                         e.host,
@@ -274,8 +278,8 @@ pub async fn status(
         return Ok(());
     }
     println!(
-        "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {}",
-        "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC", "LAG"
+        "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} LAG",
+        "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC"
     );
     for r in &rows {
         println!(

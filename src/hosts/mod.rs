@@ -261,23 +261,37 @@ const STANDBY_LIMITS: [&str; 5] = [
 /// True when the run would lower one of [`STANDBY_LIMITS`] below what the running
 /// primary has (then the primary must restart first).
 async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> bool {
-    let Some((node, conn)) = nodes.iter().zip(conns).find(|(n, _)| n.role == Role::Primary) else {
+    let Some((node, conn)) = nodes
+        .iter()
+        .zip(conns)
+        .find(|(n, _)| n.role == Role::Primary)
+    else {
         return false;
     };
-    let names: Vec<String> = STANDBY_LIMITS.iter().map(|n| crate::tasks::modules::literal(n)).collect();
+    let names: Vec<String> = STANDBY_LIMITS
+        .iter()
+        .map(|n| crate::tasks::modules::literal(n))
+        .collect();
     let Ok(rows) = crate::tasks::modules::sql(
         conn,
-        &format!("SELECT name, setting FROM pg_settings WHERE name IN ({});", names.join(", ")),
+        &format!(
+            "SELECT name, setting FROM pg_settings WHERE name IN ({});",
+            names.join(", ")
+        ),
     )
     .await
     else {
         return false; // not running yet: nothing to lower
     };
     let wanted = settings(spec, nodes, node);
-    rows.lines().filter_map(|l| l.split_once('|')).any(|(name, now)| {
-        let want = wanted.get(name).and_then(|v| v.trim_matches('\'').parse::<i64>().ok());
-        matches!((want, now.trim().parse::<i64>()), (Some(w), Ok(n)) if w < n)
-    })
+    rows.lines()
+        .filter_map(|l| l.split_once('|'))
+        .any(|(name, now)| {
+            let want = wanted
+                .get(name)
+                .and_then(|v| v.trim_matches('\'').parse::<i64>().ok());
+            matches!((want, now.trim().parse::<i64>()), (Some(w), Ok(n)) if w < n)
+        })
 }
 
 /// Opens one SSH master per node, in parallel.

@@ -378,7 +378,10 @@ const MANAGED_PARAMETERS: [(&str, &str); 12] = [
         "pgform writes it when it seeds a replica",
     ),
     ("primary_slot_name", "pgform makes one slot per replica"),
-    ("cluster_name", "pgform names each node (primary, replica-0, ...)"),
+    (
+        "cluster_name",
+        "pgform names each node (primary, replica-0, ...)",
+    ),
     ("max_wal_senders", "pgform sizes it for the replicas"),
     ("max_replication_slots", "pgform sizes it for the replicas"),
 ];

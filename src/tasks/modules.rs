@@ -411,7 +411,10 @@ impl Action {
                     "apt-get install",
                 )?;
             }
-            Action::Template { src, dest, meta } | Action::PgConf { src, dest, meta, .. } => {
+            Action::Template { src, dest, meta }
+            | Action::PgConf {
+                src, dest, meta, ..
+            } => {
                 let content = (cx.render)(src)?;
                 write(conn, dest, &content, meta).await?;
             }
@@ -567,14 +570,20 @@ fn conf_values(text: &str) -> std::collections::BTreeMap<&str, &str> {
 /// `restart for shared_buffers; reload for work_mem`.
 pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
     let (a, b) = (conf_values(old), conf_values(new));
-    let mut names: Vec<&str> = a.keys().chain(b.keys()).copied().filter(|k| a.get(k) != b.get(k)).collect();
+    let mut names: Vec<&str> = a
+        .keys()
+        .chain(b.keys())
+        .copied()
+        .filter(|k| a.get(k) != b.get(k))
+        .collect();
     names.sort();
     names.dedup();
     if names.is_empty() || a.is_empty() {
         return None;
     }
-    let (restart, reload): (Vec<&str>, Vec<&str>) =
-        names.into_iter().partition(|n| crate::spec::params::needs_restart(version, n));
+    let (restart, reload): (Vec<&str>, Vec<&str>) = names
+        .into_iter()
+        .partition(|n| crate::spec::params::needs_restart(version, n));
     let mut parts = Vec::new();
     if !restart.is_empty() {
         parts.push(format!("restart for {}", restart.join(", ")));
@@ -842,7 +851,11 @@ mod tests {
             Some("restart for shared_buffers; reload for work_mem")
         );
         assert_eq!(settings_effect(15, old, old), None);
-        assert_eq!(settings_effect(15, "", new), None, "a new file is no change of settings");
+        assert_eq!(
+            settings_effect(15, "", new),
+            None,
+            "a new file is no change of settings"
+        );
     }
 
     #[test]

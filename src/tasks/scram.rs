@@ -19,7 +19,8 @@ pub fn verifier(password: &str, salt: &[u8; 16]) -> Option<String> {
     }
     let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, ITERATIONS);
     let hmac = |key: &[u8], text: &[u8]| -> Vec<u8> {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+        let mut m =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         m.update(text);
         m.finalize().into_bytes().to_vec()
     };
@@ -46,7 +47,10 @@ mod tests {
     #[test]
     fn verifier_has_postgres_shape_and_depends_on_salt() {
         let v = verifier("secret", &[7; 16]).unwrap();
-        assert!(v.starts_with("SCRAM-SHA-256$4096:BwcHBwcHBwcHBwcHBwcHBw==$"), "{v}");
+        assert!(
+            v.starts_with("SCRAM-SHA-256$4096:BwcHBwcHBwcHBwcHBwcHBw==$"),
+            "{v}"
+        );
         assert_eq!(v.matches('$').count(), 2);
         assert!(!v.contains("secret"));
         assert_ne!(v, verifier("secret", &[8; 16]).unwrap());
