@@ -19,6 +19,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod cli;
 pub mod hosts;
 pub mod proxy;
 
