@@ -393,6 +393,46 @@ fn local_cluster_applies_converges_checks_changes_and_destroys() {
         );
     }
 
+    // The same machines as a `hosts` list, reached as a user with passwordless sudo
+    // instead of root: every command goes through sudo, and the cluster is converged.
+    for ip in &ips {
+        let setup = ssh(
+            &key,
+            ip,
+            "id ops >/dev/null 2>&1 || useradd -m -s /bin/sh ops; \
+             echo 'ops ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops; \
+             install -d -o ops -g ops -m 700 /home/ops/.ssh; \
+             install -o ops -g ops -m 600 /root/.ssh/authorized_keys /home/ops/.ssh/authorized_keys",
+        );
+        assert!(
+            setup.status.success(),
+            "cannot add user ops on {ip}: {setup:?}"
+        );
+    }
+    let listed = format!(
+        "name = \"{cluster}\"\nprovider = \"hosts\"\n\
+         [ssh]\nuser = \"ops\"\nprivate_key_file = \"{}\"\n\
+         [packages]\napt_mirror = \"deb [trusted=yes] http://10.234.{third}.1:{} ./\"\n\
+         [postgres]\nmax_connections = 150\nreplication_user = \"replicator\"\n\
+         [postgres.parameters]\nwork_mem = \"8MB\"\n\
+         [[hosts]]\naddress = \"{}\"\nrole = \"primary\"\n\
+         [[hosts]]\naddress = \"{}\"\nrole = \"replica\"\n\
+         [[hosts]]\naddress = \"{}\"\nrole = \"replica\"\n",
+        key.private.display(),
+        hosts::apt_port(),
+        ips[0],
+        ips[1],
+        ips[2]
+    );
+    work.write("listed.toml", &listed);
+    let run = work.pgform(&["-f", "listed.toml", "apply", "--auto-approve"]);
+    run.expect(0)
+        .stdout_has("Verified")
+        .recap_all_zero("changed");
+    work.pgform(&["-f", "listed.toml", "plan", "--detailed-exitcode"])
+        .expect(0)
+        .stdout_has("No changes. The hosts match the spec.");
+
     // Destroy leaves nothing labelled with the cluster.
     work.pgform(&["destroy", "--auto-approve"])
         .expect(0)
