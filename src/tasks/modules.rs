@@ -77,6 +77,8 @@ pub enum Action {
         argv: Vec<String>,
         /// Skip when this path exists.
         creates: Option<String>,
+        /// Skip when this command succeeds (its exit status is the query).
+        unless: Option<Vec<String>>,
     },
     /// A PostgreSQL cluster (`pg_ctlcluster`, which hands over to systemctl on systemd
     /// hosts) in the given state.
@@ -271,9 +273,18 @@ impl Action {
                     Ok((now != want).then(|| change(format!("directory {path} ({want})"))))
                 }
             },
-            Action::Command { argv, creates } => {
+            Action::Command {
+                argv,
+                creates,
+                unless,
+            } => {
                 if let Some(path) = creates
                     && conn.run(shell::exists(path), None).await?.success()
+                {
+                    return Ok(None);
+                }
+                if let Some(check) = unless
+                    && conn.run(Sh::argv(check), None).await?.success()
                 {
                     return Ok(None);
                 }
@@ -856,6 +867,21 @@ mod tests {
             None,
             "a new file is no change of settings"
         );
+    }
+
+    #[test]
+    fn command_guards_parse() {
+        let v: serde_norway::Value =
+            serde_norway::from_str("command: {argv: [touch, /x], unless: [test, -e, /x]}").unwrap();
+        match Action::parse(&v).unwrap() {
+            Action::Command {
+                unless, creates, ..
+            } => {
+                assert_eq!(unless.unwrap(), ["test", "-e", "/x"]);
+                assert!(creates.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
