@@ -65,6 +65,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod export;
 pub mod graph;
 pub mod hosts;
 pub mod plan;

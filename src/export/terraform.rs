@@ -1,0 +1,1 @@
+//! Terraform export: the resource graph as HCL (versions.tf, variables.tf, main.tf, outputs.tf).
