@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 
 use super::report::{Style, reporter};
 use super::{
-    ApplyArgs, Cli, Command, DestroyArgs, Global, Layer, Outcome, PlanArgs, RunArgs, StateCommand,
+    ApplyArgs, Cli, Command, DestroyArgs, ExportCommand, Global, Layer, Outcome, PlanArgs, RunArgs,
+    StateCommand,
 };
 use crate::engine::{self, ApplyOptions, Interrupt};
 use crate::plan::{self, Plan};
@@ -38,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::State(cmd) => state_command(g, cmd).await,
+        Command::Export(cmd) => export(g, cmd),
         Command::ForceUnlock => {
             match state::force_unlock(&g.state_path())? {
                 Some(holder) => println!("Removed the lock held by {holder}."),
@@ -443,6 +445,36 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
             for a in rebuilt.resources.keys() {
                 println!("  {a}");
             }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `pgform export terraform|ansible|all DIR`.
+fn export(g: &Global, cmd: ExportCommand) -> Result<Outcome> {
+    use crate::export::{self, Files};
+    let spec = load_spec(g)?;
+    let ansible_files = |spec: &ClusterSpec| -> Result<Files> {
+        let state = read_state(&g.state_path(), &spec.name)?;
+        let nodes = crate::hosts::inventory(spec, &state)?;
+        Ok(export::ansible::export(spec, &nodes)?)
+    };
+    let write = |dir: &std::path::Path, files: Files| -> Result<()> {
+        export::write_files(dir, &files)?;
+        println!("Wrote {} file(s) to {}:", files.len(), dir.display());
+        for name in files.keys() {
+            println!("  {}", name.display());
+        }
+        Ok(())
+    };
+    match cmd {
+        ExportCommand::Terraform { dir } => write(&dir, export::terraform::export(&spec)?)?,
+        ExportCommand::Ansible { dir } => write(&dir, ansible_files(&spec)?)?,
+        // Terraform first: it needs no state, so it is written even before the first
+        // apply, when the hosts (and so the inventory) are not known yet.
+        ExportCommand::All { dir } => {
+            write(&dir.join("terraform"), export::terraform::export(&spec)?)?;
+            write(&dir.join("ansible"), ansible_files(&spec)?)?;
         }
     }
     Ok(Outcome::Ok)

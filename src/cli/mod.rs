@@ -91,6 +91,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the cluster as Terraform and/or Ansible, from the same graph and task list
+    /// pgform runs (for review, or for teams that keep those tools). No secret is written.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Inspect or rebuild the state.
     #[command(subcommand)]
     State(StateCommand),
@@ -157,6 +161,17 @@ pub struct RunArgs {
     /// Print progress events as JSON lines.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// versions.tf, variables.tf, main.tf and outputs.tf (provider aws).
+    Terraform { dir: PathBuf },
+    /// An inventory (from the state's hosts or the `hosts` list), the playbook, its
+    /// templates and variables; the password stays a variable for ansible-vault.
+    Ansible { dir: PathBuf },
+    /// Both: DIR/terraform and DIR/ansible.
+    All { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,283 @@
+//! The Ansible export (`pgform::export::ansible`), proven by Ansible itself: the
+//! exported project passes `ansible-playbook --syntax-check`, and run against fresh
+//! container hosts (the testbed of `scripts/testbed.sh`) it yields a primary with
+//! streaming replicas, verified the way pgform verifies; a second run changes nothing.
+//!
+//! Needs `ansible-playbook` (the `ansible` PyPI package, which bundles
+//! community.postgresql). Without it, or without the testbed, the tests print why and
+//! skip, unless `CI` is set: then they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::hosts::{self, Host, Network, SshKey};
+use pgform::export::{ansible, write_files};
+use pgform::hosts as cluster;
+use pgform::spec::{ClusterSpec, parse_str};
+use pgform::state::State;
+
+const USER: &str = "rep user's $(id)";
+const PASSWORD: &str = "p@ss 'w\"o:r\\d $(touch /tmp/pwned); `id` & *";
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `hosts` spec: the first address is the primary. The password is in the spec, so
+/// that the tests can check it never reaches an exported file.
+fn spec_for(addresses: &[String], key: Option<&Path>, mirror: Option<&str>) -> ClusterSpec {
+    let mut text = String::from("name = \"t\"\nprovider = \"hosts\"\n");
+    if let Some(k) = key {
+        text.push_str(&format!("[ssh]\nprivate_key_file = {k:?}\n"));
+    }
+    if let Some(m) = mirror {
+        text.push_str(&format!(
+            "[packages]\napt_mirror = \"deb [trusted=yes] {m} ./\"\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[postgres]\nreplication_user = {USER:?}\nreplication_password = {PASSWORD:?}\n\
+         [postgres.parameters]\nwork_mem = \"8MB\"\napplication_name = \"{{{{ not jinja }}}}\"\n"
+    ));
+    for (i, a) in addresses.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[hosts]]\naddress = \"{a}\"\nrole = \"{role}\"\n"
+        ));
+    }
+    parse_str(&text, Path::new("t.toml"))
+        .expect("valid spec")
+        .spec
+}
+
+fn export_to(spec: &ClusterSpec, dir: &Path) -> pgform::export::Files {
+    let nodes = cluster::inventory(spec, &State::new("t")).expect("inventory");
+    let files = ansible::export(spec, &nodes).expect("export");
+    write_files(dir, &files).expect("write");
+    files
+}
+
+/// `ansible-playbook`: on PATH, or among the scripts of the python3 that has ansible.
+fn ansible_playbook() -> Option<PathBuf> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(Path::new("ansible-playbook")) {
+        return Some("ansible-playbook".into());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("ansible-playbook");
+    works(&p).then_some(p)
+}
+
+/// `ansible-playbook`, or None after printing why (panics under CI).
+fn require_ansible() -> Option<PathBuf> {
+    match ansible_playbook() {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("ansible-playbook is not installed (pip install ansible)")
+        }
+        None => {
+            eprintln!("SKIPPED: ansible-playbook is not installed (pip install ansible)");
+            None
+        }
+    }
+}
+
+fn playbook(bin: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir)
+        .args(["-i", "inventory.ini", "site.yml"])
+        .args(args)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+        .env(ansible::PASSWORD_ENV, PASSWORD)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `host -> changed` from the PLAY RECAP, with the failed/unreachable counts checked.
+fn recap(output: &str) -> Vec<(String, u32)> {
+    let start = output
+        .find("PLAY RECAP")
+        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{output}"));
+    let mut out = Vec::new();
+    for line in output[start..].lines().skip(1) {
+        let Some((host, counts)) = line.split_once(" : ") else {
+            continue;
+        };
+        let get = |k: &str| -> u32 {
+            counts
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= in recap line {line:?}"))
+        };
+        assert_eq!(get("failed"), 0, "{line}\n{output}");
+        assert_eq!(get("unreachable"), 0, "{line}\n{output}");
+        out.push((host.trim().to_string(), get("changed")));
+    }
+    out
+}
+
+#[test]
+fn export_has_the_templates_and_variables_and_never_the_password() {
+    let addrs: Vec<String> = ["10.9.0.11", "10.9.0.12", "10.9.0.13"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let spec = spec_for(&addrs, None, Some("http://10.9.0.1:8765"));
+    let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    let files = ansible::export(&spec, &nodes).expect("export");
+    for (path, content) in &files {
+        assert!(
+            !content.contains(PASSWORD) && !content.contains("w\\\"o:r"),
+            "the password is in {}",
+            path.display()
+        );
+    }
+    // Templates byte for byte.
+    for (path, bytes) in pgform::tasks::Playbook::files() {
+        if path.starts_with("templates/") {
+            assert_eq!(
+                files.get(Path::new(path)).map(|s| s.as_bytes()),
+                Some(bytes),
+                "{path}"
+            );
+        }
+    }
+    let vault = &files[Path::new("group_vars/all/vault.yml")];
+    assert!(
+        vault.contains(
+            "replication_password: \"{{ lookup('env', 'PGFORM_REPLICATION_PASSWORD') }}\""
+        ),
+        "{vault}"
+    );
+    let inv = &files[Path::new("inventory.ini")];
+    assert!(inv.contains("[primary]\nprimary ansible_host=10.9.0.11 node_name=primary private_address=10.9.0.11\n"), "{inv}");
+    assert!(
+        inv.contains("[replicas]\nreplica-0 ansible_host=10.9.0.12"),
+        "{inv}"
+    );
+    assert!(inv.contains("ansible_user=root"), "{inv}");
+    let main = &files[Path::new("group_vars/all/main.yml")];
+    assert!(main.contains("pg_version: 15\n"), "{main}");
+    assert!(
+        !main.contains("node_name") && !main.contains("cluster_name"),
+        "{main}"
+    );
+    let r1 = &files[Path::new("host_vars/replica-1.yml")];
+    assert!(r1.contains("slot: \"pgform_replica_1\""), "{r1}");
+    assert!(r1.contains("cluster_name: \"'replica-1'\""), "{r1}");
+    // A user's value that looks like Jinja is data, not a template.
+    assert!(r1.contains("!unsafe \"'{{ not jinja }}'\""), "{r1}");
+    let site = &files[Path::new("site.yml")];
+    for play in pgform::tasks::Playbook::embedded().unwrap().plays {
+        assert!(
+            site.contains(&format!("name: {}", play.name)),
+            "{}",
+            play.name
+        );
+        for t in play.tasks {
+            assert!(site.contains(&t.name), "task {} missing", t.name);
+        }
+    }
+}
+
+#[test]
+fn exported_playbook_passes_syntax_check() {
+    let Some(bin) = require_ansible() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = vec!["10.9.0.11".to_string(), "10.9.0.12".to_string()];
+    export_to(
+        &spec_for(&addrs, None, Some("http://10.9.0.1:8765")),
+        dir.path(),
+    );
+    let out = playbook(&bin, dir.path(), &["--syntax-check"])
+        .output()
+        .expect("run ansible-playbook");
+    assert!(out.status.success(), "syntax check failed:\n{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothing() {
+    let Some(bin) = require_ansible() else {
+        return;
+    };
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("ansible");
+    let hs: Vec<Host> = (0..3u8)
+        .map(|i| Host::start(&net, &format!("pg{i}"), 11 + i, &key))
+        .collect();
+    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
+    let spec = spec_for(&addrs, Some(&key.private), Some(&net.apt_mirror()));
+    let dir = tempfile::tempdir().unwrap();
+    let files = export_to(&spec, dir.path());
+    assert!(files.values().all(|c| !c.contains(PASSWORD)));
+    let key_arg = key.private.to_string_lossy().into_owned();
+
+    let run = |label: &str| {
+        let started = Instant::now();
+        let out = playbook(&bin, dir.path(), &["--private-key", &key_arg])
+            .output()
+            .expect("run ansible-playbook");
+        let all = text(&out);
+        eprintln!(
+            "{label} run: {:.1}s, exit {}\n{}",
+            started.elapsed().as_secs_f64(),
+            out.status,
+            &all[all.find("PLAY RECAP").unwrap_or(0)..]
+        );
+        assert!(out.status.success(), "{label} run failed:\n{all}");
+        assert!(!all.contains(PASSWORD), "password in the output:\n{all}");
+        recap(&all)
+    };
+    let first = run("first");
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(first.iter().all(|(_, c)| *c > 0), "{first:?}");
+
+    let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    let known = key.dir().join("known_hosts");
+    let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
+    let v = cluster::verify(&nodes, &conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified");
+    assert_eq!(v.replicas.len(), 2, "{v:?}");
+    assert!(
+        v.replicas
+            .iter()
+            .all(|(_, s, sync)| s == "streaming" && sync == "async"),
+        "{v:?}"
+    );
+
+    let second = run("second");
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(
+        second.iter().all(|(_, c)| *c == 0),
+        "a converged rerun changed something: {second:?}"
+    );
+    // Still streaming after the rerun.
+    cluster::verify(&nodes, &conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified after the rerun");
+}
