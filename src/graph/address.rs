@@ -82,10 +82,7 @@ impl Kind {
                     | "associate_public_ip_address"
             ),
             // Docker changes neither once made, labels included.
-            Kind::DockerNetwork | Kind::DockerContainer => {
-                let _ = attr;
-                true
-            }
+            Kind::DockerNetwork | Kind::DockerContainer => true,
         }
     }
 }

@@ -310,7 +310,7 @@ impl Action {
             }
             Action::PgRole {
                 name,
-                password,
+                password: _,
                 replication,
             } => {
                 let rows = match sql(
@@ -336,7 +336,6 @@ impl Action {
                 }
                 // The password is right if a TCP login with it works (it is read from
                 // ~postgres/.pgpass, which an earlier task wrote).
-                let _ = password;
                 let login = conn
                     .run(
                         shell::psql_tcp("127.0.0.1", name, "postgres", false),
