@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cli::{PASSWORD, PASSWORD_MARKERS, Work};
-use common::hosts::{self, SshKey, docker_cmd};
+use common::hosts::{self, SshKey, docker_try};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------
@@ -54,23 +54,6 @@ fn used_subnets() -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
-}
-
-fn docker_try(args: &[&str]) -> Result<String, String> {
-    let out = docker_cmd()
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "`docker {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 #[track_caller]

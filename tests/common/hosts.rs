@@ -88,7 +88,7 @@ pub fn docker_cmd() -> Command {
 }
 
 /// Runs `docker ARGS`; Ok(stdout, trimmed) or Err(a message with stderr).
-fn docker_try(args: &[&str]) -> Result<String, String> {
+pub fn docker_try(args: &[&str]) -> Result<String, String> {
     let out = docker_cmd()
         .args(args)
         .output()
