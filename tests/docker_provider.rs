@@ -170,7 +170,15 @@ fn container_attrs(
         ("ipv4_address", Value::str(ipv4)),
         ("ssh_authorized_keys", Value::str(KEYS)),
         ("labels", labels(cluster, address, Some(role))),
+        ("running", Value::Bool(true)),
     ])
+}
+
+/// `attrs` as a made but stopped container shows them.
+fn not_running(attrs: &Attrs) -> Attrs {
+    let mut out = attrs.clone();
+    out.insert("running".into(), Value::Bool(false));
+    out
 }
 
 fn lookup(cluster: &str, address: &Address, id: Option<&str>) -> Lookup {
@@ -319,6 +327,41 @@ async fn lifecycle_converges_discovers_and_deletes_idempotently() {
         other => panic!("relabelling should be refused, got {other:?}"),
     }
 
+    // A stopped container (the Docker host rebooted) is started in place: same id, its
+    // sshd answers again, and it refreshes as desired.
+    raw(&docker_host())
+        .await
+        .stop_container(
+            &made_replica.id,
+            Some(StopContainerOptionsBuilder::new().t(1).build()),
+        )
+        .await
+        .expect("stop the replica behind the provider's back");
+    let stopped = p
+        .refresh(&[lookup(&cluster, &replica, Some(&made_replica.id))])
+        .await
+        .expect("refresh stopped")
+        .pop()
+        .flatten()
+        .expect("a stopped container still exists");
+    assert_eq!(
+        stopped.attrs,
+        not_running(&replica_attrs),
+        "only `running` differs"
+    );
+    assert_eq!(stopped.outputs.get("state"), Some(&Value::str("exited")));
+    assert!(!Kind::DockerContainer.forces_replacement("running"));
+    let started = p
+        .update(&replica, &made_replica.id, &stopped.attrs, &replica_attrs)
+        .await
+        .expect("start in place");
+    assert_eq!(started.id, made_replica.id);
+    assert_container(&started, &replica_attrs, "running");
+    assert!(
+        ssh_answers(&ip(octet, 12)).await,
+        "restarted replica's sshd answers"
+    );
+
     // A network with a running container attached is not removed; the error says why.
     let impatient = p.clone().with_timeouts(Timeouts {
         network_busy: Duration::from_millis(500),
@@ -439,7 +482,7 @@ async fn create_adopts_what_an_interrupted_create_left() {
         .expect("refresh id-less");
     let found = found[0].as_ref().expect("found by labels");
     assert_eq!(found.id, orphan);
-    assert_eq!(found.attrs, desired);
+    assert_eq!(found.attrs, not_running(&desired));
     assert_eq!(found.outputs.get("state"), Some(&Value::str("created")));
 
     // The rerun's create adopts it (and starts it) rather than failing on the name.
@@ -475,7 +518,7 @@ async fn create_adopts_what_an_interrupted_create_left() {
         .expect("refresh stopped")[0]
         .clone()
         .expect("a stopped container is not gone");
-    assert_eq!(stopped.attrs, desired);
+    assert_eq!(stopped.attrs, not_running(&desired));
     assert_eq!(stopped.outputs.get("state"), Some(&Value::str("exited")));
     assert_eq!(
         stopped.outputs.get("private_ip"),

@@ -81,8 +81,10 @@ impl Kind {
                     | "data_volume_type"
                     | "associate_public_ip_address"
             ),
-            // Docker changes neither once made, labels included.
-            Kind::DockerNetwork | Kind::DockerContainer => true,
+            // Docker changes neither once made, labels included; a container can only
+            // be started (or stopped).
+            Kind::DockerNetwork => true,
+            Kind::DockerContainer => attr != "running",
         }
     }
 }

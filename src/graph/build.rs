@@ -284,6 +284,9 @@ fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, 
                     Value::str(lookups.public_key.clone().unwrap_or_default()),
                 ),
                 ("labels", labels(&address, Some(role))),
+                // A stopped container (after a reboot of the Docker host) is started
+                // in place, its data kept, rather than replaced.
+                ("running", Value::Bool(true)),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::observe::{Found, KEYS_ENV, not_docker, pgform_labels};
 use super::{DockerProvider, POLL_EVERY, TOKEN_LABEL, message, status};
-use crate::graph::{ADDRESS_TAG, Address, Attrs, CLUSTER_TAG, Kind};
+use crate::graph::{ADDRESS_TAG, Address, Attrs, CLUSTER_TAG, Kind, Value};
 use crate::provider::{Observed, OnId, ProviderError};
 
 /// How long one TCP connection attempt to a new host's port 22 may take.
@@ -31,6 +31,17 @@ fn text<'a>(address: &Address, attrs: &'a Attrs, key: &str) -> Result<&'a str, P
 }
 
 /// The `labels` attribute as Docker labels.
+/// Where the container's sshd listens: port 22 of its `ipv4_address`.
+fn ssh_address(address: &Address, attrs: &Attrs) -> Result<SocketAddr, ProviderError> {
+    let ip = text(address, attrs, "ipv4_address")?;
+    let ip: std::net::Ipv4Addr = ip.parse().map_err(|e| {
+        ProviderError::Invalid(format!(
+            "{address}: `ipv4_address` {ip:?} is not an IPv4 address: {e}"
+        ))
+    })?;
+    Ok(SocketAddr::from((ip, 22)))
+}
+
 fn labels(address: &Address, attrs: &Attrs) -> Result<HashMap<String, String>, ProviderError> {
     let bad = || ProviderError::Invalid(format!("{address}: `labels` must be a map of strings"));
     let Some(value) = attrs.get("labels") else {
@@ -155,11 +166,8 @@ impl DockerProvider {
         let network_id = text(address, attrs, "network_id")?;
         let ip = text(address, attrs, "ipv4_address")?;
         let keys = text(address, attrs, "ssh_authorized_keys")?;
-        let ip_addr: std::net::Ipv4Addr = ip.parse().map_err(|e| {
-            ProviderError::Invalid(format!(
-                "{address}: `ipv4_address` {ip:?} is not an IPv4 address: {e}"
-            ))
-        })?;
+        // Checked before anything is made.
+        ssh_address(address, attrs)?;
         let labels = labels(address, attrs)?;
         let mut with_token = labels.clone();
         with_token.insert(TOKEN_LABEL.to_string(), client_token.to_string());
@@ -219,20 +227,42 @@ impl DockerProvider {
         };
         on_id(&id);
 
-        self.count();
-        match self.docker.start_container(&id, None).await {
-            Ok(()) => {}
-            // 304: already running (an adopted container).
-            Err(e) if status(&e) == Some(304) => {}
-            Err(e) => return Err(self.error("start container", &what, e)),
-        }
-        self.wait_for_ssh(address, &id, SocketAddr::from((ip_addr, 22)))
-            .await?;
+        // An adopted container may be running already.
+        self.start_existing(address, &id, attrs).await?;
         match self.inspect_container(&id).await? {
             Some(found) => Ok(found.observed),
             None => Err(ProviderError::NotFound(format!(
                 "{what} ({id}), just started,"
             ))),
+        }
+    }
+
+    /// Starts a made container (stopped by a reboot of the Docker host, say) and waits
+    /// for its sshd; its file system, and so the data on it, is kept.
+    async fn start_existing(
+        &self,
+        address: &Address,
+        id: &str,
+        attrs: &Attrs,
+    ) -> Result<(), ProviderError> {
+        let ssh = ssh_address(address, attrs)?;
+        self.count();
+        match self.docker.start_container(id, None).await {
+            Ok(()) => {}
+            // 304: already running.
+            Err(e) if status(&e) == Some(304) => {}
+            Err(e) => return Err(self.error("start container", &format!("container {id}"), e)),
+        }
+        self.wait_for_ssh(address, id, ssh).await
+    }
+
+    async fn stop_existing(&self, id: &str) -> Result<(), ProviderError> {
+        self.count();
+        match self.docker.stop_container(id, None).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(e) if status(&e) == Some(304) => Ok(()),
+            Err(e) => Err(self.error("stop container", &format!("container {id}"), e)),
         }
     }
 
@@ -293,8 +323,8 @@ impl DockerProvider {
         })
     }
 
-    /// Docker cannot change anything of a made network or container, labels included:
-    /// only a no-op update succeeds.
+    /// Docker cannot change anything of a made network or container, labels included;
+    /// a container can only be started or stopped (`running`).
     pub(super) async fn update_resource(
         &self,
         address: &Address,
@@ -302,21 +332,30 @@ impl DockerProvider {
         before: &Attrs,
         after: &Attrs,
     ) -> Result<Observed, ProviderError> {
-        if before != after {
-            let changed: Vec<&str> = before
-                .keys()
-                .chain(after.keys())
-                .filter(|k| before.get(*k) != after.get(*k))
-                .map(String::as_str)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
+        let changed: std::collections::BTreeSet<&str> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k) != after.get(*k))
+            .map(String::as_str)
+            .collect();
+        let fixed: Vec<&str> = changed
+            .iter()
+            .copied()
+            .filter(|k| address.kind.forces_replacement(k))
+            .collect();
+        if !fixed.is_empty() {
             return Err(ProviderError::Invalid(format!(
                 "{address}: Docker cannot change {} of an existing {} in place; \
                  replace the resource instead",
-                changed.join(", "),
+                fixed.join(", "),
                 address.kind
             )));
+        }
+        if changed.contains("running") {
+            match after.get("running") {
+                Some(Value::Bool(true)) => self.start_existing(address, id, after).await?,
+                _ => self.stop_existing(id).await?,
+            }
         }
         let found = match address.kind {
             Kind::DockerNetwork => self.inspect_network(id).await?,

@@ -369,7 +369,7 @@ fn configured_ip(e: &EndpointSettings) -> Option<&str> {
 }
 
 /// A container: `name`, `hostname`, `image`, `network_id`, `ipv4_address`,
-/// `ssh_authorized_keys`, `labels`; outputs `private_ip`, `public_ip` (both its address on
+/// `ssh_authorized_keys`, `labels`, `running`; outputs `private_ip`, `public_ip` (both its address on
 /// the network) and `state` (`running`, `exited`, ...).
 fn container(c: &ContainerInspectResponse, inherited: &HashMap<String, String>) -> Found {
     let config = c.config.as_ref();
@@ -409,6 +409,8 @@ fn container(c: &ContainerInspectResponse, inherited: &HashMap<String, String>) 
     attrs.insert("ipv4_address".into(), Value::str(ip));
     attrs.insert("ssh_authorized_keys".into(), Value::str(keys));
     attrs.insert("labels".into(), labels_value(labels, inherited));
+    let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
+    attrs.insert("running".into(), Value::Bool(running));
 
     let mut outputs = Attrs::new();
     if !ip.is_empty() {
