@@ -536,7 +536,7 @@ fn main() {
         let (run, conns) = native_run(&spec_n, &nodes_n, &known_n).await;
         assert!(run.error.is_none(), "native first run: {:?}", run.error);
         let t = Instant::now();
-        let v = cluster::verify(&nodes_n, &conns, VERIFY_TIMEOUT)
+        let v = cluster::verify(&spec_n, &nodes_n, &conns, VERIFY_TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("verify: {e}"));
         assert_eq!(v.replicas.len(), 2, "{v:?}");
@@ -564,7 +564,7 @@ fn main() {
     );
     rt.block_on(async {
         let (conns, _) = connect(&spec_a, &nodes_a, &known_a).await;
-        let v = cluster::verify(&nodes_a, &conns, VERIFY_TIMEOUT)
+        let v = cluster::verify(&spec_a, &nodes_a, &conns, VERIFY_TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("verify after ansible: {e}"));
         assert_eq!(v.replicas.len(), 2, "{v:?}");

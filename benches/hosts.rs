@@ -275,10 +275,9 @@ fn print_rows(title: &str, rows: &[Row], spans: &[PlaySpan], wall: f64) {
 
 /// The commands a converged run's checks send to one host, with their standard input:
 /// what the task list's queries ask, as plain commands.
-fn checks(spec: &ClusterSpec, node: &cluster::Node, primary: &str) -> Vec<(Sh, Option<String>)> {
+fn checks(spec: &ClusterSpec, node: &cluster::Node) -> Vec<(Sh, Option<String>)> {
     let v = spec.postgres.version;
     let conf_dir = format!("/etc/postgresql/{v}/main");
-    let data_dir = format!("/var/lib/postgresql/{v}/main");
     let user = &spec.postgres.replication_user;
     let mut out = vec![
         (
@@ -300,31 +299,30 @@ fn checks(spec: &ClusterSpec, node: &cluster::Node, primary: &str) -> Vec<(Sh, O
         ),
         (shell::read_file(&format!("{conf_dir}/pg_hba.conf")), None),
         (shell::read_file("/var/lib/postgresql/.pgpass"), None),
-        (shell::list_clusters(), None),
     ];
     if node.role == Role::Primary {
         out.push((
-            shell::psql("postgres"),
+            shell::psql(v, "postgres"),
+            Some("SELECT name, setting FROM pg_settings WHERE name IN ('max_connections');".into()),
+        ));
+        out.push((shell::pg_isready(v), None));
+        out.push((
+            shell::psql(v, "postgres"),
             Some(format!(
-                "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = '{user}';"
+                "SELECT rolcanlogin, rolreplication, coalesce(rolpassword, '') FROM pg_authid \
+                 WHERE rolname = '{user}';"
             )),
         ));
         out.push((
-            shell::psql_tcp("127.0.0.1", user, "postgres", false),
-            Some("SELECT 1;".into()),
-        ));
-        out.push((
-            shell::psql("postgres"),
+            shell::psql(v, "postgres"),
             Some("SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical';".into()),
         ));
     } else {
-        out.push((shell::control_system_identifier(v, &data_dir), None));
-        out.push((shell::exists(&format!("{data_dir}/standby.signal")), None));
         out.push((
-            shell::psql_tcp(primary, user, "postgres", true),
-            Some("IDENTIFY_SYSTEM;".into()),
+            shell::psql(v, "postgres"),
+            Some("SELECT status, sender_host, slot_name FROM pg_stat_wal_receiver;".into()),
         ));
-        out.push((shell::list_clusters(), None));
+        out.push((shell::pg_isready(v), None));
     }
     out
 }
@@ -337,13 +335,7 @@ async fn plain_checks(
     nodes: &[cluster::Node],
     conns: &[Connection],
 ) -> (f64, f64, Vec<usize>) {
-    let primary = nodes
-        .iter()
-        .find(|n| n.role == Role::Primary)
-        .map(|n| n.private_address.clone())
-        .unwrap_or_default();
-    let lists: Vec<Vec<(Sh, Option<String>)>> =
-        nodes.iter().map(|n| checks(spec, n, &primary)).collect();
+    let lists: Vec<Vec<(Sh, Option<String>)>> = nodes.iter().map(|n| checks(spec, n)).collect();
     let t = Instant::now();
     futures::future::join_all(lists.iter().zip(conns).map(|(list, c)| async move {
         for (cmd, stdin) in list {
@@ -446,7 +438,7 @@ fn main() {
         let first = configure(&spec, &nodes, &conns, connect_s).await;
         assert!(first.recap.changed() > 0, "the first run changed nothing");
         let t = Instant::now();
-        let verified = cluster::verify(&nodes, &conns, VERIFY_TIMEOUT)
+        let verified = cluster::verify(&spec, &nodes, &conns, VERIFY_TIMEOUT)
             .await
             .unwrap_or_else(|e| panic!("verify: {e}"));
         let verify_s = t.elapsed().as_secs_f64();

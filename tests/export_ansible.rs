@@ -259,7 +259,7 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
     let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
     let known = key.dir().join("known_hosts");
     let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
-    let v = cluster::verify(&nodes, &conns, VERIFY_TIMEOUT)
+    let v = cluster::verify(&spec, &nodes, &conns, VERIFY_TIMEOUT)
         .await
         .expect("verified");
     assert_eq!(v.replicas.len(), 2, "{v:?}");
@@ -277,7 +277,7 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
         "a converged rerun changed something: {second:?}"
     );
     // Still streaming after the rerun.
-    cluster::verify(&nodes, &conns, VERIFY_TIMEOUT)
+    cluster::verify(&spec, &nodes, &conns, VERIFY_TIMEOUT)
         .await
         .expect("verified after the rerun");
 }

@@ -208,11 +208,15 @@ impl Cluster {
 
     /// One value from SQL run as postgres on node `name`.
     async fn query(&self, name: &str, statement: &str) -> String {
-        sql(&self.conns[self.index(name)], statement)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: `{statement}`: {e}"))
-            .trim()
-            .to_string()
+        sql(
+            &self.conns[self.index(name)],
+            self.spec.postgres.version,
+            statement,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: `{statement}`: {e}"))
+        .trim()
+        .to_string()
     }
 
     /// `SHOW parameter` on every node, by node name.
@@ -258,7 +262,7 @@ impl Cluster {
     }
 
     async fn verify(&self) -> cluster::Verified {
-        cluster::verify(&self.nodes, &self.conns, VERIFY_TIMEOUT)
+        cluster::verify(&self.spec, &self.nodes, &self.conns, VERIFY_TIMEOUT)
             .await
             .expect("verified")
     }
@@ -306,12 +310,33 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     for h in &hs {
         assert!(!h.ssh("test -e /tmp/pwned").status.success());
     }
-    let status = cluster::status(&c.nodes, &c.conns).await;
+    let status = cluster::status(&c.spec, &c.nodes, &c.conns).await;
     assert_eq!(
         status.iter().filter(|s| s.role == "replica").count(),
         2,
         "{status:?}"
     );
+
+    // A replica promoted by hand runs, but on a timeline of its own: it is seeded again
+    // and started again. (The run asks every task's query up front; the seed's change
+    // must make the "running" answer, asked before the seed stopped it, stale.)
+    c.query("replica-1", "SELECT pg_promote();").await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(
+        run.statuses("replica-1", "seed from the primary"),
+        [TaskStatus::Changed]
+    );
+    // (Skipped: the settings play's "PostgreSQL running" is the primary's.)
+    assert_eq!(
+        run.statuses("replica-1", "PostgreSQL running"),
+        [TaskStatus::Skipped, TaskStatus::Changed]
+    );
+    assert_eq!(
+        run.statuses("replica-0", "seed from the primary"),
+        [TaskStatus::Ok]
+    );
+    assert_eq!(c.verify().await.replicas.len(), 2);
 }
 
 /// Synchronous mode; then, on the converged cluster: a check run changes nothing; a
@@ -538,7 +563,7 @@ async fn replicas_come_and_go_and_a_stopped_replica_recovers() {
     // there (no init system), the rerun starts it and the replica streams again.
     hs[1].start_again();
     let c = connect(c.spec.clone(), &key).await;
-    let status = cluster::status(&c.nodes, &c.conns).await;
+    let status = cluster::status(&c.spec, &c.nodes, &c.conns).await;
     assert_eq!(status[1].role, "down", "{status:?}");
     let run = c.run(false).await;
     assert!(!run.recap.failed(), "{:?}", run.recap.failures);

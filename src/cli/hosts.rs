@@ -95,7 +95,7 @@ pub async fn configure(
         }
         return Ok(());
     }
-    let verified = hosts::verify(&nodes, &conns, VERIFY_TIMEOUT).await?;
+    let verified = hosts::verify(spec, &nodes, &conns, VERIFY_TIMEOUT).await?;
     if json {
         println!(
             "{}",
@@ -269,7 +269,7 @@ pub async fn status(
     json: bool,
 ) -> Result<()> {
     let (nodes, conns) = open(spec, state, state_path).await?;
-    let rows = hosts::status(&nodes, &conns).await;
+    let rows = hosts::status(spec, &nodes, &conns).await;
     for c in conns {
         c.close().await;
     }

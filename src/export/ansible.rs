@@ -670,6 +670,7 @@ impl Translator {
                 name: role,
                 password,
                 replication,
+                ..
             } => {
                 let flags = if replication {
                     "LOGIN,REPLICATION"
@@ -691,7 +692,7 @@ impl Translator {
                         .set("no_log", Y::Bool(true)),
                 );
             }
-            Action::PgSlots { names, prefix } => {
+            Action::PgSlots { names, prefix, .. } => {
                 let vars = map([
                     ("pgform_slots", s(&names)),
                     ("pgform_slot_prefix", s(&prefix)),

@@ -274,6 +274,7 @@ async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Conn
         .collect();
     let Ok(rows) = crate::tasks::modules::sql(
         conn,
+        spec.postgres.version,
         &format!(
             "SELECT name, setting FROM pg_settings WHERE name IN ({});",
             names.join(", ")

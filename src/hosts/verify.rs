@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{HostsError, Node};
 use crate::remote::Connection;
-use crate::spec::Role;
+use crate::spec::{ClusterSpec, Role};
 use crate::tasks::modules::{literal, sql};
 
 /// What verification saw.
@@ -22,6 +22,7 @@ pub struct Verified {
 /// Waits (up to `timeout`) until the primary shows every replica streaming and a fresh
 /// row has reached every replica.
 pub async fn verify(
+    spec: &ClusterSpec,
     nodes: &[Node],
     conns: &[Connection],
     timeout: Duration,
@@ -37,11 +38,13 @@ pub async fn verify(
         .filter(|&i| nodes[i].role == Role::Replica)
         .collect();
     let deadline = Instant::now() + timeout;
+    let v = spec.postgres.version;
 
     let mut seen;
     loop {
         let rows = sql(
             primary,
+            v,
             "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1;",
         )
         .await
@@ -86,6 +89,7 @@ pub async fn verify(
     let token = uuid::Uuid::new_v4().to_string();
     sql(
         primary,
+        v,
         &format!(
             "CREATE TABLE IF NOT EXISTS pgform_verify (id int PRIMARY KEY, token text NOT NULL, written_at timestamptz NOT NULL DEFAULT now());\n\
              INSERT INTO pgform_verify (id, token) VALUES (1, {t}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now();",
@@ -97,7 +101,12 @@ pub async fn verify(
     let written = Instant::now();
     for &i in &replicas {
         loop {
-            let got = sql(&conns[i], "SELECT token FROM pgform_verify WHERE id = 1;").await;
+            let got = sql(
+                &conns[i],
+                v,
+                "SELECT token FROM pgform_verify WHERE id = 1;",
+            )
+            .await;
             if matches!(&got, Ok(t) if t.trim() == token) {
                 break;
             }
@@ -135,7 +144,8 @@ pub struct NodeStatus {
 }
 
 /// Each node's role, LSN, and (for replicas) state and lag.
-pub async fn status(nodes: &[Node], conns: &[Connection]) -> Vec<NodeStatus> {
+pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> Vec<NodeStatus> {
+    let v = spec.postgres.version;
     let mut out = Vec::new();
     let mut from_primary: Vec<Vec<String>> = Vec::new();
     for (n, c) in nodes.iter().zip(conns) {
@@ -151,6 +161,7 @@ pub async fn status(nodes: &[Node], conns: &[Connection]) -> Vec<NodeStatus> {
         };
         match sql(
             c,
+            v,
             "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END;",
         )
         .await
@@ -162,6 +173,7 @@ pub async fn status(nodes: &[Node], conns: &[Connection]) -> Vec<NodeStatus> {
                 if s.role == "primary" {
                     from_primary = sql(
                         c,
+                        v,
                         "SELECT application_name, state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication;",
                     )
                     .await

@@ -145,9 +145,30 @@ pub fn apt_install(names: &[String]) -> Sh {
     ))
 }
 
-/// `pg_lsclusters` without its header: version, name, port, status, owner, data dir.
-pub fn list_clusters() -> Sh {
-    Sh("pg_lsclusters --no-header 2>/dev/null; true".into())
+/// A program of PostgreSQL major `version`, by its path: the `/usr/bin` entries are
+/// Debian's Perl wrapper, which costs ~50 ms a call to pick the version.
+fn pg_bin(version: u32, program: &str) -> String {
+    format!("/usr/lib/postgresql/{version}/bin/{program}")
+}
+
+/// Exits 0 when the cluster accepts connections on its socket, 1 when it runs but
+/// rejects them (starting or stopping), 2 when nothing answers or PostgreSQL `version`
+/// is not installed.
+pub fn pg_isready(version: u32) -> Sh {
+    let bin = pg_bin(version, "pg_isready");
+    Sh(format!(
+        "if test -x {q}; then {}; else exit 2; fi",
+        Sh::argv([
+            bin.as_str(),
+            "-q",
+            "-h",
+            "/var/run/postgresql",
+            "-p",
+            "5432"
+        ])
+        .0,
+        q = quote(&bin)
+    ))
 }
 
 /// Starts, stops, restarts or reloads a cluster (hands over to systemctl on systemd hosts).
@@ -157,9 +178,9 @@ pub fn pg_ctlcluster(version: u32, action: &str) -> Sh {
 
 /// psql as the `postgres` OS user over the local socket; the SQL comes on standard input.
 /// Rows are printed unaligned, fields separated by `|`.
-pub fn psql(database: &str) -> Sh {
+pub fn psql(version: u32, database: &str) -> Sh {
     Sh::argv([
-        "psql",
+        pg_bin(version, "psql").as_str(),
         "-X",
         "-q",
         "-A",
@@ -176,7 +197,7 @@ pub fn psql(database: &str) -> Sh {
 
 /// psql as the `postgres` OS user over TCP as `user`, password from ~postgres/.pgpass
 /// (never prompts); the SQL comes on standard input.
-pub fn psql_tcp(host: &str, user: &str, database: &str, replication: bool) -> Sh {
+pub fn psql_tcp(version: u32, host: &str, user: &str, database: &str, replication: bool) -> Sh {
     let mut conninfo = format!(
         "host={} port=5432 user={} dbname={} connect_timeout=10",
         conninfo_value(host),
@@ -187,7 +208,7 @@ pub fn psql_tcp(host: &str, user: &str, database: &str, replication: bool) -> Sh
         conninfo.push_str(" replication=true");
     }
     Sh::argv([
-        "psql",
+        pg_bin(version, "psql").as_str(),
         "-X",
         "-q",
         "-A",
@@ -204,7 +225,7 @@ pub fn psql_tcp(host: &str, user: &str, database: &str, replication: bool) -> Sh
 
 /// The system identifier in a data directory's control file (empty if there is none).
 pub fn control_system_identifier(version: u32, data_dir: &str) -> Sh {
-    let bin = format!("/usr/lib/postgresql/{version}/bin/pg_controldata");
+    let bin = pg_bin(version, "pg_controldata");
     Sh(format!(
         "{{ LC_ALL=C {} 2>/dev/null || true; }} | sed -n 's/^Database system identifier: *//p'",
         Sh::argv([bin.as_str(), data_dir]).as_user("postgres").0
@@ -214,7 +235,7 @@ pub fn control_system_identifier(version: u32, data_dir: &str) -> Sh {
 /// Stops the cluster, empties its data directory and copies the primary's with
 /// pg_basebackup, ready to stream from `slot` (password from ~postgres/.pgpass).
 pub fn base_backup(version: u32, data_dir: &str, primary: &str, user: &str, slot: &str) -> Sh {
-    let bin = format!("/usr/lib/postgresql/{version}/bin/pg_basebackup");
+    let bin = pg_bin(version, "pg_basebackup");
     let copy = Sh::argv([
         bin.as_str(),
         "-h",

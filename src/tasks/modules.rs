@@ -92,13 +92,18 @@ pub enum Action {
     ApplySettings { version: String },
     /// A login role with the given password and attributes.
     PgRole {
+        version: String,
         name: String,
         password: String,
         #[serde(default)]
         replication: bool,
     },
     /// Exactly these physical replication slots among those starting with `prefix`.
-    PgSlots { names: String, prefix: String },
+    PgSlots {
+        version: String,
+        names: String,
+        prefix: String,
+    },
     /// A standby seeded from the primary with pg_basebackup, unless it already is one of
     /// that primary (same system identifier).
     BaseBackup {
@@ -291,7 +296,7 @@ impl Action {
                 Ok(Some(change(format!("run {}", argv.join(" ")))))
             }
             Action::Service { version, state } => {
-                let online = cluster_online(conn, version).await?;
+                let online = cluster_online(conn, version_number(version)?).await?;
                 Ok(match state {
                     ServiceState::Started if online => None,
                     ServiceState::Started => Some(change("start PostgreSQL".into())),
@@ -301,7 +306,7 @@ impl Action {
             }
             Action::ApplySettings { version } => {
                 // A stopped server reads its files when it starts: nothing to apply.
-                if !cluster_online(conn, version).await? {
+                if !cluster_online(conn, version_number(version)?).await? {
                     return Ok(None);
                 }
                 Ok(Some(change(
@@ -309,45 +314,61 @@ impl Action {
                 )))
             }
             Action::PgRole {
+                version,
                 name,
-                password: _,
+                password,
                 replication,
             } => {
+                let v = version_number(version)?;
                 let rows = match sql(
                     conn,
+                    v,
                     &format!(
-                        "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = {};",
+                        "SELECT rolcanlogin, rolreplication, coalesce(rolpassword, '') \
+                         FROM pg_authid WHERE rolname = {};",
                         literal(name)
                     ),
                 )
                 .await
                 {
                     Ok(rows) => rows,
-                    Err(_) if !any_cluster_online(conn).await? => {
+                    Err(_) if !cluster_online(conn, v).await? => {
                         return Ok(Some(change(format!(
                             "create role {name} (PostgreSQL is not running yet)"
                         ))));
                     }
                     Err(e) => return Err(e),
                 };
-                let want = format!("t|{}", if *replication { "t" } else { "f" });
-                if rows.trim() != want {
+                let mut fields = rows.trim().splitn(3, '|');
+                let (login, repl, stored) = (fields.next(), fields.next(), fields.next());
+                let want_repl = if *replication { "t" } else { "f" };
+                if login != Some("t") || repl != Some(want_repl) {
                     return Ok(Some(change(format!("create or alter role {name}"))));
                 }
-                // The password is right if a TCP login with it works (it is read from
-                // ~postgres/.pgpass, which an earlier task wrote).
-                let login = conn
-                    .run(
-                        shell::psql_tcp("127.0.0.1", name, "postgres", false),
-                        Some(b"SELECT 1;"),
-                    )
-                    .await?;
-                Ok((!login.success()).then(|| change(format!("set the password of role {name}"))))
+                // The password is right if the stored verifier is one of it: the check
+                // a login makes. A password the verifier cannot be computed for here is
+                // tried by a TCP login (read from ~postgres/.pgpass, an earlier task).
+                let right = match super::scram::matches(password, stored.unwrap_or("")) {
+                    Some(right) => right,
+                    None => conn
+                        .run(
+                            shell::psql_tcp(v, "127.0.0.1", name, "postgres", false),
+                            Some(b"SELECT 1;"),
+                        )
+                        .await?
+                        .success(),
+                };
+                Ok((!right).then(|| change(format!("set the password of role {name}"))))
             }
-            Action::PgSlots { names, prefix } => {
-                let (missing, extra) = match slot_changes(conn, names, prefix).await {
+            Action::PgSlots {
+                version,
+                names,
+                prefix,
+            } => {
+                let v = version_number(version)?;
+                let (missing, extra) = match slot_changes(conn, v, names, prefix).await {
                     Ok(changes) => changes,
-                    Err(_) if !any_cluster_online(conn).await? => {
+                    Err(_) if !cluster_online(conn, v).await? => {
                         return Ok(Some(change(format!(
                             "create slot {names} (PostgreSQL is not running yet)"
                         ))));
@@ -371,9 +392,20 @@ impl Action {
                 data_dir,
                 primary,
                 user,
-                ..
+                slot,
             } => {
                 let v = version_number(version)?;
+                // A standby streaming from this primary through its slot is seeded: its
+                // WAL receiver compared the system identifiers when it connected.
+                let receiver = sql(
+                    conn,
+                    v,
+                    "SELECT status, sender_host, slot_name FROM pg_stat_wal_receiver;",
+                )
+                .await;
+                if receiver.is_ok_and(|r| r.trim() == format!("streaming|{primary}|{slot}")) {
+                    return Ok(None);
+                }
                 let local = conn
                     .run(shell::control_system_identifier(v, data_dir), None)
                     .await?
@@ -393,7 +425,7 @@ impl Action {
                 }
                 let remote = conn
                     .run(
-                        shell::psql_tcp(primary, user, "postgres", true),
+                        shell::psql_tcp(v, primary, user, "postgres", true),
                         Some(b"IDENTIFY_SYSTEM;"),
                     )
                     .await?;
@@ -475,6 +507,7 @@ impl Action {
                 )?;
                 let pending = sql(
                     conn,
+                    v,
                     "SELECT count(*) FROM pg_settings WHERE pending_restart;",
                 )
                 .await?;
@@ -486,12 +519,15 @@ impl Action {
                 }
             }
             Action::PgRole {
+                version,
                 name,
                 password,
                 replication,
             } => {
+                let v = version_number(version)?;
                 let exists = sql(
                     conn,
+                    v,
                     &format!("SELECT 1 FROM pg_roles WHERE rolname = {};", literal(name)),
                 )
                 .await?;
@@ -518,10 +554,15 @@ impl Action {
                             .unwrap_or_else(|| password.clone())
                     )
                 );
-                sql(conn, &statement).await?;
+                sql(conn, v, &statement).await?;
             }
-            Action::PgSlots { names, prefix } => {
-                let (missing, extra) = slot_changes(conn, names, prefix).await?;
+            Action::PgSlots {
+                version,
+                names,
+                prefix,
+            } => {
+                let v = version_number(version)?;
+                let (missing, extra) = slot_changes(conn, v, names, prefix).await?;
                 let mut statements = String::new();
                 // Reserve WAL at once: an unreserved slot holds nothing until a standby
                 // uses it, and a base backup running meanwhile loses its WAL.
@@ -545,7 +586,7 @@ impl Action {
                          SELECT pg_drop_replication_slot({l});\n"
                     ));
                 }
-                sql(conn, &statements).await?;
+                sql(conn, v, &statements).await?;
             }
             Action::BaseBackup {
                 version,
@@ -632,11 +673,15 @@ fn version_number(v: &str) -> Result<u32, ActionError> {
         .map_err(|_| ActionError::Invalid(format!("`{v}` is not a PostgreSQL major version")))
 }
 
-/// Runs SQL as the postgres superuser over the local socket; returns the rows.
-pub async fn sql(conn: &Connection, statements: &str) -> Result<String, ActionError> {
+/// Runs SQL as the postgres superuser over the local socket of PostgreSQL `version`;
+/// returns the rows.
+pub async fn sql(conn: &Connection, version: u32, statements: &str) -> Result<String, ActionError> {
     Ok(ok(
-        conn.run(shell::psql("postgres"), Some(statements.as_bytes()))
-            .await?,
+        conn.run(
+            shell::psql(version, "postgres"),
+            Some(statements.as_bytes()),
+        )
+        .await?,
         "psql",
     )?
     .stdout)
@@ -652,26 +697,17 @@ pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-async fn cluster_online(conn: &Connection, version: &str) -> Result<bool, ActionError> {
-    let out = conn.run(shell::list_clusters(), None).await?;
-    Ok(out.stdout.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 4 && f[0] == version.trim() && f[1] == "main" && f[3].starts_with("online")
-    }))
-}
-
-/// Whether any PostgreSQL cluster on the host is online (false when none is installed).
-async fn any_cluster_online(conn: &Connection) -> Result<bool, ActionError> {
-    let out = conn.run(shell::list_clusters(), None).await?;
-    Ok(out.stdout.lines().any(|l| {
-        l.split_whitespace()
-            .nth(3)
-            .is_some_and(|s| s.starts_with("online"))
-    }))
+/// Whether the cluster's postmaster runs (accepting connections, or starting or
+/// stopping); false when PostgreSQL `version` is not installed. pg_isready asks the
+/// socket, so a stale pid file left by a stopped container does not count.
+async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
+    let out = conn.run(shell::pg_isready(version), None).await?;
+    Ok(matches!(out.status, Some(0 | 1)))
 }
 
 async fn slot_changes(
     conn: &Connection,
+    version: u32,
     names: &str,
     prefix: &str,
 ) -> Result<(Vec<String>, Vec<String>), ActionError> {
@@ -683,6 +719,7 @@ async fn slot_changes(
         .collect();
     let rows = sql(
         conn,
+        version,
         "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical';",
     )
     .await?;

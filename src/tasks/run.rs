@@ -135,17 +135,48 @@ pub async fn run_playbook(
             tracing::error!("template {name}: {e}");
         }
     }
+    let plays_hosts: Vec<Vec<usize>> = book
+        .plays
+        .iter()
+        .map(|play| {
+            (0..hosts.len())
+                .filter(|&i| match play.hosts {
+                    Hosts::All => true,
+                    Hosts::Primary => hosts[i].role == Role::Primary,
+                    Hosts::Replicas => hosts[i].role == Role::Replica,
+                })
+                .collect()
+        })
+        .collect();
+
+    // Queries only read, so every task's query on every host is sent at once, before
+    // anything runs. While nothing has changed, each answer is what the query would say
+    // in its turn: a converged run costs one round of queries, not one per task. After
+    // the first batch of hosts with a change, later plays ask again (see `run_host`).
+    let env = &env;
+    let mut early: Vec<Vec<Option<Answers>>> =
+        futures::future::join_all(book.plays.iter().zip(&plays_hosts).map(
+            |(play, chosen)| async move {
+                let mut by_host: Vec<Option<Answers>> = (0..hosts.len()).map(|_| None).collect();
+                let asked = futures::future::join_all(
+                    chosen
+                        .iter()
+                        .map(|&i| ask_all(env, &play.tasks, &hosts[i], secret)),
+                )
+                .await;
+                for (&i, answers) in chosen.iter().zip(asked) {
+                    by_host[i] = Some(answers);
+                }
+                by_host
+            },
+        ))
+        .await;
+
     let mut recap = Recap::default();
     let mut failed: Vec<bool> = vec![false; hosts.len()];
-    for play in &book.plays {
-        let chosen: Vec<usize> = (0..hosts.len())
-            .filter(|&i| !failed[i])
-            .filter(|&i| match play.hosts {
-                Hosts::All => true,
-                Hosts::Primary => hosts[i].role == Role::Primary,
-                Hosts::Replicas => hosts[i].role == Role::Replica,
-            })
-            .collect();
+    let mut changed_anywhere = false;
+    for ((play, chosen), early) in book.plays.iter().zip(plays_hosts).zip(&mut early) {
+        let chosen: Vec<usize> = chosen.into_iter().filter(|&i| !failed[i]).collect();
         let batches: Vec<Vec<usize>> = match play.order {
             Order::Parallel => vec![chosen],
             Order::ReplicasFirst => {
@@ -162,27 +193,22 @@ pub async fn run_playbook(
             }
         };
         for batch in batches {
+            // Hosts of one batch run side by side, so a change on one does not make
+            // another's answers stale; a change in an earlier batch does.
             let runs = batch.iter().map(|&i| {
-                let env = &env;
+                let answers = early[i].take().filter(|_| !changed_anywhere);
                 async move {
-                    let events = run_host(
-                        env,
-                        &play.name,
-                        &play.tasks,
-                        &play.handlers,
-                        &hosts[i],
-                        secret,
-                        opts,
-                    )
-                    .await;
+                    let events = run_host(env, play, &hosts[i], secret, opts, answers).await;
                     (i, events)
                 }
             });
             for (i, events) in futures::future::join_all(runs).await {
                 for e in &events {
                     recap.record(e);
-                    if e.status == TaskStatus::Failed {
-                        failed[i] = true;
+                    match e.status {
+                        TaskStatus::Failed => failed[i] = true,
+                        TaskStatus::Changed => changed_anywhere = true,
+                        _ => {}
                     }
                 }
             }
@@ -191,40 +217,90 @@ pub async fn run_playbook(
     recap
 }
 
-/// One play on one host: its tasks, then the handlers they notified.
+/// Each task's answer on one host, with how long its query took.
+type Answers = Vec<(Result<Asked, ActionError>, f64)>;
+
+/// All of `tasks`' queries on `host` at once.
+async fn ask_all(env: &Environment<'_>, tasks: &[Task], host: &HostRun, secret: &str) -> Answers {
+    futures::future::join_all(tasks.iter().map(|task| async move {
+        let run = TaskRun {
+            env,
+            task,
+            host,
+            secret,
+        };
+        let started = Instant::now();
+        let asked = run.ask().await;
+        (asked, started.elapsed().as_secs_f64())
+    }))
+    .await
+}
+
+/// One play on one host: its tasks, then the handlers they notified. `early` holds the
+/// answers to the play's queries asked before the run, if nothing has changed since;
+/// otherwise they are all asked now, at once. Either way an answer stands only until
+/// the host changes: the queries after a change are asked again, in order. (Check mode
+/// changes nothing, so there every early answer stands.)
 async fn run_host(
     env: &Environment<'_>,
-    play: &str,
-    tasks: &[Task],
-    handlers: &[Task],
+    play: &super::Play,
     host: &HostRun,
     secret: &str,
     opts: &RunOptions,
+    early: Option<Answers>,
 ) -> Vec<TaskEvent> {
+    let early = match early {
+        Some(answers) => answers,
+        None => ask_all(env, &play.tasks, host, secret).await,
+    };
+    let (name, handlers) = (&play.name, &play.handlers);
     let mut events = Vec::new();
     let mut notified: Vec<&str> = Vec::new();
-    for task in tasks {
-        let event = run_task(env, play, task, host, secret, opts).await;
+    let mut host_changed = false;
+    for (task, (asked, seconds)) in play.tasks.iter().zip(early) {
+        let run = TaskRun {
+            env,
+            task,
+            host,
+            secret,
+        };
+        let event = if host_changed {
+            run.event(name, opts, Instant::now(), run.ask().await).await
+        } else {
+            // Its time is its own query's (and action's), not the wait for the others.
+            let took = std::time::Duration::from_secs_f64(seconds);
+            let started = Instant::now()
+                .checked_sub(took)
+                .unwrap_or_else(Instant::now);
+            run.event(name, opts, started, asked).await
+        };
         let status = event.status;
         emit(opts, &event);
         events.push(event);
         match status {
             TaskStatus::Failed => return events,
-            TaskStatus::Changed | TaskStatus::WouldChange => {
-                for h in &task.notify {
-                    if !notified.contains(&h.as_str()) {
-                        notified.push(h);
-                    }
+            TaskStatus::Changed => host_changed = true,
+            _ => {}
+        }
+        if matches!(status, TaskStatus::Changed | TaskStatus::WouldChange) {
+            for h in &run.task.notify {
+                if !notified.contains(&h.as_str()) {
+                    notified.push(h);
                 }
             }
-            _ => {}
         }
     }
     for handler in handlers
         .iter()
         .filter(|h| notified.contains(&h.name.as_str()))
     {
-        let event = run_task(env, play, handler, host, secret, opts).await;
+        let run = TaskRun {
+            env,
+            task: handler,
+            host,
+            secret,
+        };
+        let event = run.event(name, opts, Instant::now(), run.ask().await).await;
         let status = event.status;
         emit(opts, &event);
         events.push(event);
@@ -241,102 +317,128 @@ fn emit(opts: &RunOptions, e: &TaskEvent) {
     }
 }
 
-async fn run_task(
-    env: &Environment<'_>,
-    play: &str,
-    task: &Task,
-    host: &HostRun,
-    secret: &str,
-    opts: &RunOptions,
-) -> TaskEvent {
-    let started = Instant::now();
-    let mut event = TaskEvent {
-        host: host.name().to_string(),
-        play: play.to_string(),
-        task: task.name.clone(),
-        status: TaskStatus::Ok,
-        summary: None,
-        diff: None,
-        error: None,
-        seconds: 0.0,
-    };
-    let outcome = attempt(env, task, host, secret, opts).await;
-    match outcome {
-        Ok(Step::Skipped) => event.status = TaskStatus::Skipped,
-        Ok(Step::Unchanged) => {}
-        Ok(Step::Changed(change)) => {
-            event.status = if opts.check {
-                TaskStatus::WouldChange
-            } else {
-                TaskStatus::Changed
-            };
-            if task.secret {
-                event.summary = Some("changed (secret: no details)".into());
-            } else {
-                event.summary = Some(change.summary);
-                event.diff = change.diff;
-            }
-        }
-        Err(e) => {
-            event.status = TaskStatus::Failed;
-            event.error = Some(redact(&e.to_string(), secret));
-        }
-    }
-    event.seconds = started.elapsed().as_secs_f64();
-    event
-}
-
-enum Step {
+/// What a task's query found on a host.
+enum Asked {
     Skipped,
     Unchanged,
-    Changed(super::modules::Change),
+    /// The action to take (unless in check mode) and what it changes.
+    Changes(Action, super::modules::Change),
 }
 
-async fn attempt(
-    env: &Environment<'_>,
-    task: &Task,
-    host: &HostRun,
-    secret: &str,
-    opts: &RunOptions,
-) -> Result<Step, ActionError> {
-    let jinja = |e: minijinja::Error| ActionError::Invalid(format!("template error: {e:#}"));
-    if let Some(when) = &task.when {
-        let expr = env.compile_expression(when).map_err(jinja)?;
-        if !expr.eval(&host.vars).map_err(jinja)?.is_true() {
-            return Ok(Step::Skipped);
+/// One task on one host.
+struct TaskRun<'a> {
+    env: &'a Environment<'a>,
+    task: &'a Task,
+    host: &'a HostRun,
+    secret: &'a str,
+}
+
+impl TaskRun<'_> {
+    /// Evaluates `when`, renders and parses the arguments, and asks the host whether
+    /// anything needs doing (reading only).
+    async fn ask(&self) -> Result<Asked, ActionError> {
+        if let Some(when) = &self.task.when {
+            let expr = self.env.compile_expression(when).map_err(jinja)?;
+            if !expr.eval(&self.host.vars).map_err(jinja)?.is_true() {
+                return Ok(Asked::Skipped);
+            }
         }
+        let rendered = render_value(self.env, &self.task.action, &self.host.vars).map_err(jinja)?;
+        self.guard(&serde_norway::to_string(&rendered).unwrap_or_default())?;
+        let action = Action::parse(&rendered).map_err(ActionError::Invalid)?;
+        let render = |name: &str| self.render(name);
+        let cx = Cx {
+            conn: &self.host.conn,
+            render: &render,
+        };
+        Ok(match action.query(&cx).await? {
+            None => Asked::Unchanged,
+            Some(change) => Asked::Changes(action, change),
+        })
     }
-    let guard = |text: &str| -> Result<(), ActionError> {
-        if !task.secret && !secret.is_empty() && text.contains(secret) {
+
+    /// The task's event: acts on what `asked` found (unless in check mode).
+    async fn event(
+        &self,
+        play: &str,
+        opts: &RunOptions,
+        started: Instant,
+        asked: Result<Asked, ActionError>,
+    ) -> TaskEvent {
+        let mut event = TaskEvent {
+            host: self.host.name().to_string(),
+            play: play.to_string(),
+            task: self.task.name.clone(),
+            status: TaskStatus::Ok,
+            summary: None,
+            diff: None,
+            error: None,
+            seconds: 0.0,
+        };
+        let outcome = match asked {
+            Ok(Asked::Changes(action, change)) if !opts.check => {
+                let render = |name: &str| self.render(name);
+                let cx = Cx {
+                    conn: &self.host.conn,
+                    render: &render,
+                };
+                action
+                    .act(&cx)
+                    .await
+                    .map(|()| Asked::Changes(action, change))
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(Asked::Skipped) => event.status = TaskStatus::Skipped,
+            Ok(Asked::Unchanged) => {}
+            Ok(Asked::Changes(_, change)) => {
+                event.status = if opts.check {
+                    TaskStatus::WouldChange
+                } else {
+                    TaskStatus::Changed
+                };
+                if self.task.secret {
+                    event.summary = Some("changed (secret: no details)".into());
+                } else {
+                    event.summary = Some(change.summary);
+                    event.diff = change.diff;
+                }
+            }
+            Err(e) => {
+                event.status = TaskStatus::Failed;
+                event.error = Some(redact(&e.to_string(), self.secret));
+            }
+        }
+        event.seconds = started.elapsed().as_secs_f64();
+        event
+    }
+
+    /// A template file rendered for this host.
+    fn render(&self, name: &str) -> Result<String, ActionError> {
+        let text = self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(&self.host.vars))
+            .map_err(jinja)?;
+        self.guard(&text)?;
+        Ok(text)
+    }
+
+    /// Refuses text with the replication password in a task not marked `secret`.
+    fn guard(&self, text: &str) -> Result<(), ActionError> {
+        if !self.task.secret && !self.secret.is_empty() && text.contains(self.secret) {
             return Err(ActionError::Invalid(format!(
                 "task `{}` would expose the replication password; mark it `secret: true`",
-                task.name
+                self.task.name
             )));
         }
         Ok(())
-    };
-    let rendered = render_value(env, &task.action, &host.vars).map_err(jinja)?;
-    guard(&serde_norway::to_string(&rendered).unwrap_or_default())?;
-    let action = Action::parse(&rendered).map_err(ActionError::Invalid)?;
-    let render = |name: &str| -> Result<String, ActionError> {
-        let text = env
-            .get_template(name)
-            .and_then(|t| t.render(&host.vars))
-            .map_err(jinja)?;
-        guard(&text)?;
-        Ok(text)
-    };
-    let cx = Cx {
-        conn: &host.conn,
-        render: &render,
-    };
-    let Some(change) = action.query(&cx).await? else {
-        return Ok(Step::Unchanged);
-    };
-    if !opts.check {
-        action.act(&cx).await?;
     }
-    Ok(Step::Changed(change))
+}
+
+fn jinja(e: minijinja::Error) -> ActionError {
+    ActionError::Invalid(format!("template error: {e:#}"))
 }
 
 /// Renders every string inside a task's arguments.
