@@ -376,6 +376,30 @@ fn local_cluster_applies_converges_checks_changes_and_destroys() {
         );
     }
 
+    // The Docker host rebooted: the containers are stopped. The plan starts them in place
+    // (their data kept) and checks the hosts afterwards; apply starts them, then
+    // PostgreSQL, and the replicas stream again.
+    let containers = cluster_containers(&cluster);
+    let mut stop = vec!["stop", "-t", "1"];
+    stop.extend(containers.iter().map(String::as_str));
+    docker(&stop);
+    work.pgform(&["plan", "--detailed-exitcode"])
+        .expect(2)
+        .stdout_has("~ running = false -> true")
+        .stdout_has("Plan: 0 to add, 3 to change, 0 to destroy.")
+        .stdout_has("Checked after apply");
+    work.pgform(&["apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("Resources: 0 added, 3 changed, 0 destroyed.")
+        .stdout_has("start PostgreSQL")
+        .stdout_has("Verified");
+    assert_eq!(
+        cluster_containers(&cluster),
+        containers,
+        "the same containers"
+    );
+    assert_streaming(&work);
+
     // The same machines as a `hosts` list, reached as a user with passwordless sudo
     // instead of root: every command goes through sudo, and the cluster is converged.
     for ip in &ips {

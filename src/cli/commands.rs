@@ -11,6 +11,7 @@ use super::{
     StateCommand,
 };
 use crate::engine::{self, ApplyOptions, Interrupt};
+use crate::graph::Kind;
 use crate::plan::{self, Plan};
 use crate::provider::Provider;
 use crate::provider::aws::AwsProvider;
@@ -145,9 +146,19 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     } else {
         engine::plan(&*provider, &spec, &state, &events).await?
     };
-    // The hosts layer joins the plan: the task list in check mode, where hosts exist.
+    // The hosts layer joins the plan: the task list in check mode, where hosts exist and
+    // the plan leaves their machines as they are (new ones are reported as not made).
+    let machines: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| matches!(c.address.kind, Kind::Instance | Kind::DockerContainer))
+        .filter(|c| matches!(c.action, plan::Action::Update | plan::Action::Replace))
+        .map(|c| c.address.to_string())
+        .collect();
     let hosts = if args.destroy || args.only == Some(Layer::Infra) {
         None
+    } else if !machines.is_empty() && args.only != Some(Layer::Hosts) {
+        Some(super::hosts::HostPlan::AfterMachines(machines))
     } else {
         Some(super::hosts::plan_hosts(&spec, &state, &g.state_path()).await)
     };

@@ -120,6 +120,9 @@ pub async fn configure(
 pub enum HostPlan {
     /// The hosts do not exist yet: apply makes them, then runs the whole task list.
     NotYetMade(String),
+    /// The plan changes these existing machines (starts or replaces them): apply does
+    /// that, then runs the whole task list on every host.
+    AfterMachines(Vec<String>),
     /// They exist but could not be checked (unreachable, ...): the plan says so.
     Unchecked(String),
     /// The tasks that would change something, per host, with file diffs.
@@ -167,13 +170,17 @@ impl HostPlan {
     pub fn has_changes(&self) -> bool {
         match self {
             HostPlan::Checked(events) => !events.is_empty(),
-            HostPlan::NotYetMade(_) | HostPlan::Unchecked(_) => false,
+            HostPlan::NotYetMade(_) | HostPlan::AfterMachines(_) | HostPlan::Unchecked(_) => false,
         }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             HostPlan::NotYetMade(why) => serde_json::json!({"checked": false, "reason": why}),
+            HostPlan::AfterMachines(machines) => serde_json::json!({
+                "checked": false,
+                "reason": format!("checked after apply changes {}", machines.join(", ")),
+            }),
             HostPlan::Unchecked(why) => serde_json::json!({"checked": false, "reason": why}),
             HostPlan::Checked(events) => serde_json::json!({"checked": true, "changes": events}),
         }
@@ -185,6 +192,10 @@ impl HostPlan {
             HostPlan::NotYetMade(_) => out.push_str(
                 "  The hosts are not made yet: apply makes them, then runs the whole task list.\n",
             ),
+            HostPlan::AfterMachines(machines) => out.push_str(&format!(
+                "  Checked after apply: it changes {} first, then runs the whole task list.\n",
+                machines.join(", ")
+            )),
             HostPlan::Unchecked(why) => out.push_str(&format!("  Not checked: {why}\n")),
             HostPlan::Checked(events) if events.is_empty() => {
                 out.push_str("  No changes. The hosts match the spec.\n")
