@@ -47,3 +47,48 @@ fn host_installs_postgresql_from_the_local_repository() {
         "pg_lsclusters lists no `15 main`:\n{clusters}"
     );
 }
+
+/// Many commands at once on one connection (more than sshd's MaxSessions of 10): all
+/// run, each with its own output; pgform queues them per host and retries a session
+/// that sshd still counts as open.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_commands_at_once_on_one_connection_all_run() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("burst");
+    let host = Host::start(&net, "burst", 11, &key);
+    let target = pgform::remote::Target {
+        name: "burst".into(),
+        address: host.ip().to_string(),
+        port: 22,
+        user: "root".into(),
+        private_key: Some(key.private.clone()),
+        jump_host: None,
+        strict_host_keys: false,
+        known_hosts_file: Some(key.dir().join("known_hosts")),
+    };
+    let conn = pgform::remote::Connection::open(&target)
+        .await
+        .expect("ssh to the host");
+    for round in 0..3 {
+        let runs = (0..40).map(|i| {
+            let conn = &conn;
+            async move {
+                let out = conn
+                    .run(
+                        pgform::remote::Sh::argv(["echo", &format!("{round}-{i}")]),
+                        None,
+                    )
+                    .await;
+                (i, out)
+            }
+        });
+        for (i, out) in futures::future::join_all(runs).await {
+            let out = out.unwrap_or_else(|e| panic!("command {i} of round {round}: {e}"));
+            assert_eq!(out.stdout, format!("{round}-{i}\n"));
+        }
+    }
+    conn.close().await;
+}

@@ -1,6 +1,7 @@
 //! SSH to the hosts: one multiplexed OpenSSH master per host (the `openssh` crate, so
 //! ~/.ssh/config, the agent and jump hosts work as they do for `ssh`), commands built by
-//! [`shell`], at most [`CHANNELS_PER_HOST`] at once per host (sshd's MaxSessions is 10).
+//! [`shell`], at most [`CHANNELS_PER_HOST`] at once per host (sshd's MaxSessions is 10,
+//! and a session just ended may count a little longer).
 
 pub mod shell;
 
@@ -14,7 +15,12 @@ use tokio::sync::Semaphore;
 
 pub use shell::Sh;
 
-pub const CHANNELS_PER_HOST: usize = 8;
+pub const CHANNELS_PER_HOST: usize = 6;
+
+/// What the master says when sshd refuses a new session (MaxSessions reached).
+const SESSION_REFUSED: &str = "Session open refused";
+/// How often a refused session is retried (waiting 20 ms more each time: ~1.6 s in all).
+const SESSION_RETRIES: u64 = 12;
 
 /// How to reach one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,19 +130,28 @@ impl Connection {
             .acquire()
             .await
             .map_err(|e| self.lost(e.to_string()))?;
-        let mut command = self.session.raw_command(cmd.text());
-        command
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .await
-            .map_err(|e| self.lost(error_text(&e)))?;
+        let mut attempt = 0;
+        let mut child = loop {
+            let mut command = self.session.raw_command(cmd.text());
+            command
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            match command.spawn().await {
+                Ok(child) => break child,
+                // sshd counts a session until the master has acknowledged its close, so
+                // one just ended may still hold a slot of MaxSessions: nothing ran, retry.
+                Err(e) if attempt < SESSION_RETRIES && error_text(&e).contains(SESSION_REFUSED) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Err(e) => return Err(self.lost(error_text(&e))),
+            }
+        };
         if let Some(data) = stdin
             && let Some(mut pipe) = child.stdin().take()
         {
