@@ -667,7 +667,8 @@ fn main() {
     let last_a = ansible_reruns.last().expect("a rerun");
     let rerun_rows = side_by_side(&native_rows(&book, &roles, last_n), &last_a.tasks);
     print_side_by_side(
-        "converged rerun, per task (the last rerun)",
+        "converged rerun, per task (the last rerun; native: overlapping query times, all \
+         asked at once)",
         &rerun_rows,
         last_n.total_s(),
         last_a.wall_s,

@@ -538,7 +538,8 @@ fn main() {
         max(&connects)
     );
     print_rows(
-        "converged rerun, per task: median over reruns",
+        "converged rerun, per task: median over reruns; all queries are asked at once, so \
+         these are overlapping query times, waits for a channel included",
         &rerun_rows,
         &rerun_spans,
         median(&walls),
