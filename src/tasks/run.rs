@@ -120,40 +120,13 @@ pub async fn run_playbook(
     secret: &str,
     opts: &RunOptions,
 ) -> Recap {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    // Ansible's template defaults, so the same files render the same in an export.
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .trim_blocks(true)
-        .keep_trailing_newline(true)
-        .build()
-    {
-        env.set_syntax(syntax);
-    }
-    for (name, text) in &book.templates {
-        if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
-            tracing::error!("template {name}: {e}");
-        }
-    }
-    let plays_hosts: Vec<Vec<usize>> = book
-        .plays
-        .iter()
-        .map(|play| {
-            (0..hosts.len())
-                .filter(|&i| match play.hosts {
-                    Hosts::All => true,
-                    Hosts::Primary => hosts[i].role == Role::Primary,
-                    Hosts::Replicas => hosts[i].role == Role::Replica,
-                })
-                .collect()
-        })
-        .collect();
+    let env = &environment(book);
+    let plays_hosts: Vec<Vec<usize>> = book.plays.iter().map(|p| chosen(p, hosts)).collect();
 
     // Queries only read, so every task's query on every host is sent at once, before
     // anything runs. While nothing has changed, each answer is what the query would say
     // in its turn: a converged run costs one round of queries, not one per task. After
     // the first batch of hosts with a change, later plays ask again (see `run_host`).
-    let env = &env;
     let mut early: Vec<Vec<Option<Answers>>> =
         futures::future::join_all(book.plays.iter().zip(&plays_hosts).map(
             |(play, chosen)| async move {
@@ -177,22 +150,7 @@ pub async fn run_playbook(
     let mut changed_anywhere = false;
     for ((play, chosen), early) in book.plays.iter().zip(plays_hosts).zip(&mut early) {
         let chosen: Vec<usize> = chosen.into_iter().filter(|&i| !failed[i]).collect();
-        let batches: Vec<Vec<usize>> = match play.order {
-            Order::Parallel => vec![chosen],
-            Order::ReplicasFirst => {
-                let (r, p): (Vec<usize>, Vec<usize>) = chosen
-                    .into_iter()
-                    .partition(|&i| hosts[i].role == Role::Replica);
-                vec![r, p]
-            }
-            Order::PrimaryFirst => {
-                let (r, p): (Vec<usize>, Vec<usize>) = chosen
-                    .into_iter()
-                    .partition(|&i| hosts[i].role == Role::Replica);
-                vec![p, r]
-            }
-        };
-        for batch in batches {
+        for batch in batches(play.order, chosen, hosts) {
             // Hosts of one batch run side by side, so a change on one does not make
             // another's answers stale; a change in an earlier batch does.
             let runs = batch.iter().map(|&i| {
@@ -215,6 +173,49 @@ pub async fn run_playbook(
         }
     }
     recap
+}
+
+/// The template environment, with Ansible's template defaults so that the same files
+/// render the same in an export.
+fn environment(book: &Playbook) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    for (name, text) in &book.templates {
+        if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
+            tracing::error!("template {name}: {e}");
+        }
+    }
+    env
+}
+
+/// The hosts (indexes) a play runs on.
+fn chosen(play: &super::Play, hosts: &[HostRun]) -> Vec<usize> {
+    (0..hosts.len())
+        .filter(|&i| match play.hosts {
+            Hosts::All => true,
+            Hosts::Primary => hosts[i].role == Role::Primary,
+            Hosts::Replicas => hosts[i].role == Role::Replica,
+        })
+        .collect()
+}
+
+/// `chosen` in the batches the play's order asks for, one after the other.
+fn batches(order: Order, chosen: Vec<usize>, hosts: &[HostRun]) -> Vec<Vec<usize>> {
+    let (replicas, primary): (Vec<usize>, Vec<usize>) = chosen
+        .iter()
+        .partition(|&&i| hosts[i].role == Role::Replica);
+    match order {
+        Order::Parallel => vec![chosen],
+        Order::ReplicasFirst => vec![replicas, primary],
+        Order::PrimaryFirst => vec![primary, replicas],
+    }
 }
 
 /// Each task's answer on one host, with how long its query took.
