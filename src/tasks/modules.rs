@@ -80,8 +80,9 @@ pub enum Action {
         /// Skip when this command succeeds (its exit status is the query).
         unless: Option<Vec<String>>,
     },
-    /// A PostgreSQL cluster (`pg_ctlcluster`, which hands over to systemctl on systemd
-    /// hosts) in the given state.
+    /// A PostgreSQL cluster in the given state (`pg_ctlcluster`, which hands over to
+    /// systemctl on systemd hosts; `pg_ctl -w` on hosts without systemd, see
+    /// `shell::pg_ctlcluster`).
     Service {
         version: String,
         state: ServiceState,
