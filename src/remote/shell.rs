@@ -81,17 +81,6 @@ pub fn write_file(path: &str, owner: &str, group: &str, mode: &str) -> Sh {
     ))
 }
 
-/// Sets owner, group and mode of an existing path.
-pub fn set_meta(path: &str, owner: &str, group: &str, mode: &str) -> Sh {
-    Sh(format!(
-        "chown {}:{} {p} && chmod {} {p}",
-        quote(owner),
-        quote(group),
-        quote(mode),
-        p = quote(path)
-    ))
-}
-
 /// Owner, group and mode of a directory, or `absent`.
 pub fn dir_meta(path: &str) -> Sh {
     let p = quote(path);
