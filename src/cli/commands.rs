@@ -1,7 +1,7 @@
 //! One function per command: load, call the engine, print. No logic of their own.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -461,31 +461,34 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// `pgform export terraform|ansible|all DIR`.
+/// `pgform export terraform|ansible|all DIR`: everything is rendered first, then
+/// written all at once, so a failed export writes nothing.
 fn export(g: &Global, cmd: ExportCommand) -> Result<Outcome> {
-    use crate::export::{self, Files};
+    use crate::export::{self, Files, ansible};
     let spec = load_spec(g)?;
-    let ansible_files = |spec: &ClusterSpec| -> Result<Files> {
+    let ansible_files = |terraform_dir: &str| -> Result<Files> {
         let state = read_state(&g.state_path(), &spec.name)?;
-        let nodes = crate::hosts::inventory(spec, &state)?;
-        Ok(export::ansible::export(spec, &nodes)?)
+        let inventory = ansible::choose_inventory(&spec, &state, terraform_dir)?;
+        println!("Inventory: {}", inventory.describe());
+        Ok(ansible::export(&spec, &inventory)?)
     };
-    let write = |dir: &std::path::Path, files: Files| -> Result<()> {
-        export::write_files(dir, &files)?;
+    let sets: Vec<(PathBuf, Files)> = match cmd {
+        ExportCommand::Terraform { dir } => vec![(dir, export::terraform::export(&spec)?)],
+        ExportCommand::Ansible { dir, terraform_dir } => {
+            let tf = terraform_dir.to_string_lossy().into_owned();
+            vec![(dir, ansible_files(&tf)?)]
+        }
+        ExportCommand::All { dir } => vec![
+            (dir.join("terraform"), export::terraform::export(&spec)?),
+            (dir.join("ansible"), ansible_files("../terraform")?),
+        ],
+    };
+    let refs: Vec<(&Path, &Files)> = sets.iter().map(|(d, f)| (d.as_path(), f)).collect();
+    export::write_sets(&refs)?;
+    for (dir, files) in &sets {
         println!("Wrote {} file(s) to {}:", files.len(), dir.display());
         for name in files.keys() {
             println!("  {}", name.display());
-        }
-        Ok(())
-    };
-    match cmd {
-        ExportCommand::Terraform { dir } => write(&dir, export::terraform::export(&spec)?)?,
-        ExportCommand::Ansible { dir } => write(&dir, ansible_files(&spec)?)?,
-        // Terraform first: it needs no state, so it is written even before the first
-        // apply, when the hosts (and so the inventory) are not known yet.
-        ExportCommand::All { dir } => {
-            write(&dir.join("terraform"), export::terraform::export(&spec)?)?;
-            write(&dir.join("ansible"), ansible_files(&spec)?)?;
         }
     }
     Ok(Outcome::Ok)

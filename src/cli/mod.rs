@@ -167,10 +167,19 @@ pub struct RunArgs {
 pub enum ExportCommand {
     /// versions.tf, variables.tf, main.tf and outputs.tf (provider aws).
     Terraform { dir: PathBuf },
-    /// An inventory (from the state's hosts or the `hosts` list), the playbook, its
-    /// templates and variables; the password stays a variable for ansible-vault.
-    Ansible { dir: PathBuf },
-    /// Both: DIR/terraform and DIR/ansible.
+    /// An inventory, the playbook, its templates and variables; the password stays a
+    /// variable for ansible-vault. The inventory lists the state's machines or the
+    /// `hosts` list; before anything exists (provider aws) it is a script that reads
+    /// Terraform's outputs.
+    Ansible {
+        dir: PathBuf,
+        /// Where the inventory script finds the Terraform directory, relative to DIR
+        /// (or absolute); used when the state has no machines yet.
+        #[arg(long, default_value = "../terraform")]
+        terraform_dir: PathBuf,
+    },
+    /// Both: DIR/terraform and DIR/ansible (whose inventory reads DIR/terraform's
+    /// outputs until the state has the machines). Writes both or neither.
     All { dir: PathBuf },
 }
 

@@ -5,22 +5,24 @@
 //! copies the Jinja templates byte for byte, and writes the per-host variables that
 //! [`crate::hosts::vars`] gives the native run: the cluster-wide ones in
 //! `group_vars/all/main.yml`, the node-specific ones in `host_vars/<node>.yml`. The
-//! replication password is never written: `group_vars/all/vault.yml` reads it from the
-//! environment (`PGFORM_REPLICATION_PASSWORD`), ready to be replaced by a vault value.
+//! variables that depend on the machines' addresses (the primary's address, the pg_hba
+//! lines of the members) are Jinja over the inventory, so the same files serve any
+//! inventory: the state's hosts or the `hosts` list (`inventory.ini`), or, before
+//! anything exists, Terraform's `pgform_nodes` output (`inventory.py`, which runs
+//! `terraform output`). The replication password is never written:
+//! `group_vars/all/vault.yml` reads it from the environment
+//! (`PGFORM_REPLICATION_PASSWORD`), ready to be replaced by a vault value.
 //!
-//! Written files (relative to the export directory): `inventory.ini`, `site.yml`,
-//! `ansible.cfg`, `templates/*`, `group_vars/all/main.yml`, `group_vars/all/vault.yml`,
-//! `host_vars/<node>.yml`. Run with
-//! `PGFORM_REPLICATION_PASSWORD=... ansible-playbook -i inventory.ini site.yml`.
+//! The output passes ansible-lint's `production` profile (tested).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_norway::{Mapping, Value as Y};
 
-use super::{ExportError, Files};
+use super::{ExportError, Files, yaml};
 use crate::hosts::{self, Node};
-use crate::spec::{ClusterSpec, Role};
+use crate::spec::{ClusterSpec, ConnectVia, ProviderKind, Role};
 use crate::tasks::modules::{FileState, Meta, ServiceState};
 use crate::tasks::{Action, Hosts, Order, Play, Playbook, Task};
 
@@ -32,23 +34,97 @@ pub const PASSWORD_ENV: &str = "PGFORM_REPLICATION_PASSWORD";
 /// login.
 pub const EXTRA_PACKAGES: [&str; 2] = ["python3-psycopg2", "acl"];
 
+/// The Terraform output the inventory script reads (see `terraform::outputs_tf`).
+pub const NODES_OUTPUT: &str = "pgform_nodes";
+
 /// Variables that belong to one node even when they happen to be equal on all.
 const NODE_VARS: [&str; 4] = ["node_name", "role", "slot", "settings"];
+
+/// Native variables that depend on addresses; the export computes them from the
+/// inventory instead (see [`inventory_vars`], which adds `member_addresses`).
+const ADDRESS_VARS: [&str; 2] = ["primary_address", "hba_block"];
 
 /// libpq options for the SQL the primary play runs: commits must not wait for a
 /// synchronous standby that is not seeded yet, and the password must not reach the
 /// server log (as the native pg_role does with SET).
 const PGOPTIONS: &str = "-c synchronous_commit=local -c log_statement=none";
 
-/// The cluster as an Ansible project: inventory, playbook, templates, variables.
-/// Pure: `nodes` comes from [`crate::hosts::inventory`].
-pub fn export(spec: &ClusterSpec, nodes: &[Node]) -> Result<Files, ExportError> {
-    check_nodes(nodes)?;
+/// The handler that refreshes apt's lists after a task changed the apt sources.
+const APT_REFRESH: &str = "Refresh the apt cache";
+
+/// Where the exported playbook finds its hosts.
+#[derive(Debug, Clone)]
+pub enum Inventory {
+    /// Known machines (from the state or the `hosts` list): a static `inventory.ini`.
+    Hosts(Vec<Node>),
+    /// Machines Terraform will make: `inventory.py` runs `terraform -chdir=DIR output`
+    /// (DIR relative to the Ansible directory unless absolute). The nodes carry names
+    /// and roles; their addresses come from Terraform.
+    Terraform { dir: String, nodes: Vec<Node> },
+}
+
+impl Inventory {
+    fn nodes(&self) -> &[Node] {
+        match self {
+            Inventory::Hosts(n) | Inventory::Terraform { nodes: n, .. } => n,
+        }
+    }
+
+    /// One line for the user: where the playbook's hosts come from.
+    pub fn describe(&self) -> String {
+        match self {
+            Inventory::Hosts(n) => format!("inventory.ini lists {} host(s)", n.len()),
+            Inventory::Terraform { dir, .. } => format!(
+                "inventory.py reads the hosts from `terraform -chdir={dir} output -json \
+                 {NODES_OUTPUT}` (run `terraform apply` there first)"
+            ),
+        }
+    }
+}
+
+/// Where the playbook's hosts come from, in order: the state's machines, the spec's
+/// `hosts` list, otherwise (provider aws, nothing applied yet) Terraform's outputs in
+/// `terraform_dir` (relative to the Ansible directory).
+pub fn choose_inventory(
+    spec: &ClusterSpec,
+    state: &crate::state::State,
+    terraform_dir: &str,
+) -> Result<Inventory, ExportError> {
+    match hosts::inventory(spec, state) {
+        Ok(nodes) => Ok(Inventory::Hosts(nodes)),
+        Err(_) if spec.provider == ProviderKind::Aws => Ok(Inventory::Terraform {
+            dir: terraform_dir.to_string(),
+            nodes: hosts::planned_nodes(spec),
+        }),
+        Err(e) => Err(ExportError::Input(format!(
+            "{e}\n    (the Ansible export of a {} cluster takes its hosts from the state; only \
+             an aws cluster can take them from Terraform)",
+            spec.provider.name()
+        ))),
+    }
+}
+
+/// The cluster as an Ansible project: inventory, playbook, templates, variables. Pure.
+pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, ExportError> {
+    let nodes = inventory.nodes();
+    check_nodes(nodes, matches!(inventory, Inventory::Hosts(_)))?;
     let book = Playbook::embedded().map_err(|e| ExportError::Input(e.to_string()))?;
     let mut files = Files::new();
-    files.insert("inventory.ini".into(), inventory(spec, nodes)?);
-    files.insert("ansible.cfg".into(), ANSIBLE_CFG.to_string());
-    files.insert("site.yml".into(), site(&book)?);
+    let inventory_file = match inventory {
+        Inventory::Hosts(nodes) => {
+            files.insert("inventory.ini".into(), inventory_ini(spec, nodes)?);
+            "inventory.ini"
+        }
+        Inventory::Terraform { dir, .. } => {
+            files.insert("inventory.py".into(), inventory_script(spec, dir)?);
+            "inventory.py"
+        }
+    };
+    files.insert(
+        "ansible.cfg".into(),
+        ANSIBLE_CFG.replace("INVENTORY", inventory_file),
+    );
+    files.insert("site.yml".into(), site(&book, inventory_file)?);
     for (path, bytes) in Playbook::files() {
         if let Some(name) = path.strip_prefix("templates/") {
             let text = std::str::from_utf8(bytes).map_err(|_| {
@@ -58,37 +134,57 @@ pub fn export(spec: &ClusterSpec, nodes: &[Node]) -> Result<Files, ExportError> 
         }
     }
     let (common, per_node) = variables(spec, nodes)?;
-    let mut main = String::from(
-        "# Cluster-wide variables, generated by pgform from the cluster spec (the same\n\
-         # values pgform's own run uses). Node-specific ones are in host_vars/.\n",
-    );
-    main.push_str(&yaml_map(&common, 0));
+    let mut main = Mapping::new();
+    for (k, v) in &common {
+        main.insert(Y::String(k.clone()), vars_value(v));
+    }
+    for (k, v) in inventory_vars(spec) {
+        main.insert(Y::String(k.into()), Y::String(v));
+    }
     if let Some(key) = &spec.ssh.private_key_file {
-        main.push_str(&format!(
-            "ansible_ssh_private_key_file: {}\n",
-            yaml_scalar(&key.to_string_lossy())
-        ));
+        main.insert(
+            s("ansible_ssh_private_key_file"),
+            vars_value(&serde_json::Value::String(key.to_string_lossy().into())),
+        );
     }
     if let Some(jump) = &spec.ssh.jump_host {
-        main.push_str(&format!(
-            "ansible_ssh_common_args: {}\n",
-            yaml_scalar(&format!("-o ProxyJump={jump}"))
-        ));
+        main.insert(
+            s("ansible_ssh_common_args"),
+            vars_value(&serde_json::Value::String(format!("-o ProxyJump={jump}"))),
+        );
     }
-    files.insert("group_vars/all/main.yml".into(), main);
+    files.insert(
+        "group_vars/all/main.yml".into(),
+        format!(
+            "{}# Cluster-wide variables, generated by pgform from the cluster spec (the same\n\
+             # values pgform's own run uses). Node-specific ones are in host_vars/.\n{}",
+            "---\n",
+            yaml::document(&Y::Mapping(main)).trim_start_matches("---\n")
+        ),
+    );
     files.insert(
         "group_vars/all/vault.yml".into(),
         format!(
-            "# The replication password, read from the environment of ansible-playbook.\n\
+            "---\n\
+             # The replication password, read from the environment of ansible-playbook.\n\
              # Ready to be replaced by an ansible-vault encrypted value:\n\
              #   ansible-vault encrypt_string --name replication_password\n\
              replication_password: \"{{{{ lookup('env', '{PASSWORD_ENV}') }}}}\"\n"
         ),
     );
     for (name, vars) in per_node {
-        let mut text = format!("# Variables of node {name}, generated by pgform.\n");
-        text.push_str(&yaml_map(&vars, 0));
-        files.insert(PathBuf::from("host_vars").join(format!("{name}.yml")), text);
+        let mut m = Mapping::new();
+        for (k, v) in &vars {
+            m.insert(Y::String(k.clone()), vars_value(v));
+        }
+        let body = yaml::document(&Y::Mapping(m));
+        files.insert(
+            PathBuf::from("host_vars").join(format!("{name}.yml")),
+            format!(
+                "---\n# Variables of node {name}, generated by pgform.\n{}",
+                body.trim_start_matches("---\n")
+            ),
+        );
     }
     Ok(files)
 }
@@ -97,7 +193,7 @@ const ANSIBLE_CFG: &str = "\
 # Used when ansible-playbook runs from this directory.
 [defaults]
 interpreter_python = auto_silent
-inventory = inventory.ini
+inventory = INVENTORY
 
 [ssh_connection]
 pipelining = True
@@ -105,7 +201,7 @@ pipelining = True
 
 /// Node names become inventory host names and file names; addresses go into the INI
 /// inventory unquoted.
-fn check_nodes(nodes: &[Node]) -> Result<(), ExportError> {
+fn check_nodes(nodes: &[Node], with_addresses: bool) -> Result<(), ExportError> {
     let bad = |what: &str, v: &str| ExportError::Input(format!("{what} `{v}` cannot be exported"));
     if nodes.iter().filter(|n| n.role == Role::Primary).count() != 1 {
         return Err(ExportError::Input(
@@ -127,9 +223,11 @@ fn check_nodes(nodes: &[Node]) -> Result<(), ExportError> {
         if nodes[..i].iter().any(|m| m.name == n.name) {
             return Err(bad("duplicate node name", &n.name));
         }
-        for a in [&n.connect_address, &n.private_address] {
-            if a.is_empty() || !a.chars().all(address_char) {
-                return Err(bad("address", a));
+        if with_addresses {
+            for a in [&n.connect_address, &n.private_address] {
+                if a.is_empty() || !a.chars().all(address_char) {
+                    return Err(bad("address", a));
+                }
             }
         }
     }
@@ -140,7 +238,8 @@ fn address_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '_' | '[' | ']' | '%')
 }
 
-fn inventory(spec: &ClusterSpec, nodes: &[Node]) -> Result<String, ExportError> {
+/// The SSH user, checked for the inventory.
+fn ssh_user(spec: &ClusterSpec) -> Result<&str, ExportError> {
     let user = spec.ssh.user_for(spec.provider);
     if user.is_empty()
         || !user
@@ -151,6 +250,14 @@ fn inventory(spec: &ClusterSpec, nodes: &[Node]) -> Result<String, ExportError> 
             "ssh user `{user}` cannot be exported"
         )));
     }
+    Ok(user)
+}
+
+/// Groups `primary` and `replicas`; per host `ansible_host`, `node_name` and
+/// `private_address`; `ansible_user` and `ansible_port` for all. `inventory.py` yields
+/// the very same from Terraform's outputs.
+fn inventory_ini(spec: &ClusterSpec, nodes: &[Node]) -> Result<String, ExportError> {
+    let user = ssh_user(spec)?;
     let mut out = String::from("# Generated by pgform: the cluster's nodes.\n");
     for (group, role) in [("primary", Role::Primary), ("replicas", Role::Replica)] {
         out.push_str(&format!("\n[{group}]\n"));
@@ -170,10 +277,106 @@ fn inventory(spec: &ClusterSpec, nodes: &[Node]) -> Result<String, ExportError> 
     Ok(out)
 }
 
+/// An executable inventory script (Python, which Ansible itself needs) that runs
+/// `terraform output` in the Terraform directory and yields what `inventory.ini` would.
+fn inventory_script(spec: &ClusterSpec, terraform_dir: &str) -> Result<String, ExportError> {
+    let user = ssh_user(spec)?;
+    let connect = match spec.ssh.connect_via {
+        ConnectVia::Public => "public_address",
+        ConnectVia::Private => "private_address",
+    };
+    let settings = serde_json::json!({
+        "terraform_dir": terraform_dir,
+        "output": NODES_OUTPUT,
+        "connect": connect,
+        "ansible_user": user,
+        "ansible_port": spec.ssh.port,
+    });
+    Ok(INVENTORY_SCRIPT.replace("SETTINGS_JSON", &settings.to_string()))
+}
+
+const INVENTORY_SCRIPT: &str = r#"#!/usr/bin/env python3
+"""The cluster's hosts from Terraform's outputs: an Ansible inventory script.
+
+Generated by pgform. Runs `terraform -chdir=<dir> output -json pgform_nodes` (the Terraform
+directory is relative to this file; PGFORM_TERRAFORM_DIR overrides it) and prints the
+groups `primary` and `replicas` with each host's ansible_host, node_name and
+private_address, as pgform's static inventory.ini would.
+"""
+import json
+import os
+import subprocess
+import sys
+
+SETTINGS = json.loads('SETTINGS_JSON')
+
+
+def fail(message):
+    sys.stderr.write("inventory.py: " + message + "\n")
+    sys.exit(1)
+
+
+def terraform_nodes():
+    here = os.path.dirname(os.path.abspath(__file__))
+    tf_dir = os.environ.get("PGFORM_TERRAFORM_DIR") or os.path.join(here, SETTINGS["terraform_dir"])
+    cmd = ["terraform", "-chdir=" + tf_dir, "output", "-json", SETTINGS["output"]]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        fail("cannot run terraform (%s); install it or use pgform's inventory.ini" % e)
+    if done.returncode != 0:
+        fail("`%s` failed: %s\nRun `terraform apply` in %s first." % (" ".join(cmd), done.stderr.strip(), tf_dir))
+    try:
+        nodes = json.loads(done.stdout)
+    except ValueError as e:
+        fail("terraform printed no JSON for output %s: %s" % (SETTINGS["output"], e))
+    if not isinstance(nodes, list):
+        fail("output %s is not a list of nodes" % SETTINGS["output"])
+    return nodes
+
+
+def inventory(nodes):
+    groups = {"primary": [], "replicas": []}
+    hostvars = {}
+    for node in nodes:
+        name = node.get("name")
+        role = node.get("role")
+        address = node.get(SETTINGS["connect"]) or ""
+        if not name or role not in ("primary", "replica"):
+            fail("malformed node in output %s: %r" % (SETTINGS["output"], node))
+        if not address:
+            fail("node %s has no %s (is the instance running?)" % (name, SETTINGS["connect"]))
+        groups["primary" if role == "primary" else "replicas"].append(name)
+        hostvars[name] = {
+            "ansible_host": address,
+            "node_name": name,
+            "private_address": node.get("private_address") or "",
+            "ansible_user": SETTINGS["ansible_user"],
+            "ansible_port": SETTINGS["ansible_port"],
+        }
+    out = {group: {"hosts": hosts} for group, hosts in groups.items()}
+    out["all"] = {"children": ["ungrouped", "primary", "replicas"]}
+    out["_meta"] = {"hostvars": hostvars}
+    return out
+
+
+def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "--list":
+        print(json.dumps(inventory(terraform_nodes()), indent=2, sort_keys=True))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--host":
+        print("{}")
+    else:
+        fail("usage: inventory.py --list | --host NAME")
+
+
+if __name__ == "__main__":
+    main()
+"#;
+
 type Vars = BTreeMap<String, serde_json::Value>;
 
-/// The variables of [`hosts::vars`] (password left out): those equal on every node, and
-/// the rest per node.
+/// The variables of [`hosts::vars`] (password and address-dependent ones left out):
+/// those equal on every node, and the rest per node.
 fn variables(
     spec: &ClusterSpec,
     nodes: &[Node],
@@ -191,6 +394,9 @@ fn variables(
         };
         let mut vars: Vars = map.into_iter().collect();
         vars.remove("replication_password");
+        for k in ADDRESS_VARS {
+            vars.remove(k);
+        }
         all.push((n.name.clone(), vars));
     }
     let mut common = Vars::new();
@@ -212,6 +418,51 @@ fn variables(
         })
         .collect();
     Ok((common, per_node))
+}
+
+/// [`ADDRESS_VARS`] as Jinja over the inventory: the same text [`hosts::vars`] gives
+/// natively once the inventory's `private_address`es are known.
+fn inventory_vars(spec: &ClusterSpec) -> Vec<(&'static str, String)> {
+    let user = jinja_literal(&format!("\"{}\"", spec.postgres.replication_user));
+    // `{%-` and explicit '\n's: the same text whatever the trim_blocks setting.
+    let mut hba = format!(
+        "# replication between the cluster's members\n\
+         {{%- for address in member_addresses %}}\
+         {{{{ '\\n' }}}}host replication {user} {{{{ address }}}}/32 scram-sha-256\n\
+         host all {user} {{{{ address }}}}/32 scram-sha-256\n\
+         {{%- endfor %}}"
+    );
+    if !spec.access.client_cidrs.is_empty() {
+        hba.push_str("{{ '\\n' }}# clients");
+        for c in &spec.access.client_cidrs {
+            hba.push_str(&format!("\nhost all all {c} scram-sha-256"));
+        }
+    }
+    vec![
+        (
+            "member_addresses",
+            "{{ (groups['primary'] + groups['replicas']) | map('extract', hostvars, \
+             'private_address') | list }}"
+                .to_string(),
+        ),
+        (
+            "primary_address",
+            "{{ hostvars[groups['primary'][0]]['private_address'] }}".to_string(),
+        ),
+        ("hba_block", hba),
+    ]
+}
+
+/// Literal text inside a Jinja template: raw when it holds Jinja delimiters.
+fn jinja_literal(text: &str) -> String {
+    if ["{{", "{%", "{#", "}}", "%}", "#}"]
+        .iter()
+        .any(|d| text.contains(d))
+    {
+        format!("{{% raw %}}{text}{{% endraw %}}")
+    } else {
+        text.to_string()
+    }
 }
 
 /// A template value as plain data.
@@ -251,96 +502,35 @@ fn to_json(v: &minijinja::Value) -> Result<serde_json::Value, String> {
     })
 }
 
-// --- YAML for variables: every string quoted, Jinja in values marked !unsafe ---------
-
-/// A block mapping at `indent`.
-fn yaml_map(map: &Vars, indent: usize) -> String {
-    let mut out = String::new();
-    for (k, v) in map {
-        out.push_str(&" ".repeat(indent));
-        out.push_str(&yaml_key(k));
-        out.push(':');
-        match v {
-            serde_json::Value::Object(o) if !o.is_empty() => {
-                out.push('\n');
-                let inner: Vars = o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                out.push_str(&yaml_map(&inner, indent + 2));
-            }
-            _ => {
-                out.push(' ');
-                out.push_str(&yaml_flow(v));
-                out.push('\n');
-            }
-        }
-    }
-    out
-}
-
-fn yaml_key(k: &str) -> String {
-    let plain = k
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if plain { k.to_string() } else { quoted(k) }
-}
-
-fn yaml_flow(v: &serde_json::Value) -> String {
+/// A variable's value as YAML: strings Ansible would template are marked `!unsafe`,
+/// so that a `{{` in a spec value is written as it is.
+fn vars_value(v: &serde_json::Value) -> Y {
     use serde_json::Value as J;
     match v {
-        J::Null => "null".into(),
-        J::Bool(b) => b.to_string(),
-        J::Number(n) => n.to_string(),
-        J::String(s) => yaml_scalar(s),
-        J::Array(a) => format!(
-            "[{}]",
-            a.iter().map(yaml_flow).collect::<Vec<_>>().join(", ")
-        ),
-        J::Object(o) => format!(
-            "{{{}}}",
-            o.iter()
-                .map(|(k, v)| format!("{}: {}", quoted(k), yaml_flow(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// A string value: double-quoted; `!unsafe` when Ansible would otherwise template it.
-fn yaml_scalar(s: &str) -> String {
-    if s.contains('{') || s.contains('%') {
-        format!("!unsafe {}", quoted(s))
-    } else {
-        quoted(s)
-    }
-}
-
-/// A YAML double-quoted scalar (escapes valid in YAML 1.1 and 1.2).
-fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
+        J::Null => Y::Null,
+        J::Bool(b) => Y::Bool(*b),
+        J::Number(n) => serde_norway::to_value(n).unwrap_or(Y::Null),
+        J::String(t) if t.contains('{') || t.contains('%') => {
+            Y::Tagged(Box::new(serde_norway::value::TaggedValue {
+                tag: serde_norway::value::Tag::new("unsafe"),
+                value: Y::String(t.clone()),
+            }))
+        }
+        J::String(t) => Y::String(t.clone()),
+        J::Array(a) => Y::Sequence(a.iter().map(vars_value).collect()),
+        J::Object(o) => {
+            let mut m = Mapping::new();
+            for (k, v) in o {
+                m.insert(Y::String(k.clone()), vars_value(v));
             }
-            c => out.push(c),
+            Y::Mapping(m)
         }
     }
-    out.push('"');
-    out
 }
 
 // --- The playbook --------------------------------------------------------------------
 
-fn site(book: &Playbook) -> Result<String, ExportError> {
+fn site(book: &Playbook, inventory_file: &str) -> Result<String, ExportError> {
     let mut tx = Translator::default();
     let mut plays = vec![preflight()];
     for play in &book.plays {
@@ -355,26 +545,26 @@ fn site(book: &Playbook) -> Result<String, ExportError> {
             plays.push(tx.play(play, group)?);
         }
     }
-    let text = serde_norway::to_string(&Y::Sequence(plays))
-        .map_err(|e| ExportError::Input(format!("site.yml: {e}")))?;
+    let text = yaml::document(&Y::Sequence(plays));
     Ok(format!(
-        "# Generated by pgform from its embedded task list (playbooks/site.yml): the same\n\
+        "---\n\
+         # Generated by pgform from its embedded task list (playbooks/site.yml): the same\n\
          # plays, tasks and handlers, as Ansible modules. Variables: group_vars/, host_vars/.\n\
-         # Run: {PASSWORD_ENV}=... ansible-playbook -i inventory.ini site.yml\n{text}"
+         # Run: {PASSWORD_ENV}=... ansible-playbook -i {inventory_file} site.yml\n{}",
+        text.trim_start_matches("---\n")
     ))
 }
 
 /// Refuses to run without the password (an unset variable would set an empty one).
 fn preflight() -> Y {
     map([
-        ("name", s("check variables")),
+        ("name", s("Check variables")),
         ("hosts", s("all")),
         ("gather_facts", Y::Bool(false)),
         (
             "tasks",
             Y::Sequence(vec![map([
-                ("name", s("the replication password is set")),
-                ("run_once", Y::Bool(true)),
+                ("name", s("The replication password is set")),
                 ("no_log", Y::Bool(true)),
                 (
                     "ansible.builtin.assert",
@@ -389,6 +579,15 @@ fn preflight() -> Y {
             ])]),
         ),
     ])
+}
+
+/// A task or play name as ansible-lint wants it: starting with a capital letter.
+fn title(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn s(x: &str) -> Y {
@@ -421,16 +620,30 @@ fn meta_args(m: &mut Mapping, meta: &Meta) {
     m.insert(s("mode"), mode(&meta.mode));
 }
 
+/// True for a task that writes apt's sources.
+fn changes_apt_sources(action: &Action) -> bool {
+    let path = match action {
+        Action::Copy { dest, .. } | Action::Template { dest, .. } => dest,
+        Action::File { path, .. } => path,
+        _ => return false,
+    };
+    path.starts_with("/etc/apt/")
+}
+
 /// One Ansible task under construction.
 struct T(Mapping);
 
 impl T {
     fn new(name: &str) -> T {
         let mut m = Mapping::new();
-        m.insert(s("name"), s(name));
+        m.insert(s("name"), s(&title(name)));
         T(m)
     }
     fn set(mut self, k: &str, v: Y) -> T {
+        // A user switch needs privilege escalation at the same level (partial-become).
+        if k == "become_user" {
+            self.0.insert(s("become"), Y::Bool(true));
+        }
         self.0.insert(s(k), v);
         self
     }
@@ -459,24 +672,53 @@ struct Translator {
 impl Translator {
     fn play(&mut self, play: &Play, group: &str) -> Result<Y, ExportError> {
         let mut tasks = Vec::new();
+        let mut refresh_apt = false;
         for t in &play.tasks {
-            tasks.extend(self.task(t, false)?);
+            let action = Action::parse(&t.action)
+                .map_err(|e| ExportError::Input(format!("task `{}`: {e}", t.name)))?;
+            // apt must read changed sources before it installs: refresh its lists
+            // then, whatever their age (`cache_valid_time` alone would skip it).
+            if matches!(action, Action::Package { .. }) && refresh_apt {
+                tasks.push(map([
+                    ("name", s("Apply the apt source changes")),
+                    ("ansible.builtin.meta", s("flush_handlers")),
+                ]));
+            }
+            let mut translated = self.task(t, false)?;
+            if changes_apt_sources(&action) {
+                refresh_apt = true;
+                for task in &mut translated {
+                    if let Y::Mapping(m) = task {
+                        m.insert(s("notify"), Y::Sequence(vec![s(APT_REFRESH)]));
+                    }
+                }
+            }
+            tasks.extend(translated);
+        }
+        let mut handlers = Vec::new();
+        if refresh_apt {
+            handlers.push(map([
+                ("name", s(APT_REFRESH)),
+                (
+                    "ansible.builtin.apt",
+                    map([("update_cache", Y::Bool(true))]),
+                ),
+            ]));
+        }
+        for h in &play.handlers {
+            handlers.extend(self.task(h, true)?);
         }
         let mut p = map([
-            ("name", s(&play.name)),
+            ("name", s(&title(&play.name))),
             ("hosts", s(group)),
             ("become", Y::Bool(true)),
             ("gather_facts", Y::Bool(false)),
             ("tasks", Y::Sequence(tasks)),
         ]);
-        if !play.handlers.is_empty() {
-            let mut handlers = Vec::new();
-            for h in &play.handlers {
-                handlers.extend(self.task(h, true)?);
-            }
-            if let Y::Mapping(m) = &mut p {
-                m.insert(s("handlers"), Y::Sequence(handlers));
-            }
+        if !handlers.is_empty()
+            && let Y::Mapping(m) = &mut p
+        {
+            m.insert(s("handlers"), Y::Sequence(handlers));
         }
         Ok(p)
     }
@@ -571,7 +813,12 @@ impl Translator {
                 if let Some(c) = creates {
                     args.insert(s("creates"), s(&c));
                 }
+                let has_creates = args.contains_key(s("creates"));
                 let mut main = T::new(name).module("ansible.builtin.command", Y::Mapping(args));
+                if !has_creates {
+                    // It runs only when something needs doing (or `creates` says so).
+                    main = main.set("changed_when", Y::Bool(true));
+                }
                 if let Some(check) = unless {
                     let reg = self.register();
                     out.push(
@@ -603,13 +850,19 @@ impl Translator {
                         verb.into(),
                     ]),
                 );
-                if state == ServiceState::Started {
+                let mut task = if state == ServiceState::Started {
                     args.insert(
                         s("creates"),
                         s(&format!("/var/run/postgresql/{version}-main.pid")),
                     );
+                    T::new(name).module("ansible.builtin.command", Y::Mapping(args))
+                } else {
+                    T::new(name).module("ansible.builtin.command", Y::Mapping(args))
+                };
+                if state != ServiceState::Started {
+                    task = task.set("changed_when", Y::Bool(true));
                 }
-                out.push(T::new(name).module("ansible.builtin.command", Y::Mapping(args)));
+                out.push(task);
             }
             Action::ApplySettings { version } => {
                 // Reload, then restart if a changed parameter needs it; a stopped
@@ -637,6 +890,7 @@ impl Translator {
                 out.push(
                     sub("reload")
                         .module("ansible.builtin.command", ctl("reload"))
+                        .set("changed_when", Y::Bool(true))
                         .set("when", s(&format!("{status}.rc == 0"))),
                 );
                 out.push(
@@ -645,7 +899,7 @@ impl Translator {
                             "community.postgresql.postgresql_query",
                             map([(
                                 "query",
-                                s("SELECT count(*) AS pending FROM pg_settings WHERE pending_restart"),
+                                s("SELECT count(*) AS pending\nFROM pg_settings\nWHERE pending_restart"),
                             )]),
                         )
                         .set("become_user", s("postgres"))
@@ -656,6 +910,7 @@ impl Translator {
                 out.push(
                     sub("restart")
                         .module("ansible.builtin.command", ctl("restart"))
+                        .set("changed_when", Y::Bool(true))
                         .set(
                             "when",
                             Y::Sequence(vec![
@@ -723,8 +978,8 @@ impl Translator {
                             map([
                                 (
                                     "query",
-                                    s("SELECT slot_name FROM pg_replication_slots \
-                                       WHERE slot_type = 'physical' \
+                                    s("SELECT slot_name FROM pg_replication_slots\n\
+                                       WHERE slot_type = 'physical'\n\
                                        AND left(slot_name, length(%(prefix)s)) = %(prefix)s"),
                                 ),
                                 (
@@ -750,8 +1005,8 @@ impl Translator {
                             map([
                                 (
                                     "query",
-                                    s("SELECT pg_terminate_backend(active_pid) \
-                                       FROM pg_replication_slots \
+                                    s("SELECT pg_terminate_backend(active_pid)\n\
+                                       FROM pg_replication_slots\n\
                                        WHERE slot_name = %(slot)s AND active_pid IS NOT NULL"),
                                 ),
                                 ("named_args", map([("slot", s("{{ item }}"))])),
@@ -791,10 +1046,10 @@ impl Translator {
                     rm -rf {{ pgform_data_dir | quote }}\n\
                     install -d -o postgres -g postgres -m 700 {{ pgform_data_dir | quote }}\n\
                     cd /\n\
-                    sudo -n -H -u postgres -- \
-                    /usr/lib/postgresql/{{ pgform_version | quote }}/bin/pg_basebackup \
-                    -h {{ pgform_primary | quote }} -p 5432 -U {{ pgform_user | quote }} \
-                    -D {{ pgform_data_dir | quote }} -R -X stream -S {{ pgform_slot | quote }} \
+                    sudo -n -H -u postgres -- \\\n  \
+                    /usr/lib/postgresql/{{ pgform_version | quote }}/bin/pg_basebackup \\\n  \
+                    -h {{ pgform_primary | quote }} -p 5432 -U {{ pgform_user | quote }} \\\n  \
+                    -D {{ pgform_data_dir | quote }} -R -X stream -S {{ pgform_slot | quote }} \\\n  \
                     --checkpoint=fast -w\n";
                 out.push(
                     T::new(name)

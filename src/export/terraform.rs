@@ -469,6 +469,10 @@ fn resource_block(
         if same_name(kind, name) {
             let val = match (kind, name, v) {
                 (Kind::Instance, "ami", Value::Unknown { .. }) => Val::Line(AMI_DATA.into()),
+                (Kind::Vpc, "cidr_block", _) => Val::Line("var.vpc_cidr".into()),
+                (Kind::Subnet, "cidr_block", _) if cx.spec.network.subnet_id.is_none() => {
+                    Val::Line("var.subnet_cidr".into())
+                }
                 _ => value(v, scx, &what(name))?,
             };
             body.push(Node::Attr(name.to_string(), val));
@@ -516,8 +520,29 @@ fn resource_block(
                 ));
             }
             (Kind::SecurityGroup, "ingress") => {
+                // The spec's lists are variables, one block each; the other rules
+                // (members, the VPC) follow one by one.
+                let lists = [
+                    (22, "var.admin_cidrs", &cx.spec.access.admin_cidrs),
+                    (5432, "var.client_cidrs", &cx.spec.access.client_cidrs),
+                ];
+                for (port, var, cidrs) in lists {
+                    if !cidrs.is_empty() {
+                        blocks.push(ingress_block(port, attr("cidr_blocks", var)));
+                    }
+                }
                 for rule in v.as_list() {
-                    blocks.push(ingress(rule, scx, &what(name))?);
+                    let from_list = rule.as_map().is_some_and(|m| {
+                        lists.iter().any(|(port, _, cidrs)| {
+                            m.get("port").and_then(Value::as_int) == Some(*port)
+                                && m.get("cidr")
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|c| cidrs.iter().any(|x| x.to_string() == c))
+                        })
+                    });
+                    if !from_list {
+                        blocks.push(ingress(rule, scx, &what(name))?);
+                    }
                 }
                 // Terraform drops AWS's default egress rule from the groups it manages.
                 blocks.push(block(
@@ -618,20 +643,28 @@ fn ingress(rule: &Value, cx: StrCx, what: &str) -> Result<Node, ExportError> {
     let bad = || ExportError::Input(format!("{what}: malformed ingress rule {rule}"));
     let m = rule.as_map().ok_or_else(bad)?;
     let port = m.get("port").and_then(Value::as_int).ok_or_else(bad)?;
-    let mut body = vec![
-        attr("from_port", port.to_string()),
-        attr("to_port", port.to_string()),
-        attr("protocol", quote("tcp")),
-    ];
-    if let Some(cidr) = m.get("cidr") {
+    let source = if let Some(cidr) = m.get("cidr") {
         let c = line(value(cidr, cx, what)?, what)?;
-        body.push(attr("cidr_blocks", format!("[{c}]")));
+        attr("cidr_blocks", format!("[{c}]"))
     } else if m.get("self").and_then(Value::as_bool) == Some(true) {
-        body.push(attr("self", "true"));
+        attr("self", "true")
     } else {
         return Err(bad());
-    }
-    Ok(block("ingress", &[], body))
+    };
+    Ok(ingress_block(port, source))
+}
+
+fn ingress_block(port: i64, source: Node) -> Node {
+    block(
+        "ingress",
+        &[],
+        vec![
+            attr("from_port", port.to_string()),
+            attr("to_port", port.to_string()),
+            attr("protocol", quote("tcp")),
+            source,
+        ],
+    )
 }
 
 /// `root_block_device` / `ebs_block_device` (at [`DATA_DEVICE`]), encrypted and deleted
@@ -822,7 +855,35 @@ fn variables_tf(spec: &ClusterSpec) -> String {
             "Number of streaming replicas.",
             Some(spec.postgres.replicas.to_string()),
         ),
+        variable(
+            "admin_cidrs",
+            "list(string)",
+            "CIDRs allowed to reach SSH (22). The rule exists when the list was not empty \
+             at export.",
+            Some(cidr_list(&spec.access.admin_cidrs)),
+        ),
+        variable(
+            "client_cidrs",
+            "list(string)",
+            "CIDRs allowed to reach PostgreSQL (5432). The rule exists when the list was \
+             not empty at export.",
+            Some(cidr_list(&spec.access.client_cidrs)),
+        ),
     ];
+    if spec.network.subnet_id.is_none() {
+        nodes.push(variable(
+            "vpc_cidr",
+            "string",
+            "CIDR of the cluster's VPC.",
+            Some(quote(&spec.network.vpc_cidr.to_string())),
+        ));
+        nodes.push(variable(
+            "subnet_cidr",
+            "string",
+            "CIDR of the cluster's subnet, inside vpc_cidr.",
+            Some(quote(&spec.network.subnet_cidr.to_string())),
+        ));
+    }
     if spec.ssh.key_name.is_none() {
         let path = spec
             .ssh
@@ -851,6 +912,11 @@ fn variables_tf(spec: &ClusterSpec) -> String {
         write_node(&mut out, n, 0);
     }
     out
+}
+
+fn cidr_list(cidrs: &[crate::spec::Cidr]) -> String {
+    let items: Vec<String> = cidrs.iter().map(|c| quote(&c.to_string())).collect();
+    format!("[{}]", items.join(", "))
 }
 
 fn output(name: &str, description: &str, value: &str) -> Node {
@@ -908,6 +974,12 @@ fn outputs_tf(spec: &ClusterSpec) -> String {
             "The cluster's security group.",
             "aws_security_group.main.id",
         ),
+        output(
+            crate::export::ansible::NODES_OUTPUT,
+            "Every node (name, role, private and public address), primary first: the \
+             Ansible export's inventory.py reads it.",
+            &nodes_expr(),
+        ),
     ];
     let mut out = String::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -917,6 +989,21 @@ fn outputs_tf(spec: &ClusterSpec) -> String {
         write_node(&mut out, n, 0);
     }
     out
+}
+
+/// The `pgform_nodes` output: the same names and roles as pgform's own inventory.
+fn nodes_expr() -> String {
+    let node = |name: &str, role: &str, r: &str| {
+        format!(
+            "{{ name = {name}, role = \"{role}\", private_address = {r}.private_ip, \
+             public_address = {r}.public_ip }}"
+        )
+    };
+    format!(
+        "concat([{}], [for i, r in aws_instance.replica : {}])",
+        node("\"primary\"", "primary", "aws_instance.primary"),
+        node("\"replica-${i}\"", "replica", "r")
+    )
 }
 
 #[cfg(test)]

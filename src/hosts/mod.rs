@@ -122,6 +122,20 @@ pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsEr
     Ok(nodes)
 }
 
+/// The nodes a spec asks for before any machine exists: names and roles as
+/// [`inventory`] gives them, no addresses yet. Primary first.
+pub fn planned_nodes(spec: &ClusterSpec) -> Vec<Node> {
+    let node = |name: String, role| Node {
+        name,
+        role,
+        connect_address: String::new(),
+        private_address: String::new(),
+    };
+    std::iter::once(node("primary".into(), Role::Primary))
+        .chain((0..spec.postgres.replicas).map(|i| node(format!("replica-{i}"), Role::Replica)))
+        .collect()
+}
+
 /// The known-hosts file pgform keeps beside the state, so that a cluster's host keys do
 /// not mix with the user's own.
 pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
