@@ -517,12 +517,12 @@ fn main() {
     let dir_n = tempfile::tempdir().expect("tempdir");
     write_files(
         dir_a.path(),
-        &ansible::export(&spec_a, &nodes_a).expect("export"),
+        &ansible::export(&spec_a, &ansible::Inventory::Hosts(nodes_a.clone())).expect("export"),
     )
     .expect("write");
     write_files(
         dir_n.path(),
-        &ansible::export(&spec_n, &nodes_n).expect("export"),
+        &ansible::export(&spec_n, &ansible::Inventory::Hosts(nodes_n.clone())).expect("export"),
     )
     .expect("write");
 

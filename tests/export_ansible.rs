@@ -14,7 +14,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::hosts::{self, Host, Network, SshKey};
-use pgform::export::{ansible, write_files};
+use common::tools;
+use pgform::export::ansible::{self, Inventory};
+use pgform::export::write_files;
 use pgform::hosts as cluster;
 use pgform::spec::{ClusterSpec, parse_str};
 use pgform::state::State;
@@ -52,46 +54,14 @@ fn spec_for(addresses: &[String], key: Option<&Path>, mirror: Option<&str>) -> C
 
 fn export_to(spec: &ClusterSpec, dir: &Path) -> pgform::export::Files {
     let nodes = cluster::inventory(spec, &State::new("t")).expect("inventory");
-    let files = ansible::export(spec, &nodes).expect("export");
+    let files = ansible::export(spec, &Inventory::Hosts(nodes)).expect("export");
     write_files(dir, &files).expect("write");
     files
 }
 
-/// `ansible-playbook`: on PATH, or among the scripts of the python3 that has ansible.
-fn ansible_playbook() -> Option<PathBuf> {
-    let works = |p: &Path| {
-        Command::new(p)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if works(Path::new("ansible-playbook")) {
-        return Some("ansible-playbook".into());
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("ansible-playbook");
-    works(&p).then_some(p)
-}
-
 /// `ansible-playbook`, or None after printing why (panics under CI).
 fn require_ansible() -> Option<PathBuf> {
-    match ansible_playbook() {
-        Some(p) => Some(p),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("ansible-playbook is not installed (pip install ansible)")
-        }
-        None => {
-            eprintln!("SKIPPED: ansible-playbook is not installed (pip install ansible)");
-            None
-        }
-    }
+    tools::require("ansible-playbook", "pip install ansible")
 }
 
 fn playbook(bin: &Path, dir: &Path, args: &[&str]) -> Command {
@@ -143,7 +113,7 @@ fn export_has_the_templates_and_variables_and_never_the_password() {
         .collect();
     let spec = spec_for(&addrs, None, Some("http://10.9.0.1:8765"));
     let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
-    let files = ansible::export(&spec, &nodes).expect("export");
+    let files = ansible::export(&spec, &Inventory::Hosts(nodes)).expect("export");
     for (path, content) in &files {
         assert!(
             !content.contains(PASSWORD) && !content.contains("w\\\"o:r"),
@@ -182,19 +152,25 @@ fn export_has_the_templates_and_variables_and_never_the_password() {
         "{main}"
     );
     let r1 = &files[Path::new("host_vars/replica-1.yml")];
-    assert!(r1.contains("slot: \"pgform_replica_1\""), "{r1}");
+    assert!(r1.contains("slot: pgform_replica_1\n"), "{r1}");
     assert!(r1.contains("cluster_name: \"'replica-1'\""), "{r1}");
     // A user's value that looks like Jinja is data, not a template.
     assert!(r1.contains("!unsafe \"'{{ not jinja }}'\""), "{r1}");
     let site = &files[Path::new("site.yml")];
     for play in pgform::tasks::Playbook::embedded().unwrap().plays {
+        // The same names, capitalised as ansible-lint wants them.
+        let site = site.to_lowercase();
         assert!(
-            site.contains(&format!("name: {}", play.name)),
+            site.contains(&format!("name: {}", play.name.to_lowercase())),
             "{}",
             play.name
         );
         for t in play.tasks {
-            assert!(site.contains(&t.name), "task {} missing", t.name);
+            assert!(
+                site.contains(&t.name.to_lowercase()),
+                "task {} missing",
+                t.name
+            );
         }
     }
 }
@@ -280,4 +256,66 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
     cluster::verify(&spec, &nodes, &conns, VERIFY_TIMEOUT)
         .await
         .expect("verified after the rerun");
+    // The export is the native task list: pgform's own check finds nothing to change
+    // on the hosts Ansible configured (settings, pg_hba lines from the inventory's
+    // addresses, role, slots, seeds).
+    let opts = pgform::tasks::RunOptions {
+        check: true,
+        events: None,
+    };
+    let recap = cluster::configure(&spec, &nodes, &conns, PASSWORD, &opts)
+        .await
+        .expect("native check");
+    assert!(recap.failures.is_empty(), "{recap:?}");
+    assert!(
+        recap.hosts.values().all(|c| c.changed == 0),
+        "pgform's check would change hosts Ansible configured: {recap:?}"
+    );
+}
+
+#[test]
+fn export_passes_ansible_lint_production() {
+    for with_mirror in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs = vec!["10.9.0.11".to_string(), "10.9.0.12".to_string()];
+        let mirror = with_mirror.then_some("http://10.9.0.1:8765");
+        export_to(&spec_for(&addrs, None, mirror), dir.path());
+        tools::assert_ansible_lint_production(dir.path());
+    }
+}
+
+/// The apt lists are refreshed right after the sources change, before the install,
+/// however young they are (`cache_valid_time` alone skipped it on fresh hosts).
+#[test]
+fn changed_apt_sources_refresh_the_lists_before_the_install() {
+    let addrs = vec!["10.9.0.11".to_string()];
+    let spec = spec_for(&addrs, None, Some("http://10.9.0.1:8765"));
+    let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    let files = ansible::export(&spec, &Inventory::Hosts(nodes)).expect("export");
+    let site: serde_json::Value =
+        serde_norway::from_str(&files[Path::new("site.yml")]).expect("site.yml is YAML");
+    let play = site
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "Packages")
+        .expect("packages play");
+    let tasks = play["tasks"].as_array().unwrap();
+    let install = tasks
+        .iter()
+        .position(|t| t.get("ansible.builtin.apt").is_some())
+        .expect("install task");
+    let flush = tasks
+        .iter()
+        .position(|t| t["ansible.builtin.meta"] == "flush_handlers")
+        .expect("flush_handlers");
+    assert_eq!(flush + 1, install, "{tasks:#?}");
+    let notifying: Vec<&serde_json::Value> = tasks[..flush]
+        .iter()
+        .filter(|t| t["notify"][0] == "Refresh the apt cache")
+        .collect();
+    assert_eq!(notifying.len(), 3, "every apt source task notifies: {tasks:#?}");
+    let handler = &play["handlers"][0];
+    assert_eq!(handler["name"], "Refresh the apt cache");
+    assert_eq!(handler["ansible.builtin.apt"]["update_cache"], true);
 }

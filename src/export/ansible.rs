@@ -319,7 +319,7 @@ def fail(message):
 def terraform_nodes():
     here = os.path.dirname(os.path.abspath(__file__))
     tf_dir = os.environ.get("PGFORM_TERRAFORM_DIR") or os.path.join(here, SETTINGS["terraform_dir"])
-    cmd = ["terraform", "-chdir=" + tf_dir, "output", "-json", SETTINGS["output"]]
+    cmd = ["terraform", "-chdir=" + tf_dir, "output", "-no-color", "-json", SETTINGS["output"]]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as e:
@@ -424,16 +424,20 @@ fn variables(
 /// natively once the inventory's `private_address`es are known.
 fn inventory_vars(spec: &ClusterSpec) -> Vec<(&'static str, String)> {
     let user = jinja_literal(&format!("\"{}\"", spec.postgres.replication_user));
-    // `{%-` and explicit '\n's: the same text whatever the trim_blocks setting.
+    // `{%-` strips the line break before a tag, and each line break the text needs is
+    // a Jinja string (a real line break inside quotes, no escape): the same text
+    // whatever the trim_blocks setting.
+    let newline = "{{ '\n' }}";
     let mut hba = format!(
         "# replication between the cluster's members\n\
          {{%- for address in member_addresses %}}\
-         {{{{ '\\n' }}}}host replication {user} {{{{ address }}}}/32 scram-sha-256\n\
+         {newline}host replication {user} {{{{ address }}}}/32 scram-sha-256\n\
          host all {user} {{{{ address }}}}/32 scram-sha-256\n\
          {{%- endfor %}}"
     );
     if !spec.access.client_cidrs.is_empty() {
-        hba.push_str("{{ '\\n' }}# clients");
+        hba.push_str(newline);
+        hba.push_str("# clients");
         for c in &spec.access.client_cidrs {
             hba.push_str(&format!("\nhost all all {c} scram-sha-256"));
         }
