@@ -314,7 +314,11 @@ fn changed_apt_sources_refresh_the_lists_before_the_install() {
         .iter()
         .filter(|t| t["notify"][0] == "Refresh the apt cache")
         .collect();
-    assert_eq!(notifying.len(), 3, "every apt source task notifies: {tasks:#?}");
+    assert_eq!(
+        notifying.len(),
+        3,
+        "every apt source task notifies: {tasks:#?}"
+    );
     let handler = &play["handlers"][0];
     assert_eq!(handler["name"], "Refresh the apt cache");
     assert_eq!(handler["ansible.builtin.apt"]["update_cache"], true);

@@ -266,7 +266,10 @@ mod tests {
         .unwrap();
         round_trip(&doc);
         let text = document(&doc);
-        assert!(text.starts_with("---\n- name: a play\n  hosts: all\n"), "{text}");
+        assert!(
+            text.starts_with("---\n- name: a play\n  hosts: all\n"),
+            "{text}"
+        );
         assert!(text.contains("  tasks:\n    - name: \"yes\"\n"), "{text}");
         assert!(text.contains("content: |\n          line one\n"), "{text}");
     }
