@@ -15,9 +15,18 @@ const PASSWORD_ENV: &str = "pgform-env-secret-8c1f2a";
 const PASSWORD_FILE: &str = "pgform-file-secret-77d0e9";
 const PASSWORD_INLINE: &str = "pgform-inline-secret-31b4c6";
 
+/// A TOML body under a fixed name and region, or a whole flat JSON payload (the old
+/// API's) as it is.
 fn spec(body: &str) -> ClusterSpec {
-    let text = format!("name = \"tfx\"\nregion = \"eu-west-1\"\n{body}");
-    match parse_str(&text, Path::new("cluster.toml")) {
+    let (text, path) = if body.starts_with('{') {
+        (body.to_string(), "payload.json")
+    } else {
+        (
+            format!("name = \"tfx\"\nregion = \"eu-west-1\"\n{body}"),
+            "cluster.toml",
+        )
+    };
+    match parse_str(&text, Path::new(path)) {
         Ok(loaded) => loaded.spec,
         Err(e) => panic!("test spec does not load: {e}\n{text}"),
     }
@@ -53,6 +62,13 @@ fn cases(password_file: &Path) -> Vec<(&'static str, String)> {
                  root_volume_size = 40\n[ssh]\nkey_name = \"ops\"\n\
                  [postgres]\nreplicas = 0\nreplication_password = \"{PASSWORD_INLINE}\"\n"
             ),
+        ),
+        (
+            "the old API's flat payload (existing subnet and key, 2 replicas)",
+            std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flat-payload.json"),
+            )
+            .expect("examples/flat-payload.json"),
         ),
         (
             "defaults with a key file (2 replicas)",
@@ -410,9 +426,11 @@ fn parity(spec: &ClusterSpec, parsed: &BTreeMap<String, hcl::Body>, name: &str) 
                             }
                         })
                         .collect();
+                    // A block may carry a list of CIDRs (the spec's lists are
+                    // variables): one rule per CIDR.
                     let got: BTreeSet<String> = nested("ingress")
                         .into_iter()
-                        .map(|rule| {
+                        .flat_map(|rule| {
                             let from = eval(attr(rule, "from_port").unwrap(), &ctx, &what);
                             let to = eval(attr(rule, "to_port").unwrap(), &ctx, &what);
                             assert_eq!(from, to, "{what}: port range");
@@ -422,8 +440,8 @@ fn parity(spec: &ClusterSpec, parsed: &BTreeMap<String, hcl::Body>, name: &str) 
                             );
                             match attr(rule, "cidr_blocks") {
                                 Some(c) => match eval(c, &ctx, &what) {
-                                    hcl::Value::Array(a) if a.len() == 1 => {
-                                        format!("{from} {}", a[0])
+                                    hcl::Value::Array(a) if !a.is_empty() => {
+                                        a.iter().map(|c| format!("{from} {c}")).collect()
                                     }
                                     other => panic!("{what}: cidr_blocks {other}"),
                                 },
@@ -432,7 +450,7 @@ fn parity(spec: &ClusterSpec, parsed: &BTreeMap<String, hcl::Body>, name: &str) 
                                         attr(rule, "self").map(|e| eval(e, &ctx, &what)),
                                         Some(hcl::Value::from(true))
                                     );
-                                    format!("{from} self")
+                                    vec![format!("{from} self")]
                                 }
                             }
                         })
