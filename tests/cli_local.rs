@@ -285,6 +285,14 @@ fn local_cluster_applies_converges_checks_changes_and_destroys() {
 
     work.pgform(&["plan", "--detailed-exitcode"]).expect(0);
 
+    // The Ansible export of a Docker cluster takes its hosts from the state; Terraform
+    // covers aws clusters only.
+    work.pgform(&["export", "ansible", "exported"])
+        .expect(0)
+        .stdout_has("Inventory: inventory.ini lists 3 host(s)");
+    assert!(work.read("exported/inventory.ini").contains("[replicas]\nreplica-0 "));
+    work.pgform(&["export", "terraform", "tf"]).expect(1);
+
     // Check mode on a converged cluster: nothing would change, nothing does.
     let state_before = work.read("cluster.pgstate.json");
     work.pgform(&["apply", "--check"])
