@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::graph::{Address, Kind};
-use crate::remote::{Connection, RemoteError, Target};
+use crate::remote::{Connection, Hop, RemoteError, Target};
 use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ParamValue, ProviderKind, Role};
 use crate::state::State;
 use crate::tasks::{Order, Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
@@ -131,8 +131,23 @@ pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
         .join(format!("{cluster}.known_hosts"))
 }
 
-/// How to reach `node`.
+/// How to reach `node`: through the spec's jump hosts, each with the jump key (else the
+/// hosts' key) and the user of its entry (else `ssh.user`).
 pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
+    let ssh = &spec.ssh;
+    let jump_key = ssh.jump_private_key_file.as_ref().or(ssh.private_key_file.as_ref());
+    // Validation refused a bad jump_host: nothing is left to go wrong here.
+    let jump = ssh
+        .jump_hops()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| Hop {
+            host: h.host,
+            port: h.port,
+            user: h.user.or_else(|| ssh.user.clone()),
+            private_key: jump_key.map(|k| crate::spec::expand_home(k)),
+        })
+        .collect();
     Target {
         name: node.name.clone(),
         address: node.connect_address.clone(),
@@ -143,7 +158,7 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
             .private_key_file
             .as_deref()
             .map(crate::spec::expand_home),
-        jump_host: spec.ssh.jump_host.clone(),
+        jump,
         strict_host_keys: spec.ssh.known_hosts == KnownHostsPolicy::Strict,
         known_hosts_file: Some(
             spec.ssh
