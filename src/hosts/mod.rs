@@ -45,6 +45,9 @@ pub enum HostsError {
     Inventory(String),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// Hosts that could not be reached (each error names its host).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Unreachable(Vec<RemoteError>),
     #[error(transparent)]
     Playbook(#[from] PlaybookError),
     #[error("{0}")]
@@ -135,7 +138,10 @@ pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
 /// hosts' key) and the user of its entry (else `ssh.user`).
 pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
     let ssh = &spec.ssh;
-    let jump_key = ssh.jump_private_key_file.as_ref().or(ssh.private_key_file.as_ref());
+    let jump_key = ssh
+        .jump_private_key_file
+        .as_ref()
+        .or(ssh.private_key_file.as_ref());
     // Validation refused a bad jump_host: nothing is left to go wrong here.
     let jump = ssh
         .jump_hops()
@@ -310,7 +316,8 @@ async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Conn
         })
 }
 
-/// Opens one SSH master per node, in parallel.
+/// Opens one SSH master per node, in parallel. Fails naming every node that could not
+/// be reached (the others' connections are closed).
 pub async fn connect(
     spec: &ClusterSpec,
     nodes: &[Node],
@@ -320,11 +327,20 @@ pub async fn connect(
         let t = target(spec, n, known_hosts);
         async move { Connection::open(&t).await }
     });
-    let mut out = Vec::new();
+    let (mut out, mut failed) = (Vec::new(), Vec::new());
     for r in futures::future::join_all(opens).await {
-        out.push(r?);
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => failed.push(e),
+        }
     }
-    Ok(out)
+    if failed.is_empty() {
+        return Ok(out);
+    }
+    for c in out {
+        c.close().await;
+    }
+    Err(HostsError::Unreachable(failed))
 }
 
 /// Runs the embedded task list on the cluster's nodes.

@@ -58,7 +58,11 @@ pub fn ssh_config(hops: &[Hop], strict_host_keys: bool, known_hosts: Option<&Pat
         }
         out.push_str(&format!(
             "    StrictHostKeyChecking {}\n",
-            if strict_host_keys { "yes" } else { "accept-new" }
+            if strict_host_keys {
+                "yes"
+            } else {
+                "accept-new"
+            }
         ));
         out.push_str("    BatchMode yes\n    ConnectTimeout 15\n    ServerAliveInterval 15\n");
         if i > 0 {
@@ -126,7 +130,10 @@ mod tests {
     #[test]
     fn later_hops_go_through_the_one_before_and_no_key_leaves_the_agent() {
         let conf = ssh_config(
-            &[hop("a.example", None, None, None), hop("b", None, None, None)],
+            &[
+                hop("a.example", None, None, None),
+                hop("b", None, None, None),
+            ],
             true,
             None,
         );
@@ -143,7 +150,10 @@ mod tests {
     fn paths_are_absolute_quoted_and_percent_escaped() {
         assert_eq!(path_value(Path::new("/a/50%\"x")), r#""/a/50%%\"x""#);
         let rel = path_value(Path::new("keys/id"));
-        assert!(rel.starts_with("\"/") && rel.ends_with("/keys/id\""), "{rel}");
+        assert!(
+            rel.starts_with("\"/") && rel.ends_with("/keys/id\""),
+            "{rel}"
+        );
     }
 
     #[test]

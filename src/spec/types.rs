@@ -237,7 +237,9 @@ impl SshSpec {
         let Some(text) = &self.jump_host else {
             return Ok(Vec::new());
         };
-        text.split(',').map(|entry| parse_hop(entry.trim())).collect()
+        text.split(',')
+            .map(|entry| parse_hop(entry.trim()))
+            .collect()
     }
 
     pub fn user_for(&self, provider: ProviderKind) -> &str {
@@ -271,7 +273,9 @@ fn parse_hop(entry: &str) -> Result<JumpHop, String> {
     if let Some(u) = user
         && !plain(u)
     {
-        return Err(format!("`{entry}` does not start with a user name before `@`"));
+        return Err(format!(
+            "`{entry}` does not start with a user name before `@`"
+        ));
     }
     if !plain(host) {
         return Err(format!("`{entry}` does not name a host"));
