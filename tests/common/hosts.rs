@@ -360,8 +360,9 @@ pub struct Host {
     pub name: String,
     ip: Ipv4Addr,
     key: PathBuf,
-    /// The bastion (address, key) this host accepts SSH from, when only from it.
-    via: Option<(Ipv4Addr, PathBuf)>,
+    /// The ProxyCommand that reaches this host through its bastion, when it accepts SSH
+    /// only from one.
+    proxy: Option<String>,
 }
 
 impl Host {
@@ -436,7 +437,7 @@ impl Host {
             name: name.to_string(),
             ip,
             key: key.private.clone(),
-            via: bastion.map(|b| (b.ip, b.key.clone())),
+            proxy: bastion.map(Host::hop_command),
         };
         host.wait_ssh();
         host
@@ -446,17 +447,33 @@ impl Host {
         self.ip
     }
 
+    /// A ProxyCommand through this host (itself reached through its own bastion, if it
+    /// has one): ssh expands `%h:%p` to the host behind, so this level's own proxy gets
+    /// its `%` doubled and is quoted for the shell that runs the command.
+    fn hop_command(&self) -> String {
+        let inner = self
+            .proxy
+            .as_ref()
+            .map(|p| {
+                let p = p.replace('%', "%%").replace('\'', r"'\''");
+                format!("-o 'ProxyCommand={p}' ")
+            })
+            .unwrap_or_default();
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=5 \
+             -o LogLevel=ERROR {inner}-W %h:%p root@{}",
+            self.key.display(),
+            self.ip
+        )
+    }
+
     /// The `ssh` command line to reach this host as root (no command yet): batch mode,
     /// host keys neither checked nor remembered; through its bastion if it has one.
     pub fn ssh_command(&self) -> Command {
         let mut cmd = Command::new("ssh");
-        if let Some((bastion, key)) = &self.via {
-            cmd.arg("-o").arg(format!(
-                "ProxyCommand=ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
-                 -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=5 \
-                 -o LogLevel=ERROR -W %h:%p root@{bastion}",
-                key.display()
-            ));
+        if let Some(proxy) = &self.proxy {
+            cmd.arg("-o").arg(format!("ProxyCommand={proxy}"));
         }
         cmd.arg("-i")
             .arg(&self.key)
