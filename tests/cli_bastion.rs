@@ -95,3 +95,186 @@ async fn listed_hosts_through_two_bastions() {
         .stdout_has(&format!("cannot reach the jump host root@{}", inner.ip()))
         .stderr_has("could not check the host(s) primary, replica-0");
 }
+
+/// Provider aws on a private subnet (the Docker network's /24, so that containers can
+/// stand at moto's addresses), SSH as root to the private addresses through `jump`.
+fn aws_spec(cluster: &str, net: &Network, key: &SshKey, ssh_extra: &str) -> String {
+    let subnet = &net.subnet;
+    let octets: Vec<&str> = subnet.split('.').collect();
+    let vpc = format!("{}.{}.0.0/16", octets[0], octets[1]);
+    format!(
+        r#"name = "{cluster}"
+provider = "aws"
+region = "{region}"
+
+[network]
+vpc_cidr = "{vpc}"
+subnet_cidr = "{subnet}"
+public = false
+
+[ssh]
+public_key_file = "{public}"
+private_key_file = "{private}"
+user = "root"
+connect_via = "private"
+{ssh_extra}
+
+[access]
+admin_cidrs = ["{subnet}"]
+client_cidrs = ["{subnet}"]
+
+[packages]
+apt_mirror = "deb [trusted=yes] {mirror} ./"
+
+[postgres]
+replicas = 2
+shared_buffers = "128MB"
+replication_user = "replicator"
+"#,
+        region = common::REGION,
+        public = key.private.with_extension("pub").display(),
+        private = key.private.display(),
+        mirror = net.apt_mirror(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_private_subnet_through_bastion() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let bastion_key = SshKey::generate();
+    let net = Network::create("bastion");
+    let bastion = Host::start(&net, "bastion", 250, &bastion_key);
+    let moto = Moto::start();
+    let work = Work::new("pgform-cli-bastion", moto.env());
+    let cluster = unique_cluster();
+    let jump = format!(
+        "jump_host = \"root@{}\"\njump_private_key_file = \"{}\"",
+        bastion.ip(),
+        bastion_key.private.display()
+    );
+    work.write("cluster.toml", &aws_spec(&cluster, &net, &key, &jump));
+
+    // moto's instances, then a container at each private address that accepts SSH from
+    // the bastion only.
+    work.pgform(&["apply", "--only", "infra", "--auto-approve"])
+        .expect(0);
+    let ips: Vec<Ipv4Addr> = work
+        .private_ips()
+        .iter()
+        .map(|ip| ip.parse().expect("an IPv4 address"))
+        .collect();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    let containers: Vec<Host> = ["pg-primary", "pg-replica-0", "pg-replica-1"]
+        .iter()
+        .zip(&ips)
+        .map(|(name, ip)| Host::start_behind(&net, name, ip.octets()[3], &key, &bastion))
+        .collect();
+
+    // Without the bastion the hosts refuse SSH: the plan names all three, and fails.
+    let direct = aws_spec(&cluster, &net, &key, "");
+    work.write("direct.toml", &direct);
+    let args = ["-f", "direct.toml", "--state", "cluster.pgstate.json"];
+    work.pgform(&[&args[..], &["plan", "--detailed-exitcode"]].concat())
+        .expect(1)
+        .stdout_has("Not checked: primary, replica-0, replica-1")
+        .stderr_has("could not check the host(s) primary, replica-0, replica-1");
+
+    // The hosts' key is not the bastion's: the error names the bastion, not the hosts.
+    let wrong = format!("jump_host = \"root@{}\"", bastion.ip());
+    work.write("wrong.toml", &aws_spec(&cluster, &net, &key, &wrong));
+    let args = ["-f", "wrong.toml", "--state", "cluster.pgstate.json"];
+    work.pgform(&[&args[..], &["plan", "--detailed-exitcode"]].concat())
+        .expect(1)
+        .stdout_has(&format!(
+            "cannot reach the jump host root@{} on the way to primary",
+            bastion.ip()
+        ))
+        .stdout_has("Permission denied (publickey");
+    work.pgform(&[&args[..], &["status"]].concat())
+        .expect(1)
+        .stderr_has(&format!("cannot reach the jump host root@{}", bastion.ip()));
+
+    // Strict host keys and a known-hosts file without the bastion: refused, at the hop.
+    let strict = format!(
+        "{jump}\nknown_hosts = \"strict\"\nknown_hosts_file = \"{}\"",
+        work.path("empty.known_hosts").display()
+    );
+    work.write("empty.known_hosts", "");
+    work.write("strict.toml", &aws_spec(&cluster, &net, &key, &strict));
+    let args = ["-f", "strict.toml", "--state", "cluster.pgstate.json"];
+    work.pgform(&[&args[..], &["plan", "--detailed-exitcode"]].concat())
+        .expect(1)
+        .stdout_has(&format!("cannot reach the jump host root@{}", bastion.ip()))
+        .stdout_has("Host key verification failed");
+
+    // Through the bastion: configured, streaming, converged.
+    work.pgform(&["apply", "--only", "hosts", "--auto-approve"])
+        .expect(0)
+        .stdout_has("Verified")
+        .recap_all_zero("failed");
+    let status = work.pgform(&["status", "--json"]);
+    status.expect(0);
+    let rows: Vec<Value> = serde_json::from_str(&status.stdout).expect("status --json");
+    let states: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["role"].as_str().unwrap_or("-"),
+                r["state"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("primary", "-"),
+            ("replica", "streaming"),
+            ("replica", "streaming")
+        ],
+        "{status}"
+    );
+    work.pgform(&["apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("No changes")
+        .recap_all_zero("changed");
+    work.pgform(&["plan", "--detailed-exitcode"])
+        .expect(0)
+        .stdout_has("No changes. The hosts match the spec.");
+    // The bastion's key is kept with the hosts' in the cluster's known-hosts file.
+    let known = work.path(&format!("{cluster}.known_hosts"));
+    for ip in std::iter::once(bastion.ip()).chain(ips.iter().copied()) {
+        assert!(knows(&known, ip), "{ip} is not in {}", known.display());
+    }
+    // And strict now accepts it.
+    let strict = format!("{jump}\nknown_hosts = \"strict\"");
+    work.write("strict.toml", &aws_spec(&cluster, &net, &key, &strict));
+    work.pgform(&[
+        "-f",
+        "strict.toml",
+        "--state",
+        "cluster.pgstate.json",
+        "plan",
+        "--detailed-exitcode",
+    ])
+    .expect(0);
+
+    // A host that is down: the plan fails naming it, in text and in JSON.
+    containers[2].stop();
+    work.pgform(&["plan", "--detailed-exitcode"])
+        .expect(1)
+        .stdout_has("Not checked: replica-1")
+        .stdout_lacks("No changes. The hosts match the spec.")
+        .stderr_has("could not check the host(s) replica-1");
+    let json = work.pgform(&["plan", "--json", "--detailed-exitcode"]);
+    json.expect(1);
+    let doc: Value = serde_json::from_str(&json.stdout).expect("plan --json");
+    assert_eq!(doc["hosts"]["checked"], Value::Bool(false), "{json}");
+    assert_eq!(doc["hosts"]["not_checked"], serde_json::json!(["replica-1"]), "{json}");
+
+    work.assert_no_password_anywhere();
+    assert!(!work.read("cluster.pgstate.json").contains(PASSWORD));
+    drop(containers);
+}

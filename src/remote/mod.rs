@@ -266,7 +266,10 @@ async fn first_unreachable_hop(target: &Target, config: &Path) -> Option<RemoteE
                     host: target.name.clone(),
                     address: target.address.clone(),
                     jump: hop.to_string(),
-                    message: error_text(&e),
+                    // The hop's own words (ssh's), not openssh's generic preamble.
+                    message: error_text(&e)
+                        .trim_start_matches("failed to connect to the remote host: ")
+                        .to_string(),
                 });
             }
         }
