@@ -59,14 +59,17 @@ async fn listed_hosts_through_two_bastions() {
     ];
     let cluster = unique_cluster();
     let work = Work::new("pgform-cli-bastion", Vec::new());
+    let known = work.path("hosts.known");
     let spec = |jump: &str| {
         format!(
             "name = \"{cluster}\"\nprovider = \"hosts\"\n\
              [ssh]\nuser = \"root\"\nprivate_key_file = \"{}\"\njump_host = \"{jump}\"\n\
+             known_hosts_file = \"{}\"\n\
              [postgres]\nreplication_user = \"replicator\"\n\
              [[hosts]]\naddress = \"{}\"\nrole = \"primary\"\n\
              [[hosts]]\naddress = \"{}\"\nrole = \"replica\"\n",
             key.private.display(),
+            known.display(),
             db[0].ip(),
             db[1].ip(),
         )
@@ -82,10 +85,39 @@ async fn listed_hosts_through_two_bastions() {
     for name in ["primary:", "replica-0:"] {
         plan.stdout_has(name);
     }
-    let known = work.path(&format!("{cluster}.known_hosts"));
     for ip in [outer.ip(), inner.ip(), db[0].ip(), db[1].ip()] {
         assert!(knows(&known, ip), "{ip} is not in {}", known.display());
     }
+
+    // The Ansible export carries the same hops (a ProxyCommand with the key and the
+    // known-hosts policy): ssh with its common args reaches a host, as Ansible would.
+    work.pgform(&["export", "ansible", "ansible"]).expect(0);
+    let vars = work.read("ansible/group_vars/all/main.yml");
+    let args: serde_norway::Value = serde_norway::from_str::<serde_norway::Value>(&vars)
+        .expect("group_vars are YAML")["ansible_ssh_common_args"]
+        .clone();
+    let args = args
+        .as_str()
+        .unwrap_or_else(|| panic!("no ansible_ssh_common_args in\n{vars}"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec ssh {args} -o BatchMode=yes -o IdentitiesOnly=yes -i \"$1\" \
+             -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no root@\"$2\" hostname"
+        ))
+        .args([
+            "sh",
+            &key.private.display().to_string(),
+            &db[1].ip().to_string(),
+        ])
+        .output()
+        .expect("run ssh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pg-replica",
+        "ssh {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The inner bastion alone is not reachable from here: the error names it.
     work.write("cluster.toml", &spec(&format!("root@{}", inner.ip())));
@@ -272,7 +304,11 @@ async fn aws_private_subnet_through_bastion() {
     json.expect(1);
     let doc: Value = serde_json::from_str(&json.stdout).expect("plan --json");
     assert_eq!(doc["hosts"]["checked"], Value::Bool(false), "{json}");
-    assert_eq!(doc["hosts"]["not_checked"], serde_json::json!(["replica-1"]), "{json}");
+    assert_eq!(
+        doc["hosts"]["not_checked"],
+        serde_json::json!(["replica-1"]),
+        "{json}"
+    );
 
     work.assert_no_password_anywhere();
     assert!(!work.read("cluster.pgstate.json").contains(PASSWORD));

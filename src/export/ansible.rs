@@ -20,7 +20,8 @@ use serde_norway::{Mapping, Value as Y};
 
 use super::{ExportError, Files};
 use crate::hosts::{self, Node};
-use crate::spec::{ClusterSpec, Role};
+use crate::remote::shell::quote;
+use crate::spec::{ClusterSpec, KnownHostsPolicy, Role};
 use crate::tasks::modules::{FileState, Meta, ServiceState};
 use crate::tasks::{Action, Hosts, Order, Play, Playbook, Task};
 
@@ -69,10 +70,10 @@ pub fn export(spec: &ClusterSpec, nodes: &[Node]) -> Result<Files, ExportError> 
             yaml_scalar(&key.to_string_lossy())
         ));
     }
-    if let Some(jump) = &spec.ssh.jump_host {
+    if let Some(proxy) = proxy_command(spec) {
         main.push_str(&format!(
             "ansible_ssh_common_args: {}\n",
-            yaml_scalar(&format!("-o ProxyJump={jump}"))
+            yaml_scalar(&format!("-o {}", quote(&format!("ProxyCommand={proxy}"))))
         ));
     }
     files.insert("group_vars/all/main.yml".into(), main);
@@ -307,6 +308,41 @@ fn yaml_flow(v: &serde_json::Value) -> String {
 }
 
 /// A string value: double-quoted; `!unsafe` when Ansible would otherwise template it.
+/// The jump hosts as a ProxyCommand: `-o ProxyJump` would give the hops neither the key
+/// nor the known-hosts policy. Each hop's ssh gets them on its command line, and reaches
+/// its host through the hops before it (a nested ProxyCommand: `%` doubled, since every
+/// level's ssh expands `%h:%p` once).
+fn proxy_command(spec: &ClusterSpec) -> Option<String> {
+    let known_hosts = spec.ssh.known_hosts_file.as_ref();
+    let policy = match spec.ssh.known_hosts {
+        KnownHostsPolicy::Strict => "StrictHostKeyChecking=yes",
+        KnownHostsPolicy::AcceptNew => "StrictHostKeyChecking=accept-new",
+    };
+    hosts::jump_hosts(spec).iter().fold(None, |before, hop| {
+        let mut words: Vec<String> = vec!["ssh".into(), "-o".into(), "BatchMode=yes".into()];
+        let mut opt = |o: String| words.extend(["-o".to_string(), o]);
+        opt(policy.into());
+        if let Some(file) = known_hosts {
+            opt(format!("UserKnownHostsFile={}", file.display()));
+        }
+        if let Some(before) = before {
+            opt(format!("ProxyCommand={}", before.replace('%', "%%")));
+        }
+        if let Some(key) = &hop.private_key {
+            opt("IdentitiesOnly=yes".into());
+            words.extend(["-i".into(), key.to_string_lossy().into_owned()]);
+        }
+        if let Some(port) = hop.port {
+            words.extend(["-p".into(), port.to_string()]);
+        }
+        if let Some(user) = &hop.user {
+            words.extend(["-l".into(), user.clone()]);
+        }
+        words.extend(["-W".into(), "%h:%p".into(), hop.host.clone()]);
+        Some(words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "))
+    })
+}
+
 fn yaml_scalar(s: &str) -> String {
     if s.contains('{') || s.contains('%') {
         format!("!unsafe {}", quoted(s))

@@ -134,26 +134,30 @@ pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
         .join(format!("{cluster}.known_hosts"))
 }
 
-/// How to reach `node`: through the spec's jump hosts, each with the jump key (else the
-/// hosts' key) and the user of its entry (else `ssh.user`).
-pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
+/// The spec's jump hosts, in order, each with the jump key (else the hosts' key) and the
+/// user of its entry (else `ssh.user`).
+pub fn jump_hosts(spec: &ClusterSpec) -> Vec<Hop> {
     let ssh = &spec.ssh;
-    let jump_key = ssh
+    let key = ssh
         .jump_private_key_file
         .as_ref()
         .or(ssh.private_key_file.as_ref());
     // Validation refused a bad jump_host: nothing is left to go wrong here.
-    let jump = ssh
-        .jump_hops()
+    ssh.jump_hops()
         .unwrap_or_default()
         .into_iter()
         .map(|h| Hop {
             host: h.host,
             port: h.port,
             user: h.user.or_else(|| ssh.user.clone()),
-            private_key: jump_key.map(|k| crate::spec::expand_home(k)),
+            private_key: key.map(|k| crate::spec::expand_home(k)),
         })
-        .collect();
+        .collect()
+}
+
+/// How to reach `node` (through the [`jump_hosts`], if any).
+pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
+    let jump = jump_hosts(spec);
     Target {
         name: node.name.clone(),
         address: node.connect_address.clone(),

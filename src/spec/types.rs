@@ -604,3 +604,42 @@ fn default_shared_buffers() -> Size {
 fn default_replication_user() -> String {
     "replicator".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hops(text: &str) -> Result<Vec<JumpHop>, String> {
+        SshSpec {
+            jump_host: Some(text.into()),
+            ..Default::default()
+        }
+        .jump_hops()
+    }
+
+    #[test]
+    fn jump_hosts_parse_as_ssh_j_writes_them() {
+        let hop = |user: Option<&str>, host: &str, port| JumpHop {
+            user: user.map(str::to_string),
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            hops("bastion.example, admin@10.0.0.5:2222").unwrap(),
+            [
+                hop(None, "bastion.example", None),
+                hop(Some("admin"), "10.0.0.5", Some(2222))
+            ]
+        );
+        assert_eq!(SshSpec::default().jump_hops().unwrap(), []);
+    }
+
+    #[test]
+    fn jump_hosts_that_ssh_config_would_misread_are_refused() {
+        for bad in [
+            "", "a b", "host:0", "host:x", "@host", "u@", "a,,b", "h*", "h\"", "u u@h", "%h",
+        ] {
+            assert!(hops(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
