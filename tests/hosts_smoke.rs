@@ -65,7 +65,7 @@ async fn many_commands_at_once_on_one_connection_all_run() {
         port: 22,
         user: "root".into(),
         private_key: Some(key.private.clone()),
-        jump_host: None,
+        jump: Vec::new(),
         strict_host_keys: false,
         known_hosts_file: Some(key.dir().join("known_hosts")),
     };

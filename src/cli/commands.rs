@@ -176,6 +176,23 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
             print!("{}", h.render());
         }
     }
+    // A plan that could not look at some hosts cannot say "no changes" for them.
+    if let Some(unchecked) = hosts
+        .as_ref()
+        .map(|h| h.not_checked())
+        .filter(|u| !u.is_empty())
+    {
+        bail!(
+            "the plan is incomplete: could not check the host(s) {} (see above){}\n    \
+             fix: make them reachable over SSH (or `--only infra` to plan the infrastructure alone)",
+            unchecked.join(", "),
+            if args.out.is_some() {
+                "; the plan was not saved"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&plan)?)
             .with_context(|| format!("cannot write the plan to {}", out.display()))?;

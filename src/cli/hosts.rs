@@ -123,8 +123,9 @@ pub enum HostPlan {
     /// The plan changes these existing machines (starts or replaces them): apply does
     /// that, then runs the whole task list on every host.
     AfterMachines(Vec<String>),
-    /// They exist but could not be checked (unreachable, ...): the plan says so.
-    Unchecked(String),
+    /// These hosts exist but could not be checked (unreachable, ...): the plan says so
+    /// and `pgform plan` fails, since it cannot say what would change on them.
+    Unchecked { hosts: Vec<String>, why: String },
     /// The tasks that would change something, per host, with file diffs.
     Checked(Vec<TaskEvent>),
 }
@@ -134,14 +135,28 @@ pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) ->
         Ok(n) => n,
         Err(e) => return HostPlan::NotYetMade(e.to_string()),
     };
+    let all = |why: String| HostPlan::Unchecked {
+        hosts: nodes.iter().map(|n| n.name.clone()).collect(),
+        why,
+    };
     let password = match spec.postgres.password_source().resolve() {
         Ok(p) => p,
-        Err(e) => return HostPlan::Unchecked(format!("postgres.replication_password: {e}")),
+        Err(e) => return all(format!("postgres.replication_password: {e}")),
     };
     let known = hosts::default_known_hosts(state_path, &spec.name);
     let conns = match hosts::connect(spec, &nodes, &known).await {
         Ok(c) => c,
-        Err(e) => return HostPlan::Unchecked(e.to_string()),
+        Err(hosts::HostsError::Unreachable(errors)) => {
+            return HostPlan::Unchecked {
+                hosts: errors.iter().map(|e| e.host().to_string()).collect(),
+                why: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+        }
+        Err(e) => return all(e.to_string()),
     };
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -160,7 +175,7 @@ pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) ->
         c.close().await;
     }
     if let Err(e) = result {
-        return HostPlan::Unchecked(e.to_string());
+        return all(e.to_string());
     }
     let events = seen.lock().map(|v| v.clone()).unwrap_or_default();
     HostPlan::Checked(events)
@@ -170,7 +185,17 @@ impl HostPlan {
     pub fn has_changes(&self) -> bool {
         match self {
             HostPlan::Checked(events) => !events.is_empty(),
-            HostPlan::NotYetMade(_) | HostPlan::AfterMachines(_) | HostPlan::Unchecked(_) => false,
+            HostPlan::NotYetMade(_) | HostPlan::AfterMachines(_) | HostPlan::Unchecked { .. } => {
+                false
+            }
+        }
+    }
+
+    /// The hosts that could not be checked (none when the check ran or was not due).
+    pub fn not_checked(&self) -> &[String] {
+        match self {
+            HostPlan::Unchecked { hosts, .. } => hosts,
+            _ => &[],
         }
     }
 
@@ -181,7 +206,11 @@ impl HostPlan {
                 "checked": false,
                 "reason": format!("checked after apply changes {}", machines.join(", ")),
             }),
-            HostPlan::Unchecked(why) => serde_json::json!({"checked": false, "reason": why}),
+            HostPlan::Unchecked { hosts, why } => serde_json::json!({
+                "checked": false,
+                "not_checked": hosts,
+                "reason": why,
+            }),
             HostPlan::Checked(events) => serde_json::json!({"checked": true, "changes": events}),
         }
     }
@@ -196,7 +225,12 @@ impl HostPlan {
                 "  Checked after apply: it changes {} first, then runs the whole task list.\n",
                 machines.join(", ")
             )),
-            HostPlan::Unchecked(why) => out.push_str(&format!("  Not checked: {why}\n")),
+            HostPlan::Unchecked { hosts, why } => {
+                out.push_str(&format!("  Not checked: {}\n", hosts.join(", ")));
+                for line in why.lines() {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
             HostPlan::Checked(events) if events.is_empty() => {
                 out.push_str("  No changes. The hosts match the spec.\n")
             }

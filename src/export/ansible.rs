@@ -22,7 +22,8 @@ use serde_norway::{Mapping, Value as Y};
 
 use super::{ExportError, Files, yaml};
 use crate::hosts::{self, Node};
-use crate::spec::{ClusterSpec, ConnectVia, ProviderKind, Role};
+use crate::remote::shell::quote;
+use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ProviderKind, Role};
 use crate::tasks::modules::{FileState, Meta, ServiceState};
 use crate::tasks::{Action, Hosts, Order, Play, Playbook, Task};
 
@@ -147,10 +148,13 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
             vars_value(&serde_json::Value::String(key.to_string_lossy().into())),
         );
     }
-    if let Some(jump) = &spec.ssh.jump_host {
+    if let Some(proxy) = proxy_command(spec) {
         main.insert(
             s("ansible_ssh_common_args"),
-            vars_value(&serde_json::Value::String(format!("-o ProxyJump={jump}"))),
+            vars_value(&serde_json::Value::String(format!(
+                "-o {}",
+                quote(&format!("ProxyCommand={proxy}"))
+            ))),
         );
     }
     files.insert(
@@ -530,6 +534,41 @@ fn vars_value(v: &serde_json::Value) -> Y {
             Y::Mapping(m)
         }
     }
+}
+
+/// The jump hosts as a ProxyCommand: `-o ProxyJump` would give the hops neither the key
+/// nor the known-hosts policy. Each hop's ssh gets them on its command line, and reaches
+/// its host through the hops before it (a nested ProxyCommand: `%` doubled, since every
+/// level's ssh expands `%h:%p` once).
+fn proxy_command(spec: &ClusterSpec) -> Option<String> {
+    let known_hosts = spec.ssh.known_hosts_file.as_ref();
+    let policy = match spec.ssh.known_hosts {
+        KnownHostsPolicy::Strict => "StrictHostKeyChecking=yes",
+        KnownHostsPolicy::AcceptNew => "StrictHostKeyChecking=accept-new",
+    };
+    hosts::jump_hosts(spec).iter().fold(None, |before, hop| {
+        let mut words: Vec<String> = vec!["ssh".into(), "-o".into(), "BatchMode=yes".into()];
+        let mut opt = |o: String| words.extend(["-o".to_string(), o]);
+        opt(policy.into());
+        if let Some(file) = known_hosts {
+            opt(format!("UserKnownHostsFile={}", file.display()));
+        }
+        if let Some(before) = before {
+            opt(format!("ProxyCommand={}", before.replace('%', "%%")));
+        }
+        if let Some(key) = &hop.private_key {
+            opt("IdentitiesOnly=yes".into());
+            words.extend(["-i".into(), key.to_string_lossy().into_owned()]);
+        }
+        if let Some(port) = hop.port {
+            words.extend(["-p".into(), port.to_string()]);
+        }
+        if let Some(user) = &hop.user {
+            words.extend(["-l".into(), user.clone()]);
+        }
+        words.extend(["-W".into(), "%h:%p".into(), hop.host.clone()]);
+        Some(words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "))
+    })
 }
 
 // --- The playbook --------------------------------------------------------------------

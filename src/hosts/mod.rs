@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::graph::{Address, Kind};
-use crate::remote::{Connection, RemoteError, Target};
+use crate::remote::{Connection, Hop, RemoteError, Target};
 use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ParamValue, ProviderKind, Role};
 use crate::state::State;
 use crate::tasks::{Order, Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
@@ -45,6 +45,9 @@ pub enum HostsError {
     Inventory(String),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// Hosts that could not be reached (each error names its host).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Unreachable(Vec<RemoteError>),
     #[error(transparent)]
     Playbook(#[from] PlaybookError),
     #[error("{0}")]
@@ -145,8 +148,30 @@ pub fn default_known_hosts(state_path: &Path, cluster: &str) -> PathBuf {
         .join(format!("{cluster}.known_hosts"))
 }
 
-/// How to reach `node`.
+/// The spec's jump hosts, in order, each with the jump key (else the hosts' key) and the
+/// user of its entry (else `ssh.user`).
+pub fn jump_hosts(spec: &ClusterSpec) -> Vec<Hop> {
+    let ssh = &spec.ssh;
+    let key = ssh
+        .jump_private_key_file
+        .as_ref()
+        .or(ssh.private_key_file.as_ref());
+    // Validation refused a bad jump_host: nothing is left to go wrong here.
+    ssh.jump_hops()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| Hop {
+            host: h.host,
+            port: h.port,
+            user: h.user.or_else(|| ssh.user.clone()),
+            private_key: key.map(|k| crate::spec::expand_home(k)),
+        })
+        .collect()
+}
+
+/// How to reach `node` (through the [`jump_hosts`], if any).
 pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
+    let jump = jump_hosts(spec);
     Target {
         name: node.name.clone(),
         address: node.connect_address.clone(),
@@ -157,7 +182,7 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
             .private_key_file
             .as_deref()
             .map(crate::spec::expand_home),
-        jump_host: spec.ssh.jump_host.clone(),
+        jump,
         strict_host_keys: spec.ssh.known_hosts == KnownHostsPolicy::Strict,
         known_hosts_file: Some(
             spec.ssh
@@ -309,7 +334,8 @@ async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Conn
         })
 }
 
-/// Opens one SSH master per node, in parallel.
+/// Opens one SSH master per node, in parallel. Fails naming every node that could not
+/// be reached (the others' connections are closed).
 pub async fn connect(
     spec: &ClusterSpec,
     nodes: &[Node],
@@ -319,11 +345,20 @@ pub async fn connect(
         let t = target(spec, n, known_hosts);
         async move { Connection::open(&t).await }
     });
-    let mut out = Vec::new();
+    let (mut out, mut failed) = (Vec::new(), Vec::new());
     for r in futures::future::join_all(opens).await {
-        out.push(r?);
+        match r {
+            Ok(c) => out.push(c),
+            Err(e) => failed.push(e),
+        }
     }
-    Ok(out)
+    if failed.is_empty() {
+        return Ok(out);
+    }
+    for c in out {
+        c.close().await;
+    }
+    Err(HostsError::Unreachable(failed))
 }
 
 /// Runs the embedded task list on the cluster's nodes.

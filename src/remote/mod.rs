@@ -1,11 +1,13 @@
 //! SSH to the hosts: one multiplexed OpenSSH master per host (the `openssh` crate, so
-//! ~/.ssh/config, the agent and jump hosts work as they do for `ssh`), commands built by
-//! [`shell`], at most [`CHANNELS_PER_HOST`] at once per host (sshd's MaxSessions is 10,
-//! and a session just ended may count a little longer).
+//! ~/.ssh/config and the agent work as they do for `ssh`), through jump hosts with the
+//! spec's key ([`jump`]), commands built by [`shell`], at most [`CHANNELS_PER_HOST`] at
+//! once per host (sshd's MaxSessions is 10, and a session just ended may count a little
+//! longer).
 
+pub mod jump;
 pub mod shell;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+pub use jump::Hop;
 pub use shell::Sh;
 
 pub const CHANNELS_PER_HOST: usize = 6;
@@ -31,8 +34,10 @@ pub struct Target {
     pub port: u16,
     pub user: String,
     pub private_key: Option<PathBuf>,
-    pub jump_host: Option<String>,
-    /// Reject unknown host keys (otherwise new hosts are trusted on first contact).
+    /// Bastions to go through, in order (empty: connect directly).
+    pub jump: Vec<Hop>,
+    /// Reject unknown host keys, the hops' too (otherwise new hosts are trusted on first
+    /// contact).
     pub strict_host_keys: bool,
     pub known_hosts_file: Option<PathBuf>,
 }
@@ -45,8 +50,26 @@ pub enum RemoteError {
         address: String,
         message: String,
     },
+    #[error("cannot reach the jump host {jump} on the way to {host} ({address}): {message}")]
+    Jump {
+        host: String,
+        address: String,
+        jump: String,
+        message: String,
+    },
     #[error("lost the connection to {host}: {message}")]
     Lost { host: String, message: String },
+}
+
+impl RemoteError {
+    /// The name of the host the error is about.
+    pub fn host(&self) -> &str {
+        match self {
+            RemoteError::Connect { host, .. }
+            | RemoteError::Jump { host, .. }
+            | RemoteError::Lost { host, .. } => host,
+        }
+    }
 }
 
 /// What a command printed and how it ended.
@@ -83,34 +106,37 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(target: &Target) -> Result<Connection, RemoteError> {
-        let mut b = SessionBuilder::default();
-        b.user(target.user.clone())
-            .port(target.port)
-            .connect_timeout(Duration::from_secs(15))
-            .server_alive_interval(Duration::from_secs(15))
-            .known_hosts_check(if target.strict_host_keys {
-                KnownHosts::Strict
-            } else {
-                KnownHosts::Add
-            })
-            .control_directory(std::env::temp_dir());
+        let mut b = builder(target.strict_host_keys);
+        b.user(target.user.clone()).port(target.port);
         if let Some(key) = &target.private_key {
             b.keyfile(key);
-        }
-        if let Some(jump) = &target.jump_host {
-            b.jump_hosts([jump]);
         }
         if let Some(file) = &target.known_hosts_file {
             b.user_known_hosts_file(file);
         }
-        let session = b
-            .connect_mux(&target.address)
-            .await
-            .map_err(|e| RemoteError::Connect {
-                host: target.name.clone(),
-                address: target.address.clone(),
-                message: error_text(&e),
-            })?;
+        // ssh reads the config only while it connects: the file can go once it has.
+        let config = match target.jump.last() {
+            Some(last) => {
+                let file = jump_config(target)?;
+                b.config_file(file.path()).jump_hosts([&last.host]);
+                Some(file)
+            }
+            None => None,
+        };
+        let session = match b.connect_mux(&target.address).await {
+            Ok(s) => s,
+            Err(e) => {
+                let err = match &config {
+                    Some(file) => first_unreachable_hop(target, file.path()).await,
+                    None => None,
+                };
+                return Err(err.unwrap_or_else(|| RemoteError::Connect {
+                    host: target.name.clone(),
+                    address: target.address.clone(),
+                    message: error_text(&e),
+                }));
+            }
+        };
         Ok(Connection {
             target: Arc::new(target.clone()),
             session: Arc::new(session),
@@ -186,6 +212,69 @@ impl Connection {
             let _ = session.close().await;
         }
     }
+}
+
+/// The options every master gets, the jump hosts' probes included.
+fn builder(strict_host_keys: bool) -> SessionBuilder {
+    let mut b = SessionBuilder::default();
+    b.connect_timeout(Duration::from_secs(15))
+        .server_alive_interval(Duration::from_secs(15))
+        .known_hosts_check(if strict_host_keys {
+            KnownHosts::Strict
+        } else {
+            KnownHosts::Add
+        })
+        .control_directory(std::env::temp_dir());
+    b
+}
+
+/// Writes the jump hosts' ssh config to a private temporary file (mode 600, random name).
+fn jump_config(target: &Target) -> Result<tempfile::NamedTempFile, RemoteError> {
+    let text = jump::ssh_config(
+        &target.jump,
+        target.strict_host_keys,
+        target.known_hosts_file.as_deref(),
+    );
+    let write = || -> std::io::Result<tempfile::NamedTempFile> {
+        let mut file = tempfile::Builder::new()
+            .prefix("pgform-ssh-")
+            .suffix(".conf")
+            .tempfile()?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        Ok(file)
+    };
+    write().map_err(|e| RemoteError::Connect {
+        host: target.name.clone(),
+        address: target.address.clone(),
+        message: format!("cannot write the jump hosts' ssh config: {e}"),
+    })
+}
+
+/// After a failed connection through jump hosts: the first hop that cannot be reached
+/// itself (each tried through the ones before it), so that the error names the bastion
+/// rather than the database host. None when every hop answers.
+async fn first_unreachable_hop(target: &Target, config: &Path) -> Option<RemoteError> {
+    for hop in &target.jump {
+        let mut b = builder(target.strict_host_keys);
+        b.config_file(config);
+        match b.connect_mux(&hop.host).await {
+            Ok(session) => {
+                let _ = session.close().await;
+            }
+            Err(e) => {
+                return Some(RemoteError::Jump {
+                    host: target.name.clone(),
+                    address: target.address.clone(),
+                    jump: hop.to_string(),
+                    // The hop's own words (ssh's), not openssh's generic preamble.
+                    message: error_text(&e)
+                        .trim_start_matches("failed to connect to the remote host: ")
+                        .to_string(),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// openssh's errors nest the useful part (ssh's own message) in their sources.

@@ -44,6 +44,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
     };
     relative_to_file(&mut loaded.spec.ssh.public_key_file);
     relative_to_file(&mut loaded.spec.ssh.private_key_file);
+    relative_to_file(&mut loaded.spec.ssh.jump_private_key_file);
     relative_to_file(&mut loaded.spec.ssh.known_hosts_file);
     relative_to_file(&mut loaded.spec.postgres.replication_password_file);
     // A key that cannot be read is a spec problem: found here, before any cloud call.

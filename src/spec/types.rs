@@ -207,8 +207,14 @@ pub struct SshSpec {
     pub known_hosts: KnownHostsPolicy,
     /// The known-hosts file (default: `<cluster>.known_hosts` beside the state file).
     pub known_hosts_file: Option<PathBuf>,
-    /// A bastion to jump through, as `[user@]host[:port]`.
+    /// Bastions to jump through, as `[user@]host[:port]`, several separated by commas
+    /// (the first is reached first, as with `ssh -J`). Each hop uses
+    /// `jump_private_key_file` (else `private_key_file`, else the agent), the hosts'
+    /// known-hosts file and policy, and the user of its entry (else `user`, else your ssh
+    /// config's).
     pub jump_host: Option<String>,
+    /// Private key for the jump hosts, when it is not `private_key_file`.
+    pub jump_private_key_file: Option<PathBuf>,
     /// SSH port on the hosts.
     #[serde(default = "default_ssh_port")]
     pub port: u16,
@@ -217,7 +223,25 @@ pub struct SshSpec {
     pub connect_via: ConnectVia,
 }
 
+/// One bastion of `ssh.jump_host`: `[user@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JumpHop {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
 impl SshSpec {
+    /// The bastions of `jump_host`, in order; Err says what is wrong with an entry.
+    pub fn jump_hops(&self) -> Result<Vec<JumpHop>, String> {
+        let Some(text) = &self.jump_host else {
+            return Ok(Vec::new());
+        };
+        text.split(',')
+            .map(|entry| parse_hop(entry.trim()))
+            .collect()
+    }
+
     pub fn user_for(&self, provider: ProviderKind) -> &str {
         match (&self.user, provider) {
             (Some(user), _) => user,
@@ -225,6 +249,42 @@ impl SshSpec {
             (None, _) => "root",
         }
     }
+}
+
+/// `[user@]host[:port]`, with nothing that ssh's config file or command line would read
+/// as more than a name (pgform writes hops into an ssh config, see `remote::jump`).
+fn parse_hop(entry: &str) -> Result<JumpHop, String> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    };
+    let (user, rest) = match entry.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, entry),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => (h, Some(port)),
+            _ => return Err(format!("`{entry}` has no valid port after `:`")),
+        },
+        None => (rest, None),
+    };
+    if let Some(u) = user
+        && !plain(u)
+    {
+        return Err(format!(
+            "`{entry}` does not start with a user name before `@`"
+        ));
+    }
+    if !plain(host) {
+        return Err(format!("`{entry}` does not name a host"));
+    }
+    Ok(JumpHop {
+        user: user.map(str::to_string),
+        host: host.to_string(),
+        port,
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -543,4 +603,43 @@ fn default_shared_buffers() -> Size {
 }
 fn default_replication_user() -> String {
     "replicator".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hops(text: &str) -> Result<Vec<JumpHop>, String> {
+        SshSpec {
+            jump_host: Some(text.into()),
+            ..Default::default()
+        }
+        .jump_hops()
+    }
+
+    #[test]
+    fn jump_hosts_parse_as_ssh_j_writes_them() {
+        let hop = |user: Option<&str>, host: &str, port| JumpHop {
+            user: user.map(str::to_string),
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            hops("bastion.example, admin@10.0.0.5:2222").unwrap(),
+            [
+                hop(None, "bastion.example", None),
+                hop(Some("admin"), "10.0.0.5", Some(2222))
+            ]
+        );
+        assert_eq!(SshSpec::default().jump_hops().unwrap(), []);
+    }
+
+    #[test]
+    fn jump_hosts_that_ssh_config_would_misread_are_refused() {
+        for bad in [
+            "", "a b", "host:0", "host:x", "@host", "u@", "a,,b", "h*", "h\"", "u u@h", "%h",
+        ] {
+            assert!(hops(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -198,6 +198,21 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             }
         }
     }
+    // Jump hosts are written into an ssh config (remote::jump): plain names only.
+    if let Err(why) = spec.ssh.jump_hops() {
+        bad(
+            "ssh.jump_host",
+            why,
+            "write `[user@]host[:port]`, several separated by commas, e.g. \"admin@bastion.example:22\"",
+        );
+    }
+    if spec.ssh.jump_private_key_file.is_some() && spec.ssh.jump_host.is_none() {
+        bad(
+            "ssh.jump_private_key_file",
+            "is set but ssh.jump_host is not".into(),
+            "set ssh.jump_host to the bastion, or remove jump_private_key_file",
+        );
+    }
     if spec.provider != ProviderKind::Hosts && !spec.hosts.is_empty() {
         bad(
             "hosts",

@@ -70,6 +70,16 @@ impl Run {
     }
 
     #[track_caller]
+    pub fn stderr_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr of `pgform {}` should contain {needle:?}{self}",
+            self.args
+        );
+        self
+    }
+
+    #[track_caller]
     pub fn stdout_lacks(&self, needle: &str) -> &Run {
         assert!(
             !self.stdout.contains(needle),

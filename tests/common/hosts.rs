@@ -12,6 +12,8 @@
 //! let net = Network::create("repl");            // a fresh /24 in 10.232.0.0/16
 //! let primary = Host::start(&net, "pg1", 11, &key); // at net.ip(11), i.e. x.y.z.11
 //! let mirror = net.apt_mirror();                // "http://<gateway>:8765"
+//! let bastion = Host::start(&net, "bastion", 250, &key); // any host serves as a bastion
+//! let private = Host::start_behind(&net, "pg2", 12, &key, &bastion); // SSH from it only
 //! primary.ssh_ok(&format!("echo 'deb [trusted=yes] {mirror} ./' > /etc/apt/sources.list.d/local.list"));
 //! ```
 //!
@@ -358,6 +360,9 @@ pub struct Host {
     pub name: String,
     ip: Ipv4Addr,
     key: PathBuf,
+    /// The ProxyCommand that reaches this host through its bastion, when it accepts SSH
+    /// only from one.
+    proxy: Option<String>,
 }
 
 impl Host {
@@ -365,12 +370,35 @@ impl Host {
     /// the other hosts on `net` resolve), and waits (up to 30 s) until `ssh root@IP` works
     /// with `key`.
     pub fn start(net: &Network, name: &str, host_number: u8, key: &SshKey) -> Host {
+        Host::start_with(net, name, host_number, key, None)
+    }
+
+    /// Like [`Host::start`], but sshd accepts root only from `bastion`'s address
+    /// (`AllowUsers root@BASTION`): reaching it takes a hop through the bastion, as for
+    /// hosts on a private subnet. The helpers here (`ssh`, waiting) go through it.
+    pub fn start_behind(
+        net: &Network,
+        name: &str,
+        host_number: u8,
+        key: &SshKey,
+        bastion: &Host,
+    ) -> Host {
+        Host::start_with(net, name, host_number, key, Some(bastion))
+    }
+
+    fn start_with(
+        net: &Network,
+        name: &str,
+        host_number: u8,
+        key: &SshKey,
+        bastion: Option<&Host>,
+    ) -> Host {
         let ip = net.ip(host_number);
         let container = unique(name);
         let ip_s = ip.to_string();
         let keys = format!("SSH_AUTHORIZED_KEYS={}", key.public);
         let pid_label = format!("{PID_LABEL}={}", std::process::id());
-        docker(&[
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -391,13 +419,25 @@ impl Host {
             "-e",
             &keys,
             IMAGE,
-        ]);
+        ];
+        // The image's own start, after one more sshd rule (rerun on `docker start`).
+        let behind = bastion.map(|b| {
+            format!(
+                "echo 'AllowUsers root@{}' >> /etc/ssh/sshd_config && exec /usr/local/sbin/pgform-host-init",
+                b.ip
+            )
+        });
+        if let Some(script) = &behind {
+            args.extend(["sh", "-c", script.as_str()]);
+        }
+        docker(&args);
         // From here on, Drop removes the container even if waiting fails.
         let host = Host {
             container,
             name: name.to_string(),
             ip,
             key: key.private.clone(),
+            proxy: bastion.map(Host::hop_command),
         };
         host.wait_ssh();
         host
@@ -407,10 +447,34 @@ impl Host {
         self.ip
     }
 
+    /// A ProxyCommand through this host (itself reached through its own bastion, if it
+    /// has one): ssh expands `%h:%p` to the host behind, so this level's own proxy gets
+    /// its `%` doubled and is quoted for the shell that runs the command.
+    fn hop_command(&self) -> String {
+        let inner = self
+            .proxy
+            .as_ref()
+            .map(|p| {
+                let p = p.replace('%', "%%").replace('\'', r"'\''");
+                format!("-o 'ProxyCommand={p}' ")
+            })
+            .unwrap_or_default();
+        format!(
+            "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=5 \
+             -o LogLevel=ERROR {inner}-W %h:%p root@{}",
+            self.key.display(),
+            self.ip
+        )
+    }
+
     /// The `ssh` command line to reach this host as root (no command yet): batch mode,
-    /// host keys neither checked nor remembered.
+    /// host keys neither checked nor remembered; through its bastion if it has one.
     pub fn ssh_command(&self) -> Command {
         let mut cmd = Command::new("ssh");
+        if let Some(proxy) = &self.proxy {
+            cmd.arg("-o").arg(format!("ProxyCommand={proxy}"));
+        }
         cmd.arg("-i")
             .arg(&self.key)
             .args([
