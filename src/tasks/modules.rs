@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use similar::TextDiff;
 
+use super::pg_conf;
 use crate::remote::{Connection, Output, Sh, shell};
 
 /// What a task would change on a host.
@@ -228,19 +229,34 @@ impl Action {
                 version,
                 meta,
             } => {
+                let v = version_number(version)?;
                 let content = (cx.render)(src)?;
-                let old = read(conn, dest)
-                    .await?
-                    .map(|(_, text)| text)
+                // The file and what the server runs, asked at once.
+                let (current, running) = futures::future::join(
+                    read(conn, dest),
+                    pg_conf::Running::read(conn, v, dest),
+                )
+                .await;
+                let current = current?;
+                let old = current
+                    .as_ref()
+                    .map(|(_, text)| text.clone())
                     .unwrap_or_default();
-                let change = file_change(conn, dest, &content, meta).await?;
-                Ok(change.map(|mut c| {
-                    let v = version_number(version).unwrap_or(0);
+                if let Some(mut c) = compare_file(dest, current, &content, meta) {
                     if let Some(effect) = settings_effect(v, &old, &content) {
                         c.summary = format!("{}: {effect}", c.summary);
                     }
-                    c
-                }))
+                    return Ok(Some(c));
+                }
+                // The file is as asked; the running server must run it too.
+                match running {
+                    Ok(running) => Ok(running
+                        .pending()
+                        .map(|what| change(format!("apply {dest}: {what}")))),
+                    // A stopped server reads the file when it starts.
+                    Err(_) if !cluster_online(conn, v).await? => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
             Action::Copy {
                 content,
@@ -454,12 +470,27 @@ impl Action {
                     "apt-get install",
                 )?;
             }
-            Action::Template { src, dest, meta }
-            | Action::PgConf {
-                src, dest, meta, ..
-            } => {
+            Action::Template { src, dest, meta } => {
                 let content = (cx.render)(src)?;
                 write(conn, dest, &content, meta).await?;
+            }
+            Action::PgConf {
+                src,
+                dest,
+                version,
+                meta,
+            } => {
+                let v = version_number(version)?;
+                let content = (cx.render)(src)?;
+                // Nothing PostgreSQL's parser rejects lands; the file it replaces is kept
+                // until the server runs the new one.
+                if compare_file(dest, read(conn, dest).await?, &content, meta).is_some() {
+                    pg_conf::check(conn, v, dest, &content).await?;
+                    pg_conf::write(conn, v, dest, &content, meta).await?;
+                }
+                if cluster_online(conn, v).await? {
+                    pg_conf::settle(conn, v, dest).await?;
+                }
             }
             Action::Copy {
                 content,
@@ -487,6 +518,16 @@ impl Action {
             }
             Action::Command { argv, .. } => {
                 ok(conn.run(Sh::argv(argv), None).await?, &argv.join(" "))?;
+            }
+            Action::Service {
+                version,
+                state: ServiceState::Started,
+            } => {
+                // A start may be the first with new settings (pg_conf keeps the previous
+                // ones until then): it confirms them, or puts the previous ones back.
+                let v = version_number(version)?;
+                let out = conn.run(shell::pg_ctlcluster(v, "start"), None).await?;
+                pg_conf::confirm_start(conn, v, out).await?;
             }
             Action::Service { version, state } => {
                 let v = version_number(version)?;
@@ -653,7 +694,7 @@ fn change(summary: String) -> Change {
     }
 }
 
-fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
+pub(crate) fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
     if out.success() {
         Ok(out)
     } else {
@@ -788,13 +829,22 @@ async fn file_change(
     content: &str,
     meta: &Meta,
 ) -> Result<Option<Change>, ActionError> {
-    let current = read(conn, path).await?;
+    Ok(compare_file(path, read(conn, path).await?, content, meta))
+}
+
+/// What writing `content` over `current` (as [`read`] returns it) would change.
+fn compare_file(
+    path: &str,
+    current: Option<(Meta, String)>,
+    content: &str,
+    meta: &Meta,
+) -> Option<Change> {
     let (old_meta, old) = match current {
         None => {
-            return Ok(Some(Change {
+            return Some(Change {
                 summary: format!("create {path}"),
                 diff: Some(unified(path, "", content)),
-            }));
+            });
         }
         Some(c) => c,
     };
@@ -805,12 +855,12 @@ async fn file_change(
         && old_meta.group == meta.group
         && mode_now == mode_want
     {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(Change {
+    Some(Change {
         summary: format!("update {path}"),
         diff: (old != content).then(|| unified(path, &old, content)),
-    }))
+    })
 }
 
 /// `text` with the lines between `# BEGIN marker` and `# END marker` replaced by
