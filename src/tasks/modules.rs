@@ -484,12 +484,19 @@ impl Action {
                 let content = (cx.render)(src)?;
                 // Nothing PostgreSQL's parser rejects lands; the file it replaces is kept
                 // until the server runs the new one.
-                if compare_file(dest, read(conn, dest).await?, &content, meta).is_some() {
+                let current = read(conn, dest).await?;
+                let old = current
+                    .as_ref()
+                    .map(|(_, text)| text.clone())
+                    .unwrap_or_default();
+                let mut changed = Vec::new();
+                if compare_file(dest, current, &content, meta).is_some() {
                     pg_conf::check(conn, v, dest, &content).await?;
                     pg_conf::write(conn, v, dest, &content, meta).await?;
+                    changed = changed_settings(&old, &content);
                 }
                 if cluster_online(conn, v).await? {
-                    pg_conf::settle(conn, v, dest).await?;
+                    pg_conf::settle(conn, v, dest, &changed).await?;
                 }
             }
             Action::Copy {
@@ -659,21 +666,28 @@ fn conf_values(text: &str) -> std::collections::BTreeMap<&str, &str> {
         .collect()
 }
 
-/// Which changed parameters take a restart and which a reload, e.g.
-/// `restart for shared_buffers; reload for work_mem`.
-pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
+/// The parameters whose lines differ between two postgresql.conf files, sorted.
+fn changed_settings(old: &str, new: &str) -> Vec<String> {
     let (a, b) = (conf_values(old), conf_values(new));
-    let mut names: Vec<&str> = a
+    let mut names: Vec<String> = a
         .keys()
         .chain(b.keys())
-        .copied()
-        .filter(|k| a.get(k) != b.get(k))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
         .collect();
     names.sort();
     names.dedup();
-    if names.is_empty() || a.is_empty() {
+    names
+}
+
+/// Which changed parameters take a restart and which a reload, e.g.
+/// `restart for shared_buffers; reload for work_mem`.
+pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
+    let names = changed_settings(old, new);
+    if names.is_empty() || conf_values(old).is_empty() {
         return None;
     }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (restart, reload): (Vec<&str>, Vec<&str>) = names
         .into_iter()
         .partition(|n| crate::spec::params::needs_restart(version, n));

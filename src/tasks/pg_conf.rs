@@ -242,8 +242,18 @@ pub async fn write(
 /// needs it, checking after each that PostgreSQL took every line. On any refusal the
 /// previous file goes back and the server returns to it; the error names the parameter
 /// and PostgreSQL's message. Once the file runs, the previous copy is dropped.
-pub async fn settle(conn: &Connection, version: u32, dest: &str) -> Result<(), ActionError> {
+pub async fn settle(
+    conn: &Connection,
+    version: u32,
+    dest: &str,
+    changed: &[String],
+) -> Result<(), ActionError> {
     let v = version;
+    let new_values = if changed.is_empty() {
+        "the settings".to_string()
+    } else {
+        format!("the new value of {}", changed.join(", "))
+    };
     ok(
         conn.run(shell::pg_ctlcluster(v, "reload"), None).await?,
         "pg_ctlcluster reload",
@@ -251,7 +261,7 @@ pub async fn settle(conn: &Connection, version: u32, dest: &str) -> Result<(), A
     let running = match loaded(conn, v, dest).await {
         Ok(r) => r,
         Err(e) => {
-            let why = format!("PostgreSQL refuses connections with the new settings: {e}");
+            let why = format!("PostgreSQL refuses connections with {new_values}: {e}");
             return Err(roll_back(conn, v, Back::Reload, why).await);
         }
     };
