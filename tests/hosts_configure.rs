@@ -761,7 +761,7 @@ async fn settings_postgresql_rejects_never_stay_and_running_values_are_compared(
         &net,
         &refs,
         &key,
-        &format!("{good}\nTimeZone = \"Mars/Olympus\""),
+        &format!("{good}\nlog_timezone = \"Mars/Olympus\""),
     ));
     let run = c.run(false).await;
     for n in ["primary", "replica-0"] {
@@ -769,7 +769,7 @@ async fn settings_postgresql_rejects_never_stay_and_running_values_are_compared(
         assert_eq!(f.task, "postgresql.conf settings", "{f:?}");
         assert!(
             f.error
-                .contains(r#"invalid value for parameter "TimeZone": "Mars/Olympus""#),
+                .contains(r#"invalid value for parameter "log_timezone": "Mars/Olympus""#),
             "{f:?}"
         );
     }
