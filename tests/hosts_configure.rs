@@ -722,7 +722,9 @@ impl Run {
 
 /// Every host's settings file.
 fn conf_files(hs: &[Host]) -> Vec<String> {
-    hs.iter().map(|h| h.ssh_ok(&format!("cat {CONF}"))).collect()
+    hs.iter()
+        .map(|h| h.ssh_ok(&format!("cat {CONF}")))
+        .collect()
 }
 
 /// No host keeps a previous settings copy: every run settled.

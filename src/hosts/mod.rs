@@ -402,7 +402,10 @@ mod tests {
             })
             .expect("a pg_conf task");
         let rendered = minijinja::Environment::new()
-            .render_str(&dest, minijinja::context! { conf_dir => "/etc/postgresql/15/main" })
+            .render_str(
+                &dest,
+                minijinja::context! { conf_dir => "/etc/postgresql/15/main" },
+            )
             .unwrap();
         assert_eq!(rendered, settings_file(15));
     }

@@ -299,7 +299,10 @@ mod tests {
                 line("application_name", r"it's a\b", r"it's a\b"),
             ],
         };
-        assert_eq!(settings_differences("primary", &wanted, &running), Vec::<String>::new());
+        assert_eq!(
+            settings_differences("primary", &wanted, &running),
+            Vec::<String>::new()
+        );
 
         running.lines[0].pending_restart = true;
         running.lines[1].file_value = "150".into();
@@ -307,13 +310,28 @@ mod tests {
         running.lines[2].source = "/var/lib/postgresql/15/main/postgresql.auto.conf:3".into();
         let d = settings_differences("primary", &wanted, &running);
         assert_eq!(d.len(), 3, "{d:?}");
-        assert!(d.iter().any(|m| m.contains("work_mem") && m.contains("restart is pending")), "{d:?}");
-        assert!(d.iter().any(|m| m.contains("max_connections") && m.contains("the file says '150'")), "{d:?}");
-        assert!(d.iter().any(|m| m.contains("postgresql.auto.conf")), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|m| m.contains("work_mem") && m.contains("restart is pending")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|m| m.contains("max_connections") && m.contains("the file says '150'")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|m| m.contains("postgresql.auto.conf")),
+            "{d:?}"
+        );
 
         running.lines.remove(0);
         let d = settings_differences("replica-0", &wanted, &running);
-        assert!(d.iter().any(|m| m == "replica-0: work_mem is not in the settings file"), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|m| m == "replica-0: work_mem is not in the settings file"),
+            "{d:?}"
+        );
 
         running.loaded = false;
         assert_eq!(settings_differences("primary", &wanted, &running).len(), 1);

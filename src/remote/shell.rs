@@ -264,7 +264,9 @@ pub fn forget_previous(version: u32) -> Sh {
 pub fn server_log_tail(version: u32, lines: u32) -> Sh {
     Sh(format!(
         "tail -n {lines} {} 2>/dev/null; true",
-        quote(&format!("/var/log/postgresql/postgresql-{version}-main.log"))
+        quote(&format!(
+            "/var/log/postgresql/postgresql-{version}-main.log"
+        ))
     ))
 }
 

@@ -232,11 +232,9 @@ impl Action {
                 let v = version_number(version)?;
                 let content = (cx.render)(src)?;
                 // The file and what the server runs, asked at once.
-                let (current, running) = futures::future::join(
-                    read(conn, dest),
-                    pg_conf::Running::read(conn, v, dest),
-                )
-                .await;
+                let (current, running) =
+                    futures::future::join(read(conn, dest), pg_conf::Running::read(conn, v, dest))
+                        .await;
                 let current = current?;
                 let old = current
                     .as_ref()

@@ -92,7 +92,16 @@ impl Running {
         };
         for row in lines {
             let f: Vec<&str> = row.split('|').collect();
-            let [name, file_value, applied, error, pending, from_line, source, running] = f[..]
+            let [
+                name,
+                file_value,
+                applied,
+                error,
+                pending,
+                from_line,
+                source,
+                running,
+            ] = f[..]
             else {
                 return None;
             };
@@ -205,7 +214,10 @@ pub async fn check(
 ) -> Result<(), ActionError> {
     let rel = relative(version, dest)?;
     let out = conn
-        .run(shell::check_settings(version, rel), Some(content.as_bytes()))
+        .run(
+            shell::check_settings(version, rel),
+            Some(content.as_bytes()),
+        )
         .await?;
     if out.success() {
         return Ok(());
@@ -449,7 +461,14 @@ async fn log_lines(conn: &Connection, version: u32) -> Vec<String> {
 /// (`2026-01-01 ... [123] LOG:  invalid value ...` -> `invalid value ...`; fatal ones
 /// keep `FATAL: `); the closing "contains errors" and shutdown lines are left out.
 pub fn pg_messages(text: &str) -> Vec<String> {
-    const LEVELS: [&str; 6] = ["PANIC:  ", "FATAL:  ", "ERROR:  ", "LOG:  ", "DETAIL:  ", "HINT:  "];
+    const LEVELS: [&str; 6] = [
+        "PANIC:  ",
+        "FATAL:  ",
+        "ERROR:  ",
+        "LOG:  ",
+        "DETAIL:  ",
+        "HINT:  ",
+    ];
     text.lines()
         .filter_map(|line| {
             LEVELS.iter().find_map(|level| {
@@ -494,15 +513,16 @@ mod tests {
 
     #[test]
     fn running_rows_parse_and_say_what_is_pending() {
-        let row = |name: &str, value: &str, applied: &str, error: &str, pending: &str, from: &str| {
-            format!(
-                "{name}|{}|{applied}|{}|{pending}|{from}|{}|{}",
-                hex(value),
-                hex(error),
-                hex("/etc/x.conf:3"),
-                hex("4MB")
-            )
-        };
+        let row =
+            |name: &str, value: &str, applied: &str, error: &str, pending: &str, from: &str| {
+                format!(
+                    "{name}|{}|{applied}|{}|{pending}|{from}|{}|{}",
+                    hex(value),
+                    hex(error),
+                    hex("/etc/x.conf:3"),
+                    hex("4MB")
+                )
+            };
         let converged = format!("t|f\n{}\n", row("work_mem", "4MB", "t", "", "f", "t"));
         let r = Running::parse(&converged).unwrap();
         assert!(r.lines[0].runs());
@@ -519,7 +539,14 @@ mod tests {
 
         let restart = format!(
             "t|f\n{}\n",
-            row("shared_buffers", "1GB", "f", "setting could not be applied", "t", "t")
+            row(
+                "shared_buffers",
+                "1GB",
+                "f",
+                "setting could not be applied",
+                "t",
+                "t"
+            )
         );
         assert_eq!(
             Running::parse(&restart).unwrap().pending().unwrap(),
@@ -528,14 +555,24 @@ mod tests {
 
         let rejected = format!(
             "t|f\n{}\n",
-            row("work_mem", "lots", "f", "setting could not be applied", "f", "t")
+            row(
+                "work_mem",
+                "lots",
+                "f",
+                "setting could not be applied",
+                "f",
+                "t"
+            )
         );
         let p = Running::parse(&rejected).unwrap().pending().unwrap();
         assert!(p.contains("work_mem = 'lots' is not applied"), "{p}");
 
         let overridden = format!("t|f\n{}\n", row("work_mem", "64MB", "f", "", "f", "f"));
         let p = Running::parse(&overridden).unwrap().pending().unwrap();
-        assert!(p.contains("work_mem runs as 4MB (from /etc/x.conf:3)"), "{p}");
+        assert!(
+            p.contains("work_mem runs as 4MB (from /etc/x.conf:3)"),
+            "{p}"
+        );
 
         let unconfirmed = format!("t|t\n{}\n", row("work_mem", "4MB", "t", "", "f", "t"));
         assert!(
@@ -547,7 +584,10 @@ mod tests {
         );
         assert_eq!(Running::parse("t|t|x\n"), None);
         // A value with the row separator in it survives.
-        let piped = format!("t|f\n{}\n", row("application_name", "a|b", "t", "", "f", "t"));
+        let piped = format!(
+            "t|f\n{}\n",
+            row("application_name", "a|b", "t", "", "f", "t")
+        );
         assert_eq!(Running::parse(&piped).unwrap().lines[0].file_value, "a|b");
     }
 

@@ -482,7 +482,11 @@ pub(super) fn task_uses_secret(env: &Environment<'_>, task: &Task) -> bool {
     let template = Action::parse(&task.action)
         .ok()
         .and_then(|a| a.template_name().map(String::from))
-        .and_then(|name| env.get_template(&name).ok().map(|t| template_uses_secret(&t)))
+        .and_then(|name| {
+            env.get_template(&name)
+                .ok()
+                .map(|t| template_uses_secret(&t))
+        })
         .unwrap_or(false);
     when || template || value_uses_secret(env, &task.action)
 }
@@ -594,12 +598,19 @@ mod tests {
         ];
         for task in uses {
             let err = book(false, task).unwrap_err().to_string();
-            assert!(err.contains("task `t` uses `replication_password`"), "{err}");
+            assert!(
+                err.contains("task `t` uses `replication_password`"),
+                "{err}"
+            );
             book(true, task).expect("marked secret");
         }
         // Using other variables, whatever their values, is not using the password.
         book(false, "template: {src: plain.j2, dest: /x}").expect("no secret");
-        book(false, "copy: {dest: /x, content: \"postgres {{ node_name }}\"}").expect("no secret");
+        book(
+            false,
+            "copy: {dest: /x, content: \"postgres {{ node_name }}\"}",
+        )
+        .expect("no secret");
     }
 
     #[test]
