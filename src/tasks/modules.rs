@@ -43,8 +43,11 @@ pub enum Action {
         #[serde(flatten)]
         meta: Meta,
     },
-    /// A postgresql.conf include rendered from a template: as `template`, and its
-    /// change says which parameters need a restart and which only a reload.
+    /// PostgreSQL running the settings of a postgresql.conf include (in `conf.d`)
+    /// rendered from a template: its change says which parameters need a restart and
+    /// which only a reload, or what the running server still has to do. The file is
+    /// checked by PostgreSQL's parser before it lands, then reloaded (and restarted)
+    /// with the previous file put back on any refusal (see `pg_conf.rs`).
     PgConf {
         src: String,
         dest: String,
@@ -90,7 +93,8 @@ pub enum Action {
     },
     /// After a settings change: reload, then restart if a changed parameter needs it
     /// (pg_settings.pending_restart). A stopped cluster is left alone: it reads its
-    /// files when it starts.
+    /// files when it starts. (`pg_conf` reloads and restarts for its own file; this
+    /// covers pg_hba.conf, and the Ansible export's template.)
     ApplySettings { version: String },
     /// A login role with the given password and attributes.
     PgRole {
