@@ -57,6 +57,8 @@ struct Cluster {
     spec: ClusterSpec,
     nodes: Vec<cluster::Node>,
     conns: Vec<pgform::remote::Connection>,
+    /// The replication password the runs use (`PASSWORD` unless set).
+    password: String,
 }
 
 /// What one run reported: the recap and every event, in the order they were emitted.
@@ -149,7 +151,30 @@ async fn connect(spec: ClusterSpec, key: &SshKey) -> Cluster {
     let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
     let known = key.dir().join("known_hosts");
     let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
-    Cluster { spec, nodes, conns }
+    Cluster {
+        spec,
+        nodes,
+        conns,
+        password: PASSWORD.to_string(),
+    }
+}
+
+/// Whether `secret` appears in `text` as itself. A plain word (`postgres`) is also the
+/// OS user's name in paths and messages: then look for it as a password would be shown,
+/// quoted or as a .pgpass field.
+fn shows_secret(text: &str, secret: &str) -> bool {
+    if !secret.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return text.contains(secret);
+    }
+    [
+        format!("'{secret}'"),
+        format!("\"{secret}\""),
+        format!("\\\"{secret}\\\""),
+        format!(":{secret}\\n"),
+        format!("PASSWORD {secret}"),
+    ]
+    .iter()
+    .any(|p| text.contains(p))
 }
 
 impl Cluster {
@@ -170,6 +195,7 @@ impl Cluster {
     async fn run_with(&self, check: bool, hook: Option<Hook>) -> Run {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
+        let password = self.password.clone();
         let events: pgform::tasks::Sink = Arc::new(move |e: &TaskEvent| {
             eprintln!(
                 "{:>10} {:?} {} {}{}",
@@ -180,7 +206,7 @@ impl Cluster {
                 e.error.clone().unwrap_or_default()
             );
             assert!(
-                !format!("{e:?}").contains(PASSWORD),
+                !shows_secret(&format!("{e:?}"), &password),
                 "password in an event: {e:?}"
             );
             sink_seen.lock().unwrap().push(e.clone());
@@ -192,7 +218,7 @@ impl Cluster {
             check,
             events: Some(events),
         };
-        let recap = cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts)
+        let recap = cluster::configure(&self.spec, &self.nodes, &self.conns, &self.password, &opts)
             .await
             .expect("playbook runs");
         let events = std::mem::take(&mut *seen.lock().unwrap());
@@ -680,4 +706,255 @@ async fn check_mode_on_bare_hosts_then_a_replica_stopped_mid_run() {
     assert_eq!(v.replicas.len(), 1, "{v:?}");
     let again = c.run(false).await;
     assert_eq!(again.recap.changed(), 0, "{:?}", again.changed());
+}
+
+impl Run {
+    /// The one failure on `host`.
+    fn failure(&self, host: &str) -> &pgform::tasks::run::Failure {
+        let mut on_host = self.recap.failures.iter().filter(|f| f.host == host);
+        let f = on_host
+            .next()
+            .unwrap_or_else(|| panic!("{host} did not fail: {:?}", self.recap));
+        assert!(on_host.next().is_none(), "{:?}", self.recap.failures);
+        f
+    }
+}
+
+/// Every host's settings file.
+fn conf_files(hs: &[Host]) -> Vec<String> {
+    hs.iter()
+        .map(|h| h.ssh_ok(&format!("cat {CONF}")))
+        .collect()
+}
+
+/// No host keeps a previous settings copy: every run settled.
+fn assert_no_previous_copy(hs: &[Host]) {
+    for h in hs {
+        let left = h.ssh_ok("ls /etc/postgresql/15/main/conf.d/");
+        assert!(!left.contains("pgform-previous"), "{}: {left}", h.name);
+    }
+}
+
+/// Nothing PostgreSQL rejects stays on disk: a value its parser refuses never lands; a
+/// preload library that is not installed fails the restart, the previous file goes back
+/// and PostgreSQL runs with it (also after the hosts reboot); a library refused only when
+/// sessions start is rolled back after the reload. And the running values are what
+/// check mode and verify compare: a file the server never read, and a value overridden
+/// by ALTER SYSTEM.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_postgresql_rejects_never_stay_and_running_values_are_compared() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("rej");
+    let hs = start_hosts(&net, 2, &key);
+    let refs: Vec<&Host> = hs.iter().collect();
+    let good = "[postgres.parameters]\nwork_mem = \"16MB\"";
+    let mut c = connect(spec(&net, &refs, &key, good), &key).await;
+    let first = c.run(false).await;
+    assert!(!first.recap.failed(), "{:?}", first.recap.failures);
+    c.verify().await;
+    let files = conf_files(&hs);
+    let started = c.start_times().await;
+
+    // A value PostgreSQL's parser rejects: refused before it lands, nothing restarts.
+    c.respec(spec(
+        &net,
+        &refs,
+        &key,
+        &format!("{good}\nlog_timezone = \"Mars/Olympus\""),
+    ));
+    let run = c.run(false).await;
+    for n in ["primary", "replica-0"] {
+        let f = run.failure(n);
+        assert_eq!(f.task, "postgresql.conf settings", "{f:?}");
+        assert!(
+            f.error
+                .contains(r#"invalid value for parameter "log_timezone": "Mars/Olympus""#),
+            "{f:?}"
+        );
+    }
+    assert_eq!(conf_files(&hs), files, "a rejected value reached the file");
+    assert_eq!(c.start_times().await, started);
+    assert_no_previous_copy(&hs);
+
+    // A preload library that is not installed: only the restart finds out. The previous
+    // file goes back and PostgreSQL runs with it, replicas and primary alike.
+    let missing_lib = format!("{good}\nshared_preload_libraries = \"no_such_lib\"");
+    c.respec(spec(&net, &refs, &key, &missing_lib));
+    let run = c.run(false).await;
+    for n in ["primary", "replica-0"] {
+        let f = run.failure(n);
+        assert_eq!(f.task, "postgresql.conf settings", "{f:?}");
+        for part in [
+            "shared_preload_libraries",
+            r#"could not access file "no_such_lib""#,
+            "the previous settings are back",
+            "PostgreSQL runs with them",
+        ] {
+            assert!(f.error.contains(part), "{part:?} missing: {f:?}");
+        }
+    }
+    assert_eq!(conf_files(&hs), files);
+    assert_no_previous_copy(&hs);
+    c.assert_all_show("shared_preload_libraries", "").await;
+    assert_eq!(
+        c.query("replica-0", "SELECT pg_is_in_recovery();").await,
+        "t"
+    );
+
+    // The hosts reboot: PostgreSQL starts with the last good settings.
+    for h in &hs {
+        h.stop();
+        h.start_again();
+        h.ssh_ok("pg_ctlcluster 15 main start");
+    }
+    let mut c = connect(spec(&net, &refs, &key, good), &key).await;
+    c.assert_all_show("work_mem", "16MB").await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(run.recap.changed(), 0, "{:?}", run.changed());
+    c.verify().await;
+
+    // A library refused only when a session starts: the reload passes, connections then
+    // fail; the previous file goes back and is reloaded.
+    c.respec(spec(
+        &net,
+        &refs,
+        &key,
+        &format!("{good}\nsession_preload_libraries = \"no_such_lib\""),
+    ));
+    let run = c.run(false).await;
+    for n in ["primary", "replica-0"] {
+        let f = run.failure(n);
+        for part in [
+            "session_preload_libraries",
+            r#"could not access file "no_such_lib""#,
+            "the previous settings are back",
+        ] {
+            assert!(f.error.contains(part), "{part:?} missing: {f:?}");
+        }
+    }
+    assert_eq!(conf_files(&hs), files);
+    assert_no_previous_copy(&hs);
+    c.assert_all_show("session_preload_libraries", "").await;
+
+    // The file is right but the server never read it: check mode and verify say so; the
+    // run reloads.
+    c.respec(spec(
+        &net,
+        &refs,
+        &key,
+        "[postgres.parameters]\nwork_mem = \"32MB\"",
+    ));
+    std::thread::sleep(Duration::from_millis(1100)); // file times are in seconds
+    hs[0].ssh_ok(&format!(
+        "sed -i \"s/^work_mem = .*/work_mem = '32MB'/\" {CONF}"
+    ));
+    let err = cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect_err("verify sees the file not read");
+    assert!(err.to_string().contains("has not read"), "{err}");
+    let check = c.run(true).await;
+    let e = check.event("primary", "settings", "postgresql.conf settings");
+    assert_eq!(e.status, TaskStatus::WouldChange, "{e:?}");
+    assert!(
+        e.summary.as_deref().unwrap_or_default().contains("reload"),
+        "{e:?}"
+    );
+    c.assert_all_show("work_mem", "16MB").await;
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    c.assert_all_show("work_mem", "32MB").await;
+    assert_eq!(c.run(false).await.recap.changed(), 0);
+
+    // A running value that differs from the file (ALTER SYSTEM overrides it): check mode
+    // reports it, verify and apply fail saying where it comes from.
+    c.query(
+        "primary",
+        "ALTER SYSTEM SET work_mem = '1MB'; SELECT pg_reload_conf();",
+    )
+    .await;
+    std::thread::sleep(Duration::from_millis(300));
+    let check = c.run(true).await;
+    let e = check.event("primary", "settings", "postgresql.conf settings");
+    assert_eq!(e.status, TaskStatus::WouldChange, "{e:?}");
+    let summary = e.summary.clone().unwrap_or_default();
+    assert!(
+        summary.contains("work_mem runs as 1MB") && summary.contains("postgresql.auto.conf"),
+        "{e:?}"
+    );
+    let err = cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect_err("verify sees the override");
+    assert!(err.to_string().contains("postgresql.auto.conf"), "{err}");
+    let run = c.run(false).await;
+    let f = run.failure("primary");
+    assert!(f.error.contains("ALTER SYSTEM RESET"), "{f:?}");
+    c.query(
+        "primary",
+        "ALTER SYSTEM RESET work_mem; SELECT pg_reload_conf();",
+    )
+    .await;
+    std::thread::sleep(Duration::from_millis(300));
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:?}", run.recap.failures);
+    assert_eq!(run.recap.changed(), 0, "{:?}", run.changed());
+    c.verify().await;
+}
+
+/// Passwords that are an ordinary word (`postgres`), that hold every shell and SQL
+/// metacharacter, or that contain the user name: each converges, a rerun changes
+/// nothing, the replica logs in with it, and the password shows in no event.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_password_converges_and_shows_nowhere() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("pw");
+    let hs = start_hosts(&net, 2, &key);
+    let refs: Vec<&Host> = hs.iter().collect();
+    let mut c = connect(spec(&net, &refs, &key, ""), &key).await;
+    let passwords = [
+        "postgres".to_string(),
+        r#"'"\$`;&|<>(){}*?!#% x$(touch /tmp/pwned)"#.to_string(),
+        format!("{USER}!2"),
+    ];
+    for password in passwords {
+        c.password = password.clone();
+        let run = c.run(false).await;
+        assert!(
+            !run.recap.failed(),
+            "{password:?}: {:?}",
+            run.recap.failures
+        );
+        assert!(run.recap.changed() > 0);
+        for e in run
+            .events
+            .iter()
+            .filter(|e| e.task == "replication role" || e.task == "replication password file")
+        {
+            assert!(e.diff.is_none(), "{e:?}");
+        }
+        let again = c.run(false).await;
+        assert!(!again.recap.failed(), "{:?}", again.recap.failures);
+        assert_eq!(
+            again.recap.changed(),
+            0,
+            "{password:?}: {:?}",
+            again.changed()
+        );
+        // The replica logs in again with it: its connection is cut, and it streams again.
+        c.query(
+            "primary",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication;",
+        )
+        .await;
+        assert_eq!(c.verify().await.replicas.len(), 1, "{password:?}");
+    }
+    for h in &hs {
+        assert!(!h.ssh("test -e /tmp/pwned").status.success());
+    }
 }

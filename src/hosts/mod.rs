@@ -15,7 +15,7 @@ use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ParamValue, Provide
 use crate::state::State;
 use crate::tasks::{Order, Playbook, PlaybookError, Recap, RunOptions, run::HostRun};
 
-pub use verify::{NodeStatus, Verified, status, verify};
+pub use verify::{NodeStatus, Verified, settings_differences, status, verify};
 
 /// Prefix of the replication slots pgform manages (others are left alone).
 pub const SLOT_PREFIX: &str = "pgform_";
@@ -235,9 +235,45 @@ pub fn settings(spec: &ClusterSpec, nodes: &[Node], node: &Node) -> BTreeMap<Str
     s
 }
 
-/// A postgresql.conf string value.
+/// A postgresql.conf string value (PostgreSQL reads `\\` in it as an escape).
 fn conf_string(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A postgresql.conf value as PostgreSQL reads it: quotes gone, escapes undone.
+pub fn conf_unquote(v: &str) -> String {
+    let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
+        return v.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                chars.next(); // '' is one quote
+                out.push('\'');
+            }
+            '\\' => match chars.next() {
+                Some('b') => out.push('\u{8}'),
+                Some('f') => out.push('\u{c}'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Where the settings play writes pgform's settings (`pg_conf`'s `dest` in site.yml).
+pub fn settings_file(version: u32) -> String {
+    format!(
+        "{}/conf.d/pgform.conf",
+        crate::remote::shell::conf_dir(version)
+    )
 }
 
 /// pg_hba.conf lines pgform manages: replication between members, clients from the
@@ -387,4 +423,55 @@ pub async fn configure(
         })
         .collect();
     Ok(crate::tasks::run_playbook(&book, &hosts, password, opts).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_strings_read_back_as_written() {
+        for v in ["plain", "it's", r"C:\temp\new", "", "'quoted'", r"\\"] {
+            assert_eq!(conf_unquote(&conf_string(v)), v, "{}", conf_string(v));
+        }
+        assert_eq!(conf_unquote("100"), "100");
+        assert_eq!(conf_unquote(r"'a\tb'"), "a\tb");
+    }
+
+    #[test]
+    fn the_settings_file_is_the_one_the_task_list_writes() {
+        let book = Playbook::embedded().expect("embedded");
+        let dest = book
+            .plays
+            .iter()
+            .flat_map(|p| &p.tasks)
+            .find_map(|t| match crate::tasks::Action::parse(&t.action) {
+                Ok(crate::tasks::Action::PgConf { dest, .. }) => Some(dest),
+                _ => None,
+            })
+            .expect("a pg_conf task");
+        let rendered = minijinja::Environment::new()
+            .render_str(
+                &dest,
+                minijinja::context! { conf_dir => "/etc/postgresql/15/main" },
+            )
+            .unwrap();
+        assert_eq!(rendered, settings_file(15));
+    }
+
+    #[test]
+    fn the_password_is_the_secret_variable() {
+        let spec = crate::spec::parse_str(
+            "name = \"t\"\nprovider = \"hosts\"\n[[hosts]]\naddress = \"10.0.0.1\"\nrole = \"primary\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid")
+        .spec;
+        let nodes = inventory(&spec, &State::new("t")).unwrap();
+        let v = vars(&spec, &nodes, &nodes[0], "pw");
+        assert_eq!(
+            v.get_attr(crate::tasks::SECRET_VAR).unwrap().as_str(),
+            Some("pw")
+        );
+    }
 }

@@ -1,5 +1,6 @@
-//! Proof that replication works: the primary sees every replica streaming, and a row
-//! written on the primary is read back on every replica within a timeout.
+//! Proof that the cluster runs as specified: every node runs the spec's settings, the
+//! primary sees every replica streaming, and a row written on the primary is read back
+//! on every replica within a timeout.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use super::{HostsError, Node};
 use crate::remote::Connection;
 use crate::spec::{ClusterSpec, Role};
 use crate::tasks::modules::{literal, sql};
+use crate::tasks::pg_conf::Running;
 
 /// What verification saw.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +41,26 @@ pub async fn verify(
         .collect();
     let deadline = Instant::now() + timeout;
     let v = spec.postgres.version;
+
+    let file = super::settings_file(v);
+    let asked = futures::future::join_all(conns.iter().map(|c| Running::read(c, v, &file))).await;
+    let mut wrong = Vec::new();
+    for (node, running) in nodes.iter().zip(asked) {
+        match running {
+            Ok(running) => wrong.extend(settings_differences(
+                &node.name,
+                &super::settings(spec, nodes, node),
+                &running,
+            )),
+            Err(e) => wrong.push(format!("{}: {e}", node.name)),
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(fail(format!(
+            "the running settings differ from the spec: {}",
+            wrong.join("; ")
+        )));
+    }
 
     let mut seen;
     loop {
@@ -126,6 +148,50 @@ pub async fn verify(
     })
 }
 
+/// Where node `node` does not run `wanted` (postgresql.conf values by name). Values are
+/// not parsed here: the file must hold the spec's value as written, and the server must
+/// run that very line (loaded after the file last changed, nothing pending, nothing
+/// overriding it), so PostgreSQL's own reading of it is what runs, `8MB` or `8192kB`.
+pub fn settings_differences(
+    node: &str,
+    wanted: &std::collections::BTreeMap<String, String>,
+    running: &Running,
+) -> Vec<String> {
+    if !running.loaded {
+        return vec![format!(
+            "{node}: the server has not read its settings file since it changed"
+        )];
+    }
+    let mut out = Vec::new();
+    for (name, value) in wanted {
+        let want = super::conf_unquote(value);
+        let Some(line) = running
+            .lines
+            .iter()
+            .find(|l| l.name.eq_ignore_ascii_case(name))
+        else {
+            out.push(format!("{node}: {name} is not in the settings file"));
+            continue;
+        };
+        let why = if line.file_value != want {
+            format!("the file says '{}'", line.file_value)
+        } else if line.pending_restart {
+            "a restart is pending".to_string()
+        } else if let Some(e) = &line.error {
+            format!("PostgreSQL: {e}")
+        } else if !line.runs() {
+            format!("set in {}", line.source)
+        } else {
+            continue;
+        };
+        out.push(format!(
+            "{node}: {} runs as '{}', the spec says '{want}' ({why})",
+            line.name, line.running
+        ));
+    }
+    out
+}
+
 /// One node as `pgform status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -195,4 +261,79 @@ pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) ->
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::pg_conf::Line;
+
+    fn line(name: &str, file: &str, running: &str) -> Line {
+        Line {
+            name: name.into(),
+            file_value: file.into(),
+            running: running.into(),
+            applied: true,
+            error: None,
+            pending_restart: false,
+            from_line: true,
+            source: "/etc/postgresql/15/main/conf.d/pgform.conf:3".into(),
+        }
+    }
+
+    #[test]
+    fn settings_run_when_the_server_runs_the_spec_s_lines() {
+        let wanted: std::collections::BTreeMap<String, String> = [
+            ("work_mem".to_string(), "'64MB'".to_string()),
+            ("max_connections".to_string(), "100".to_string()),
+            ("application_name".to_string(), r"'it''s a\\b'".to_string()),
+        ]
+        .into();
+        let mut running = Running {
+            loaded: true,
+            unconfirmed: false,
+            lines: vec![
+                // The server shows 65536kB as 64MB: compared through the line, not parsed.
+                line("work_mem", "64MB", "64MB"),
+                line("max_connections", "100", "100"),
+                line("application_name", r"it's a\b", r"it's a\b"),
+            ],
+        };
+        assert_eq!(
+            settings_differences("primary", &wanted, &running),
+            Vec::<String>::new()
+        );
+
+        running.lines[0].pending_restart = true;
+        running.lines[1].file_value = "150".into();
+        running.lines[2].applied = false;
+        running.lines[2].source = "/var/lib/postgresql/15/main/postgresql.auto.conf:3".into();
+        let d = settings_differences("primary", &wanted, &running);
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert!(
+            d.iter()
+                .any(|m| m.contains("work_mem") && m.contains("restart is pending")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|m| m.contains("max_connections") && m.contains("the file says '150'")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|m| m.contains("postgresql.auto.conf")),
+            "{d:?}"
+        );
+
+        running.lines.remove(0);
+        let d = settings_differences("replica-0", &wanted, &running);
+        assert!(
+            d.iter()
+                .any(|m| m == "replica-0: work_mem is not in the settings file"),
+            "{d:?}"
+        );
+
+        running.loaded = false;
+        assert_eq!(settings_differences("primary", &wanted, &running).len(), 1);
+    }
 }

@@ -194,6 +194,82 @@ pub fn pg_ctlcluster(version: u32, action: &str) -> Sh {
     ))
 }
 
+/// Debian's configuration directory of PostgreSQL `version`'s cluster `main`.
+pub fn conf_dir(version: u32) -> String {
+    format!("/etc/postgresql/{version}/main")
+}
+
+/// The suffix of the copy kept of a settings file while its replacement is not yet
+/// confirmed running (see [`write_keeping_previous`]). PostgreSQL's `include_dir` reads
+/// only files ending in `.conf`, so the copy is never read as settings.
+pub const PREVIOUS_SUFFIX: &str = ".pgform-previous";
+
+/// Checks a candidate settings file with the server's own parser before it lands: a
+/// copy of the configuration directory with standard input at `rel` (a path inside it)
+/// is read by `postgres -C` as the postgres user, which parses every configuration file
+/// (postgresql.auto.conf included) and fails on any value it rejects. Exits 0 when
+/// PostgreSQL accepts them all; otherwise PostgreSQL's messages are on stdout.
+pub fn check_settings(version: u32, rel: &str) -> Sh {
+    let postgres = Sh::argv([
+        pg_bin(version, "postgres").as_str(),
+        "-C",
+        "data_directory",
+        "-c",
+    ]);
+    Sh(format!(
+        "d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && cp -a {dir}/. \"$d\"/ && cat > \"$d\"/{rel} && \
+         chown -R postgres \"$d\" && sudo -n -u postgres -- {} \"config_file=$d/postgresql.conf\" 2>&1",
+        postgres.0,
+        dir = quote(&conf_dir(version)),
+        rel = quote(rel),
+    ))
+}
+
+/// Replaces `path` with standard input as [`write_file`] does, first keeping the file it
+/// replaces at `path` + [`PREVIOUS_SUFFIX`] (empty when there was none), unless a copy
+/// is kept already: that one is from a run that stopped before its settings were
+/// confirmed, so it is still the last file PostgreSQL was known to run with.
+pub fn write_keeping_previous(path: &str, owner: &str, group: &str, mode: &str) -> Sh {
+    let (p, prev) = (quote(path), quote(&format!("{path}{PREVIOUS_SUFFIX}")));
+    Sh(format!(
+        "if [ ! -e {prev} ]; then t=$(mktemp {prev}.XXXXXX) && {{ if [ -e {p} ]; then cat {p} > \"$t\"; fi; }} \
+         && chown {o}:{g} \"$t\" && chmod {m} \"$t\" && mv -f \"$t\" {prev} || exit 1; fi && {}",
+        write_file(path, owner, group, mode).0,
+        o = quote(owner),
+        g = quote(group),
+        m = quote(mode),
+    ))
+}
+
+/// Puts back every settings file of PostgreSQL `version` whose previous copy is kept
+/// (in its `conf.d`), and prints the paths put back.
+pub fn restore_previous(version: u32) -> Sh {
+    Sh(format!(
+        "for p in {dir}/conf.d/*{s}; do [ -e \"$p\" ] || continue; \
+         mv -f \"$p\" \"${{p%{s}}}\" && echo \"${{p%{s}}}\" || exit 1; done",
+        dir = quote(&conf_dir(version)),
+        s = PREVIOUS_SUFFIX
+    ))
+}
+
+/// Drops the kept previous copies: the settings files that replaced them run.
+pub fn forget_previous(version: u32) -> Sh {
+    Sh(format!(
+        "rm -f -- {}/conf.d/*{PREVIOUS_SUFFIX}",
+        quote(&conf_dir(version))
+    ))
+}
+
+/// The last `lines` lines of the cluster's server log (where a failed start says why).
+pub fn server_log_tail(version: u32, lines: u32) -> Sh {
+    Sh(format!(
+        "tail -n {lines} {} 2>/dev/null; true",
+        quote(&format!(
+            "/var/log/postgresql/postgresql-{version}-main.log"
+        ))
+    ))
+}
+
 /// psql as the `postgres` OS user over the local socket; the SQL comes on standard input.
 /// Rows are printed unaligned, fields separated by `|`.
 pub fn psql(version: u32, database: &str) -> Sh {

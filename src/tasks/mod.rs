@@ -5,6 +5,7 @@
 //! never prints: the runner sends [`TaskEvent`]s to a sink.
 
 pub mod modules;
+pub mod pg_conf;
 pub mod run;
 mod scram;
 
@@ -20,6 +21,10 @@ static PLAYBOOKS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/playbooks");
 
 /// The main task list's file inside `playbooks/`.
 pub const SITE: &str = "site.yml";
+
+/// The template variable that holds the replication password. A task that uses it (in
+/// its condition, arguments or template) must be marked `secret: true`.
+pub const SECRET_VAR: &str = "replication_password";
 
 /// Which hosts a play runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -120,6 +125,7 @@ impl Playbook {
             message,
         };
         let plays: Vec<Play> = serde_norway::from_str(site).map_err(|e| bad(e.to_string()))?;
+        let env = run::template_environment(&templates);
         for play in &plays {
             for task in play.tasks.iter().chain(&play.handlers) {
                 let action = Action::parse(&task.action)
@@ -129,6 +135,12 @@ impl Playbook {
                     && !templates.contains_key(src)
                 {
                     return Err(bad(format!("task `{}`: no template `{src}`", task.name)));
+                }
+                if !task.secret && run::task_uses_secret(&env, task) {
+                    return Err(bad(format!(
+                        "task `{}` uses `{SECRET_VAR}` but is not marked `secret: true`",
+                        task.name
+                    )));
                 }
                 for h in &task.notify {
                     if !play.handlers.iter().any(|x| &x.name == h) {

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use similar::TextDiff;
 
+use super::pg_conf;
 use crate::remote::{Connection, Output, Sh, shell};
 
 /// What a task would change on a host.
@@ -42,8 +43,11 @@ pub enum Action {
         #[serde(flatten)]
         meta: Meta,
     },
-    /// A postgresql.conf include rendered from a template: as `template`, and its
-    /// change says which parameters need a restart and which only a reload.
+    /// PostgreSQL running the settings of a postgresql.conf include (in `conf.d`)
+    /// rendered from a template: its change says which parameters need a restart and
+    /// which only a reload, or what the running server still has to do. The file is
+    /// checked by PostgreSQL's parser before it lands, then reloaded (and restarted)
+    /// with the previous file put back on any refusal (see `pg_conf.rs`).
     PgConf {
         src: String,
         dest: String,
@@ -89,7 +93,8 @@ pub enum Action {
     },
     /// After a settings change: reload, then restart if a changed parameter needs it
     /// (pg_settings.pending_restart). A stopped cluster is left alone: it reads its
-    /// files when it starts.
+    /// files when it starts. (`pg_conf` reloads and restarts for its own file; this
+    /// covers pg_hba.conf, and the Ansible export's template.)
     ApplySettings { version: String },
     /// A login role with the given password and attributes.
     PgRole {
@@ -228,19 +233,32 @@ impl Action {
                 version,
                 meta,
             } => {
+                let v = version_number(version)?;
                 let content = (cx.render)(src)?;
-                let old = read(conn, dest)
-                    .await?
-                    .map(|(_, text)| text)
+                // The file and what the server runs, asked at once.
+                let (current, running) =
+                    futures::future::join(read(conn, dest), pg_conf::Running::read(conn, v, dest))
+                        .await;
+                let current = current?;
+                let old = current
+                    .as_ref()
+                    .map(|(_, text)| text.clone())
                     .unwrap_or_default();
-                let change = file_change(conn, dest, &content, meta).await?;
-                Ok(change.map(|mut c| {
-                    let v = version_number(version).unwrap_or(0);
+                if let Some(mut c) = compare_file(dest, current, &content, meta) {
                     if let Some(effect) = settings_effect(v, &old, &content) {
                         c.summary = format!("{}: {effect}", c.summary);
                     }
-                    c
-                }))
+                    return Ok(Some(c));
+                }
+                // The file is as asked; the running server must run it too.
+                match running {
+                    Ok(running) => Ok(running
+                        .pending()
+                        .map(|what| change(format!("apply {dest}: {what}")))),
+                    // A stopped server reads the file when it starts.
+                    Err(_) if !cluster_online(conn, v).await? => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
             Action::Copy {
                 content,
@@ -454,12 +472,34 @@ impl Action {
                     "apt-get install",
                 )?;
             }
-            Action::Template { src, dest, meta }
-            | Action::PgConf {
-                src, dest, meta, ..
-            } => {
+            Action::Template { src, dest, meta } => {
                 let content = (cx.render)(src)?;
                 write(conn, dest, &content, meta).await?;
+            }
+            Action::PgConf {
+                src,
+                dest,
+                version,
+                meta,
+            } => {
+                let v = version_number(version)?;
+                let content = (cx.render)(src)?;
+                // Nothing PostgreSQL's parser rejects lands; the file it replaces is kept
+                // until the server runs the new one.
+                let current = read(conn, dest).await?;
+                let old = current
+                    .as_ref()
+                    .map(|(_, text)| text.clone())
+                    .unwrap_or_default();
+                let mut changed = Vec::new();
+                if compare_file(dest, current, &content, meta).is_some() {
+                    pg_conf::check(conn, v, dest, &content).await?;
+                    pg_conf::write(conn, v, dest, &content, meta).await?;
+                    changed = changed_settings(&old, &content);
+                }
+                if cluster_online(conn, v).await? {
+                    pg_conf::settle(conn, v, dest, &changed).await?;
+                }
             }
             Action::Copy {
                 content,
@@ -487,6 +527,16 @@ impl Action {
             }
             Action::Command { argv, .. } => {
                 ok(conn.run(Sh::argv(argv), None).await?, &argv.join(" "))?;
+            }
+            Action::Service {
+                version,
+                state: ServiceState::Started,
+            } => {
+                // A start may be the first with new settings (pg_conf keeps the previous
+                // ones until then): it confirms them, or puts the previous ones back.
+                let v = version_number(version)?;
+                let out = conn.run(shell::pg_ctlcluster(v, "start"), None).await?;
+                pg_conf::confirm_start(conn, v, out).await?;
             }
             Action::Service { version, state } => {
                 let v = version_number(version)?;
@@ -618,21 +668,28 @@ fn conf_values(text: &str) -> std::collections::BTreeMap<&str, &str> {
         .collect()
 }
 
-/// Which changed parameters take a restart and which a reload, e.g.
-/// `restart for shared_buffers; reload for work_mem`.
-pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
+/// The parameters whose lines differ between two postgresql.conf files, sorted.
+fn changed_settings(old: &str, new: &str) -> Vec<String> {
     let (a, b) = (conf_values(old), conf_values(new));
-    let mut names: Vec<&str> = a
+    let mut names: Vec<String> = a
         .keys()
         .chain(b.keys())
-        .copied()
-        .filter(|k| a.get(k) != b.get(k))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
         .collect();
     names.sort();
     names.dedup();
-    if names.is_empty() || a.is_empty() {
+    names
+}
+
+/// Which changed parameters take a restart and which a reload, e.g.
+/// `restart for shared_buffers; reload for work_mem`.
+pub fn settings_effect(version: u32, old: &str, new: &str) -> Option<String> {
+    let names = changed_settings(old, new);
+    if names.is_empty() || conf_values(old).is_empty() {
         return None;
     }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (restart, reload): (Vec<&str>, Vec<&str>) = names
         .into_iter()
         .partition(|n| crate::spec::params::needs_restart(version, n));
@@ -653,7 +710,7 @@ fn change(summary: String) -> Change {
     }
 }
 
-fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
+pub(crate) fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
     if out.success() {
         Ok(out)
     } else {
@@ -788,13 +845,22 @@ async fn file_change(
     content: &str,
     meta: &Meta,
 ) -> Result<Option<Change>, ActionError> {
-    let current = read(conn, path).await?;
+    Ok(compare_file(path, read(conn, path).await?, content, meta))
+}
+
+/// What writing `content` over `current` (as [`read`] returns it) would change.
+fn compare_file(
+    path: &str,
+    current: Option<(Meta, String)>,
+    content: &str,
+    meta: &Meta,
+) -> Option<Change> {
     let (old_meta, old) = match current {
         None => {
-            return Ok(Some(Change {
+            return Some(Change {
                 summary: format!("create {path}"),
                 diff: Some(unified(path, "", content)),
-            }));
+            });
         }
         Some(c) => c,
     };
@@ -805,12 +871,12 @@ async fn file_change(
         && old_meta.group == meta.group
         && mode_now == mode_want
     {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(Change {
+    Some(Change {
         summary: format!("update {path}"),
         diff: (old != content).then(|| unified(path, &old, content)),
-    }))
+    })
 }
 
 /// `text` with the lines between `# BEGIN marker` and `# END marker` replaced by

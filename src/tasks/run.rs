@@ -10,7 +10,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 use super::modules::{Action, ActionError, Cx};
-use super::{Hosts, Order, Playbook, Task};
+use super::{Hosts, Order, Playbook, SECRET_VAR, Task};
 use crate::remote::Connection;
 use crate::spec::Role;
 
@@ -178,6 +178,10 @@ pub async fn run_playbook(
 /// The template environment, with Ansible's template defaults so that the same files
 /// render the same in an export.
 fn environment(book: &Playbook) -> Environment<'static> {
+    template_environment(&book.templates)
+}
+
+pub(super) fn template_environment(templates: &BTreeMap<String, String>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
@@ -187,7 +191,7 @@ fn environment(book: &Playbook) -> Environment<'static> {
     {
         env.set_syntax(syntax);
     }
-    for (name, text) in &book.templates {
+    for (name, text) in templates {
         if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
             tracing::error!("template {name}: {e}");
         }
@@ -344,8 +348,8 @@ impl TaskRun<'_> {
                 return Ok(Asked::Skipped);
             }
         }
+        self.guard(value_uses_secret(self.env, &self.task.action))?;
         let rendered = render_value(self.env, &self.task.action, &self.host.vars).map_err(jinja)?;
-        self.guard(&serde_norway::to_string(&rendered).unwrap_or_default())?;
         let action = Action::parse(&rendered).map_err(ActionError::Invalid)?;
         let render = |name: &str| self.render(name);
         let cx = Cx {
@@ -408,7 +412,12 @@ impl TaskRun<'_> {
             }
             Err(e) => {
                 event.status = TaskStatus::Failed;
-                event.error = Some(redact(&e.to_string(), self.secret));
+                // Only a task that uses the password can have it in its output.
+                event.error = Some(if self.task.secret {
+                    redact(&e.to_string(), self.secret)
+                } else {
+                    e.to_string()
+                });
             }
         }
         event.seconds = started.elapsed().as_secs_f64();
@@ -417,25 +426,69 @@ impl TaskRun<'_> {
 
     /// A template file rendered for this host.
     fn render(&self, name: &str) -> Result<String, ActionError> {
-        let text = self
-            .env
-            .get_template(name)
-            .and_then(|t| t.render(&self.host.vars))
-            .map_err(jinja)?;
-        self.guard(&text)?;
-        Ok(text)
+        let template = self.env.get_template(name).map_err(jinja)?;
+        self.guard(template_uses_secret(&template))?;
+        template.render(&self.host.vars).map_err(jinja)
     }
 
-    /// Refuses text with the replication password in a task not marked `secret`.
-    fn guard(&self, text: &str) -> Result<(), ActionError> {
-        if !self.task.secret && !self.secret.is_empty() && text.contains(self.secret) {
-            return Err(ActionError::Invalid(format!(
-                "task `{}` would expose the replication password; mark it `secret: true`",
-                self.task.name
-            )));
-        }
-        Ok(())
+    /// Refuses to render the password for a task not marked `secret` (whose diff and
+    /// details are shown). `Playbook::parse` refuses such a task already; this holds for
+    /// template names known only when rendered.
+    fn guard(&self, uses_secret: bool) -> Result<(), ActionError> {
+        guard(self.task, uses_secret)
     }
+}
+
+fn guard(task: &Task, uses_secret: bool) -> Result<(), ActionError> {
+    if uses_secret && !task.secret {
+        return Err(ActionError::Invalid(format!(
+            "internal error in pgform's task list: task `{}` uses the replication password \
+             but is not marked secret, so it was not run (please report this bug)",
+            task.name
+        )));
+    }
+    Ok(())
+}
+
+/// Whether Jinja text uses [`SECRET_VAR`] (text that does not parse uses nothing; it
+/// fails when rendered).
+fn text_uses_secret(env: &Environment<'_>, text: &str) -> bool {
+    env.template_from_str(text)
+        .is_ok_and(|t| t.undeclared_variables(false).contains(SECRET_VAR))
+}
+
+fn template_uses_secret(template: &minijinja::Template<'_, '_>) -> bool {
+    template.undeclared_variables(false).contains(SECRET_VAR)
+}
+
+/// Whether any string in a task's arguments uses [`SECRET_VAR`].
+fn value_uses_secret(env: &Environment<'_>, v: &serde_norway::Value) -> bool {
+    use serde_norway::Value as Y;
+    match v {
+        Y::String(s) => (s.contains("{{") || s.contains("{%")) && text_uses_secret(env, s),
+        Y::Sequence(items) => items.iter().any(|i| value_uses_secret(env, i)),
+        Y::Mapping(m) => m.values().any(|i| value_uses_secret(env, i)),
+        _ => false,
+    }
+}
+
+/// Whether `task` uses the password: in its condition, its arguments or the template
+/// file it names.
+pub(super) fn task_uses_secret(env: &Environment<'_>, task: &Task) -> bool {
+    let when = task.when.as_deref().is_some_and(|w| {
+        env.compile_expression(w)
+            .is_ok_and(|e| e.undeclared_variables(false).contains(SECRET_VAR))
+    });
+    let template = Action::parse(&task.action)
+        .ok()
+        .and_then(|a| a.template_name().map(String::from))
+        .and_then(|name| {
+            env.get_template(&name)
+                .ok()
+                .map(|t| template_uses_secret(&t))
+        })
+        .unwrap_or(false);
+    when || template || value_uses_secret(env, &task.action)
 }
 
 fn jinja(e: minijinja::Error) -> ActionError {
@@ -468,10 +521,110 @@ fn render_value(
     })
 }
 
+/// `text` with every whole occurrence of `secret` masked. An occurrence inside a longer
+/// word (the password `postgres` in `/usr/lib/postgresql`) is that word, not the
+/// password: it stays, so that no message is shredded.
 fn redact(text: &str, secret: &str) -> String {
     if secret.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(secret, "********")
+        return text.to_string();
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let (first, last) = (secret.chars().next(), secret.chars().last());
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut before: Option<char> = None;
+    while let Some(at) = rest.find(secret) {
+        let prev = rest[..at].chars().last().or(before);
+        let next = rest[at + secret.len()..].chars().next();
+        let inside_word = (word(first) && word(prev)) || (word(last) && word(next));
+        out.push_str(&rest[..at]);
+        if inside_word {
+            // Keep this occurrence; look again one character further.
+            let step = rest[at..].chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[at..at + step]);
+            before = rest[at..].chars().next();
+            rest = &rest[at + step..];
+        } else {
+            out.push_str("********");
+            before = last;
+            rest = &rest[at + secret.len()..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_masks_the_whole_secret_and_never_splits_a_word() {
+        assert_eq!(
+            redact("role rep: password 'postgres' rejected", "postgres"),
+            "role rep: password '********' rejected"
+        );
+        assert_eq!(
+            redact("cannot connect to /usr/lib/postgresql/15/bin", "postgres"),
+            "cannot connect to /usr/lib/postgresql/15/bin"
+        );
+        assert_eq!(redact("would expose e", "e"), "would expose ********");
+        assert_eq!(redact("x $(id) y", "$(id)"), "x ******** y");
+        assert_eq!(redact("ab=ab", "ab"), "********=********");
+        assert_eq!(redact("text", ""), "text");
+    }
+
+    fn book(secret: bool, uses: &str) -> Result<Playbook, super::super::PlaybookError> {
+        let mut templates = BTreeMap::new();
+        templates.insert(
+            "pass.j2".to_string(),
+            "x:{{ replication_password | replace(':', '\\:') }}\n".to_string(),
+        );
+        templates.insert("plain.j2".to_string(), "{{ node_name }}\n".to_string());
+        Playbook::parse(
+            &format!(
+                "- name: p\n  hosts: all\n  tasks:\n    - name: t\n      secret: {secret}\n      {uses}\n"
+            ),
+            templates,
+        )
+    }
+
+    #[test]
+    fn a_task_that_uses_the_password_must_be_marked_secret() {
+        let uses = [
+            "copy: {dest: /x, content: \"{{ replication_password }}\"}",
+            "template: {src: pass.j2, dest: /x}",
+            "pg_role: {version: '15', name: r, password: \"{{ replication_password | upper }}\"}",
+        ];
+        for task in uses {
+            let err = book(false, task).unwrap_err().to_string();
+            assert!(
+                err.contains("task `t` uses `replication_password`"),
+                "{err}"
+            );
+            book(true, task).expect("marked secret");
+        }
+        // Using other variables, whatever their values, is not using the password.
+        book(false, "template: {src: plain.j2, dest: /x}").expect("no secret");
+        book(
+            false,
+            "copy: {dest: /x, content: \"postgres {{ node_name }}\"}",
+        )
+        .expect("no secret");
+    }
+
+    #[test]
+    fn the_runner_refuses_an_unmarked_task_that_renders_the_password() {
+        // Past the parser's check: a template chosen at run time.
+        let book = book(false, "template: {src: \"{{ which }}\", dest: /x}").expect("parses");
+        let env = environment(&book);
+        let task = &book.plays[0].tasks[0];
+        assert!(!task_uses_secret(&env, task));
+        let template = env.get_template("pass.j2").unwrap();
+        let err = guard(task, template_uses_secret(&template)).unwrap_err();
+        assert!(err.to_string().contains("internal error"), "{err}");
+        assert!(!err.to_string().contains("mark it"), "{err}");
+        let plain = env.get_template("plain.j2").unwrap();
+        guard(task, template_uses_secret(&plain)).expect("no secret in plain.j2");
     }
 }
