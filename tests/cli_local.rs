@@ -290,7 +290,10 @@ fn local_cluster_applies_converges_checks_changes_and_destroys() {
     work.pgform(&["export", "ansible", "exported"])
         .expect(0)
         .stdout_has("Inventory: inventory.ini lists 3 host(s)");
-    assert!(work.read("exported/inventory.ini").contains("[replicas]\nreplica-0 "));
+    assert!(
+        work.read("exported/inventory.ini")
+            .contains("[replicas]\nreplica-0 ")
+    );
     work.pgform(&["export", "terraform", "tf"]).expect(1);
 
     // Check mode on a converged cluster: nothing would change, nothing does.

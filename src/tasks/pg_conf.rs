@@ -160,7 +160,9 @@ impl Running {
     }
 }
 
-/// The settings file's lines as the server sees them. Free text (values, messages,
+/// The settings file's lines as the server sees them. A value this very session's
+/// client set (psql's `application_name`) says nothing of the file: the line counts as
+/// running when the server applied it. Free text (values, messages,
 /// sources) comes hex-encoded, so that no character in it can break the rows apart.
 fn running_query(dest: &str) -> String {
     let hex = |e: &str| format!("encode(convert_to(coalesce({e}, ''), 'UTF8'), 'hex')");
@@ -169,8 +171,8 @@ fn running_query(dest: &str) -> String {
          (pg_stat_file({p}, true)).size IS NOT NULL;\n\
          SELECT coalesce(s.name, f.name, 'line ' || f.sourceline), {value}, f.applied, {error}, \
          coalesce(s.pending_restart, false), \
-         s.name IS NULL OR (s.sourcefile IS NOT DISTINCT FROM f.sourcefile \
-         AND s.sourceline IS NOT DISTINCT FROM f.sourceline), {source}, {running} \
+         s.name IS NULL OR s.source = 'client' OR (s.sourcefile IS NOT DISTINCT FROM \
+         f.sourcefile AND s.sourceline IS NOT DISTINCT FROM f.sourceline), {source}, {running} \
          FROM pg_file_settings f LEFT JOIN pg_settings s ON lower(s.name) = lower(f.name) \
          WHERE f.sourcefile = {d} ORDER BY f.seqno;",
         d = literal(dest),
