@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::error::{Location, Problem, SpecError};
 use super::flat::{FlatPayload, flat_field};
+use super::secret::SecretSource;
 use super::types::ClusterSpec;
 use super::validate;
 
@@ -65,6 +66,20 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
                 }],
             });
         }
+    }
+    // The password policy, when the password can be read now (inline ones were checked
+    // with the file; an unset variable is reported by the commands that need it).
+    let source = loaded.spec.postgres.password_source();
+    if !matches!(source, SecretSource::Inline(_))
+        && let Ok(password) = source.resolve()
+        && let Some(mut problem) =
+            validate::password_policy(&loaded.spec.postgres, &source, password.expose())
+    {
+        problem.location = locate(&text, &problem.field, loaded.format);
+        return Err(SpecError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![problem],
+        });
     }
     Ok(loaded)
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod flat;
+mod guc;
 mod load;
 pub mod params;
 mod secret;

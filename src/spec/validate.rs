@@ -2,6 +2,9 @@
 //! the field, the value and the fix; all problems are reported at once.
 
 use super::error::Problem;
+use super::guc;
+use super::params;
+use super::secret::{MIN_PASSWORD_CHARS, SecretSource, password_problem};
 use super::types::*;
 
 pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
@@ -257,19 +260,22 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             &format!("choose 0 to {MAX_REPLICAS}"),
         );
     }
-    if !(1..=262_143).contains(&pg.max_connections) {
-        bad(
-            "postgres.max_connections",
-            format!("{} is out of range", pg.max_connections),
-            "choose 1 to 262143",
-        );
-    }
-    if pg.shared_buffers.bytes < 128 << 10 {
-        bad(
-            "postgres.shared_buffers",
-            format!("{} is below PostgreSQL's minimum", pg.shared_buffers),
-            "use at least 128kB; 25% of the instance's memory is the usual choice",
-        );
+    if params::catalog(pg.version).is_none() {
+        // Without the version's catalog, the limits that hold for every supported major.
+        if !(1..=262_143).contains(&pg.max_connections) {
+            bad(
+                "postgres.max_connections",
+                format!("{} is out of range", pg.max_connections),
+                "choose 1 to 262143",
+            );
+        }
+        if pg.shared_buffers.bytes < 128 << 10 {
+            bad(
+                "postgres.shared_buffers",
+                format!("{} is below PostgreSQL's minimum", pg.shared_buffers),
+                "use at least 128kB; 25% of the instance's memory is the usual choice",
+            );
+        }
     }
     for role in [Role::Primary, Role::Replica] {
         let ty = inst.type_for(role);
@@ -313,27 +319,149 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "keep one of replication_password_env, replication_password_file, replication_password",
         );
     }
+    if let Some(secret) = &pg.replication_password {
+        out.extend(password_policy(pg, &pg.password_source(), secret.expose()));
+    }
+    let nodes = match spec.provider {
+        ProviderKind::Hosts => spec.hosts.len() as u64,
+        _ => u64::from(pg.replicas) + 1,
+    };
+    out.extend(parameters(pg, nodes, warnings));
+    out
+}
+
+/// The free parameters: names, then values against the version's catalog; and the
+/// values pgform writes from typed fields.
+fn parameters(pg: &PostgresSpec, nodes: u64, warnings: &mut Vec<String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut unchecked = Vec::new();
     for (name, value) in &pg.parameters {
         let field = format!("postgres.parameters.{name}");
+        let text = value.to_string();
         if let Some(own) = MANAGED_PARAMETERS.iter().find(|(p, _)| p == name) {
-            bad(&field, format!("`{name}` is managed by pgform"), own.1);
+            out.push(problem(
+                &field,
+                format!("`{name}` is managed by pgform"),
+                own.1,
+            ));
         } else if !is_param_name(name) {
-            bad(
+            out.push(problem(
                 &field,
                 format!("`{name}` is not a parameter name"),
                 "use lowercase letters, digits, '_' and '.'",
-            );
+            ));
         } else if let Some((message, fix)) = unknown_parameter(pg.version, name) {
-            bad(&field, message, &fix);
-        } else if matches!(value, ParamValue::Text(t) if t.contains('\n') || t.contains('\0')) {
-            bad(
+            out.push(problem(&field, message, &fix));
+        } else if text.contains(['\n', '\r', '\0']) {
+            out.push(problem(
                 &field,
                 "the value spans lines".into(),
                 "write it on one line",
-            );
+            ));
+        } else if let Some(setting) = params::setting(pg.version, name) {
+            if let Err(r) = guc::check(setting, &text) {
+                out.push(problem(&field, r.message, &r.fix));
+            }
+        } else if !name.contains('.') {
+            unchecked.push(name.as_str());
         }
     }
+    if !unchecked.is_empty() {
+        warnings.push(format!(
+            "postgres.version {}: pgform has no settings catalog for PostgreSQL {} (it has {}), \
+             so the names and values of postgres.parameters {} are not checked before apply",
+            pg.version,
+            pg.version,
+            params::CATALOGUED.map(|v| v.to_string()).join(", "),
+            unchecked.join(", ")
+        ));
+    }
+    // The values pgform itself writes from typed fields, as the server will read them.
+    let typed = [
+        (
+            "postgres.max_connections",
+            "max_connections",
+            pg.max_connections.to_string(),
+        ),
+        (
+            "postgres.shared_buffers",
+            "shared_buffers",
+            pg.shared_buffers.to_string(),
+        ),
+    ];
+    for (field, name, text) in typed {
+        if let Some(setting) = params::setting(pg.version, name)
+            && let Err(r) = guc::check(setting, &text)
+        {
+            out.push(problem(field, r.message, &r.fix));
+        }
+    }
+    out.extend(backend_limit(pg, nodes));
     out
+}
+
+/// PostgreSQL's check of max_connections: with the other backends (autovacuum workers,
+/// the launcher, background workers, WAL senders) it must fit in 2^18 - 1.
+fn backend_limit(pg: &PostgresSpec, nodes: u64) -> Option<Problem> {
+    const MAX_BACKENDS: u64 = 262_143;
+    let int = |name: &str, default: u64| match pg.parameters.get(name) {
+        Some(ParamValue::Int(n)) => u64::try_from(*n).unwrap_or(default),
+        Some(ParamValue::Text(t)) => t.trim().parse().unwrap_or(default),
+        _ => default,
+    };
+    // pgform sizes max_wal_senders for the nodes (`hosts::settings`).
+    let senders = (nodes + 4).max(10);
+    let others = int("autovacuum_max_workers", 3) + 1 + int("max_worker_processes", 8) + senders;
+    let total = u64::from(pg.max_connections) + others;
+    (total > MAX_BACKENDS).then(|| {
+        problem(
+            "postgres.max_connections",
+            format!(
+                "{} connections and {others} other server processes exceed PostgreSQL's \
+                 {MAX_BACKENDS}",
+                pg.max_connections
+            ),
+            &format!("choose at most {}", MAX_BACKENDS.saturating_sub(others)),
+        )
+    })
+}
+
+/// The password policy (`secret::password_problem`) applied to the replication password
+/// from `source`; the problem names the source's field, never the password.
+pub fn password_policy(
+    pg: &PostgresSpec,
+    source: &SecretSource,
+    password: &str,
+) -> Option<Problem> {
+    let why = password_problem(&pg.replication_user, password)?;
+    let (field, from) = match source {
+        SecretSource::Inline(_) => (
+            "postgres.replication_password",
+            "written in the file".into(),
+        ),
+        SecretSource::Env(var) => ("postgres.replication_password_env", format!("in {var}")),
+        SecretSource::File(path) => (
+            "postgres.replication_password_file",
+            format!("in {}", path.display()),
+        ),
+    };
+    Some(problem(
+        field,
+        format!("the replication password {from} {why}"),
+        &format!(
+            "choose a password of at least {MIN_PASSWORD_CHARS} characters that is not the \
+             user name, on one line"
+        ),
+    ))
+}
+
+fn problem(field: &str, message: String, fix: &str) -> Problem {
+    Problem {
+        location: None,
+        field: field.into(),
+        message,
+        fix: (!fix.is_empty()).then(|| fix.to_string()),
+    }
 }
 
 /// A problem when PostgreSQL `version` has no settable parameter `name`.
