@@ -367,7 +367,10 @@ mod tests {
         let text = TOML.replace("replicas = 1", "parameters = { wrok_mem = 1 }");
         assert_eq!(
             problems(&text, "c.toml")[0].location,
-            Some(Location { line: 8, column: 16 })
+            Some(Location {
+                line: 8,
+                column: 16
+            })
         );
     }
 
