@@ -321,11 +321,9 @@ fn strtod(value: &str) -> Option<(f64, &str)> {
         }
     }
     if lower.starts_with("0x")
-        && lower[2..].starts_with(|c: char| c.is_ascii_hexdigit() || c == '.')
+        && let Some((n, len)) = hex_float(&body[2..])
     {
-        if let Some((n, len)) = hex_float(&body[2..]) {
-            return Some((if negative { -n } else { n }, &body[2 + len..]));
-        }
+        return Some((if negative { -n } else { n }, &body[2 + len..]));
     }
     let b = body.as_bytes();
     let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
