@@ -413,6 +413,13 @@ mod tests {
     }
 
     #[test]
+    fn json_errors_without_a_position_have_no_location() {
+        let e = serde_json::from_value::<u32>(serde_json::json!("x")).unwrap_err();
+        assert_eq!(e.line(), 0);
+        assert_eq!(json_problem("a", &e).location, None);
+    }
+
+    #[test]
     fn locate_finds_fields() {
         assert_eq!(locate(TOML, "", Format::Toml), None);
         assert_eq!(locate(TOML, "nowhere", Format::Toml), None);
