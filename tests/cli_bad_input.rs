@@ -167,9 +167,20 @@ async fn assert_moto_unchanged(moto: &Moto, what: &str) {
 }
 
 async fn check(case: Case) {
+    check_with(case, &[], &[]).await;
+}
+
+/// `check`, with more environment for pgform, and what stderr must also say (the fix's
+/// range, values or suggestion). Nothing in `extra_env` may appear in the output.
+async fn check_with(case: Case, extra_env: &[(&str, &str)], says: &[&str]) {
     let moto = Moto::start();
     let proxy = Proxy::start(&moto.endpoint);
-    let env = via(&moto, &proxy);
+    let mut env = via(&moto, &proxy);
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let dir = workdir(case.file, &case.text());
 
     let mut failures = Vec::new();
@@ -194,6 +205,16 @@ async fn check(case: Case) {
         }
         if !stderr.contains("fix:") {
             problems.push("stderr has no `fix:` hint".to_string());
+        }
+        for said in says {
+            if !stderr.contains(said) {
+                problems.push(format!("stderr does not say `{said}`"));
+            }
+        }
+        for (_, secret) in extra_env {
+            if stdout.contains(secret) || stderr.contains(secret) {
+                problems.push("the output shows the password".to_string());
+            }
         }
         if let Some(line) = case.line
             && !has_location(&stderr, case.file, line)
@@ -376,6 +397,139 @@ malformed! {
         from: r#""shared_buffers": "50MB""#, to: r#""shared_buffers": "lots""#,
         field: "shared_buffers", line: Some(1),
     };
+}
+
+/// `[postgres.parameters]` after the base TOML's last line (line 20): the parameter is on
+/// line 22.
+const PARAMS_FROM: &str = r#"shared_buffers = "1GB""#;
+fn params(line: &str) -> &'static str {
+    Box::leak(format!("{PARAMS_FROM}\n[postgres.parameters]\n{line}").into_boxed_str())
+}
+
+/// A setting's value that PostgreSQL would refuse: refused by `validate` (and so by
+/// `plan` and `apply` before they change anything), naming the field and the fix.
+macro_rules! bad_value {
+    ($($name:ident: $line:expr, $field:expr, $says:expr;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let case = Case {
+                file: "cluster.toml", base: TOML, from: PARAMS_FROM, to: params($line),
+                field: $field, line: Some(22),
+            };
+            check_with(case, &[], $says).await;
+        }
+    )*};
+}
+
+bad_value! {
+    value_integer_out_of_range: "max_parallel_workers = 5000",
+        "postgres.parameters.max_parallel_workers", &["`5000` is out of range", "from 0 to 1024"];
+    value_negative: "temp_buffers = -100",
+        "postgres.parameters.temp_buffers", &["`-100` is out of range", "from 800kB to"];
+    value_size_without_unit_out_of_range: "work_mem = 16",
+        "postgres.parameters.work_mem",
+        &["a number without a unit counts kB, so this is 16kB", "from 64kB to", "did you mean `16MB`?"];
+    value_size_with_a_unit_in_the_wrong_case: r#"work_mem = "4mb""#,
+        "postgres.parameters.work_mem", &["`4mb` is not a memory size", "did you mean `4MB`?"];
+    value_size_that_is_not_one: r#"work_mem = "lots""#,
+        "postgres.parameters.work_mem", &["`lots` is not a memory size", "B, kB, MB, GB, TB"];
+    value_duration_without_unit_out_of_range: "checkpoint_timeout = 5",
+        "postgres.parameters.checkpoint_timeout",
+        &["counts s, so this is 5s", "from 30s to 1d", "did you mean `5min`?"];
+    value_unknown_enum: r#"synchronous_commit = "maybe""#,
+        "postgres.parameters.synchronous_commit",
+        &["`maybe` is not one of its values", "use one of local, remote_write, remote_apply, on, off"];
+    value_near_miss_enum: r#"synchronous_commit = "remote_aply""#,
+        "postgres.parameters.synchronous_commit", &["did you mean `remote_apply`?"];
+    value_string_for_a_bool: r#"autovacuum = "sometimes""#,
+        "postgres.parameters.autovacuum", &["`sometimes` is not a boolean", "on or off"];
+    value_number_for_a_real_out_of_range: "random_page_cost = -1.5",
+        "postgres.parameters.random_page_cost", &["`-1.5` is out of range", "0 or more"];
+}
+
+#[tokio::test]
+async fn typed_field_out_of_postgres_range() {
+    let case = Case {
+        file: "cluster.toml",
+        base: TOML,
+        from: "replicas = 2",
+        to: "replicas = 2\nmax_connections = 0",
+        field: "postgres.max_connections",
+        line: Some(20),
+    };
+    check_with(case, &[], &["`0` is out of range", "from 1 to 262143"]).await;
+}
+
+/// A replication password against the policy: refused before anything runs, the message
+/// names where it comes from and never shows it.
+#[tokio::test]
+async fn password_too_short() {
+    let case = Case {
+        file: "cluster.toml",
+        base: TOML,
+        from: "replicas = 2",
+        to: "replicas = 2\nreplication_password_env = \"SHORT_PW\"",
+        field: "postgres.replication_password_env",
+        line: Some(20),
+    };
+    let says = ["the replication password in SHORT_PW is shorter than 8 characters"];
+    check_with(case, &[("SHORT_PW", "Pw-7ch!")], &says).await;
+}
+
+#[tokio::test]
+async fn password_that_is_the_user_name() {
+    let case = Case {
+        file: "cluster.toml",
+        base: TOML,
+        from: "replicas = 2",
+        to: "replicas = 2\nreplication_user = \"Replicator2\"",
+        field: "postgres.replication_password_env",
+        line: None,
+    };
+    let says = ["is the role's name, `Replicator2`", "at least 8 characters"];
+    check_with(
+        case,
+        &[("PGFORM_REPLICATION_PASSWORD", "rePLICATOR2")],
+        &says,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn flat_payload_inline_password_too_short() {
+    let case = Case {
+        file: "payload.json",
+        base: FLAT,
+        from: r#""replication_password": "change-me""#,
+        to: r#""replication_password": "pw""#,
+        field: "replication_password",
+        line: Some(1),
+    };
+    check_with(case, &[], &["is shorter than 8 characters"]).await;
+}
+
+/// Passwords the policy allows, an ordinary word among them, and values PostgreSQL
+/// accepts in its less common spellings, are valid.
+#[test]
+fn policy_passing_passwords_and_accepted_values_are_valid() {
+    let values = params(
+        "work_mem = \"1.5MB\"\nsynchronous_commit = \"Remote_Apply\"\nautovacuum = \"ye\"\n\
+         huge_pages = \"true\"\nstatement_timeout = \"1.5 min\"\nmax_parallel_workers = \"0x10\"",
+    );
+    let text = TOML.replacen(PARAMS_FROM, values, 1);
+    for password in [
+        "postgres",
+        "replicator-and-more",
+        r#"Wk4 'single' "double" $HOME `id` ;&|<>\ :*#%! Jm8"#,
+    ] {
+        let dir = workdir("cluster.toml", &text);
+        let env = [(
+            "PGFORM_REPLICATION_PASSWORD".to_string(),
+            password.to_string(),
+        )];
+        let (code, stdout, stderr) = pgform(dir.path(), &env, &["-f", "cluster.toml", "validate"]);
+        assert_eq!(code, 0, "{password}:\n{stdout}\n{stderr}");
+    }
 }
 
 /// The base specs themselves are valid: the cases fail for the one thing they change.

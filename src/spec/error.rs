@@ -85,3 +85,58 @@ fn render(path: &std::path::Path, problems: &[Problem]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_to_lines_and_columns() {
+        let text = "ab\ncde\n";
+        for (offset, line, column) in [(0, 1, 1), (1, 1, 2), (3, 2, 1), (5, 2, 3), (99, 3, 1)] {
+            assert_eq!(
+                Location::of_offset(text, offset),
+                Location { line, column },
+                "{offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn problems_render_with_field_location_and_fix() {
+        let p = |field: &str, fix: Option<&str>, line: Option<usize>| Problem {
+            location: line.map(|line| Location { line, column: 3 }),
+            field: field.into(),
+            message: "is wrong".into(),
+            fix: fix.map(String::from),
+        };
+        assert_eq!(
+            p("a.b", Some("do x"), None).to_string(),
+            "a.b: is wrong\n    fix: do x"
+        );
+        assert_eq!(p("", None, None).to_string(), "is wrong");
+        let one = SpecError::Invalid {
+            path: "c.toml".into(),
+            problems: vec![p("a", None, Some(2))],
+        };
+        assert_eq!(
+            one.to_string(),
+            "c.toml has 1 problem:\n  c.toml:2:3: a: is wrong"
+        );
+        assert_eq!(one.problems().len(), 1);
+        let two = SpecError::Invalid {
+            path: "c.toml".into(),
+            problems: vec![p("a", None, Some(2)), p("b", Some("fix it"), None)],
+        };
+        assert_eq!(
+            two.to_string(),
+            "c.toml has 2 problems:\n  c.toml:2:3: a: is wrong\n  c.toml: b: is wrong\n    fix: fix it"
+        );
+        let read = SpecError::Read {
+            path: "c.toml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(read.to_string().starts_with("cannot read c.toml: "));
+        assert!(read.problems().is_empty());
+    }
+}

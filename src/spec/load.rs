@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::error::{Location, Problem, SpecError};
 use super::flat::{FlatPayload, flat_field};
+use super::secret::SecretSource;
 use super::types::ClusterSpec;
 use super::validate;
 
@@ -66,6 +67,20 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
                 }],
             });
         }
+    }
+    // The password policy, when the password can be read now (inline ones were checked
+    // with the file; an unset variable is reported by the commands that need it).
+    let source = loaded.spec.postgres.password_source();
+    if !matches!(source, SecretSource::Inline(_))
+        && let Ok(password) = source.resolve()
+        && let Some(mut problem) =
+            validate::password_policy(&loaded.spec.postgres, &source, password.expose())
+    {
+        problem.location = locate(&text, &problem.field, loaded.format);
+        return Err(SpecError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![problem],
+        });
     }
     Ok(loaded)
 }
@@ -243,4 +258,250 @@ fn locate_toml(text: &str, field: &str) -> Option<Location> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOML: &str = "name = \"c\"\nregion = \"us-east-1\"\n[ssh]\nkey_name = \"k\"\n\
+                        [access]\nadmin_cidrs = [\"203.0.113.0/24\"]\n[postgres]\nreplicas = 1\n";
+
+    fn problems(text: &str, file: &str) -> Vec<Problem> {
+        match parse_str(text, Path::new(file)) {
+            Err(SpecError::Invalid { problems, .. }) => problems,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn formats_are_detected() {
+        let t = parse_str(TOML, Path::new("c.toml")).unwrap();
+        assert_eq!((t.format, t.spec.postgres.replicas), (Format::Toml, 1));
+        assert!(t.warnings.is_empty());
+        let json = r#"{"name": "c", "region": "us-east-1", "ssh": {"key_name": "k"}, "access": {"admin_cidrs": ["203.0.113.0/24"]}}"#;
+        assert_eq!(
+            parse_str(json, Path::new("c.txt")).unwrap().format,
+            Format::Json
+        );
+        let json = format!("\n  {json}");
+        assert_eq!(
+            parse_str(&json, Path::new("c.txt")).unwrap().format,
+            Format::Json
+        );
+        // A .json name is JSON even when it does not look like an object.
+        let p = problems("name = \"c\"", "c.JSON");
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("correct the JSON syntax at the position shown")
+        );
+        let flat = r#"{"instance_type": "t3.medium", "num_replicas": 1, "aws_region": "us-east-1", "ssh_key_name": "k", "subnet_id": "subnet-0d2b0680f68dca9f4", "replication_password": "change-me"}"#;
+        let f = parse_str(flat, Path::new("p.json")).unwrap();
+        assert_eq!(f.format, Format::FlatJson);
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].starts_with("the replication password is written inline"));
+        let flat = flat.replace(
+            "\"aws_region\"",
+            "\"region_x\": 1, \"num_replicas_x\": 1, \"aws_region\"",
+        );
+        assert_eq!(problems(&flat, "p.json")[0].field, "region_x");
+        let only_replicas = r#"{"num_replicas": 1}"#;
+        assert_eq!(
+            problems(only_replicas, "p.json")[0].message,
+            "missing field `instance_type`"
+        );
+    }
+
+    #[test]
+    fn inline_passwords_warn() {
+        let text = TOML.replace("replicas = 1", "replication_password = \"long enough\"");
+        let w = parse_str(&text, Path::new("c.toml")).unwrap().warnings;
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn problems_are_located() {
+        let text = TOML.replace("replicas = 1", "replicas = 99");
+        let p = problems(&text, "c.toml");
+        assert_eq!(p[0].field, "postgres.replicas");
+        assert_eq!(p[0].location, Some(Location { line: 8, column: 1 }));
+        let text = TOML.replace("replicas = 1", "replicas = \"x\"");
+        let p = problems(&text, "c.toml");
+        assert_eq!(p[0].field, "postgres.replicas");
+        assert_eq!(p[0].location.map(|l| l.line), Some(8));
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("write a whole number of 0 or more, without quotes")
+        );
+        let p = problems("name = = 1", "c.toml");
+        assert_eq!(p[0].field, "");
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("correct the TOML syntax at the position shown")
+        );
+        let p = problems(&TOML.replace("replicas = 1", "replica = 1"), "c.toml");
+        assert_eq!(p[0].field, "postgres.replica");
+        assert!(p[0].fix.as_deref().unwrap().starts_with("remove the field"));
+        let p = problems(&TOML.replace("name = \"c\"\n", ""), "c.toml");
+        assert!(p[0].fix.as_deref().unwrap().starts_with("add the field"));
+        let p = problems(&TOML.replace("replicas = 1", "synchronous = 3"), "c.toml");
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("see `pgform schema` for what this field accepts")
+        );
+        // Our own types' messages carry their fix after "; ".
+        let p = problems(
+            &TOML.replace("replicas = 1", "shared_buffers = \"lots\""),
+            "c.toml",
+        );
+        assert_eq!(p[0].message, "`lots` is not a size");
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("write a whole number with kB, MB, GB or TB, e.g. 128MB")
+        );
+        // A nested table's field, and one in an inline table.
+        let text = TOML.replace("replicas = 1", "[postgres.parameters]\nwrok_mem = 1");
+        assert_eq!(
+            problems(&text, "c.toml")[0].location,
+            Some(Location { line: 9, column: 1 })
+        );
+        let text = TOML.replace("replicas = 1", "parameters = { wrok_mem = 1 }");
+        assert_eq!(
+            problems(&text, "c.toml")[0].location,
+            Some(Location {
+                line: 8,
+                column: 16
+            })
+        );
+    }
+
+    #[test]
+    fn json_problems_are_located() {
+        let json = "{\n\"name\": \"c\",\n\"region\": \"us-east-1\",\n\"ssh\": {\"key_name\": \"k\"},\n\
+                    \"access\": {\"admin_cidrs\": [\"203.0.113.0/24\"]},\n\"postgres\": {\"replicas\": 99}}";
+        let p = problems(json, "c.json");
+        assert_eq!(p[0].field, "postgres.replicas");
+        assert_eq!(
+            p[0].location,
+            Some(Location {
+                line: 6,
+                column: 14
+            })
+        );
+        let p = problems(&json.replace("99", "\"x\""), "c.json");
+        assert_eq!(p[0].field, "postgres.replicas");
+        assert!(!p[0].message.contains(" at line "), "{}", p[0].message);
+        assert_eq!(p[0].location.map(|l| l.line), Some(6));
+        let p = problems("{\"name\": }", "c.json");
+        assert_eq!(
+            p[0].location,
+            Some(Location {
+                line: 1,
+                column: 10
+            })
+        );
+        // Flat payload fields are named as written.
+        let flat = r#"{"instance_type": "t3.medium", "num_replicas": 99, "aws_region": "us-east-1", "ssh_key_name": "k", "subnet_id": "subnet-0d2b0680f68dca9f4"}"#;
+        let p = problems(flat, "p.json");
+        assert_eq!(p[0].field, "num_replicas");
+        assert_eq!(
+            p[0].location,
+            Some(Location {
+                line: 1,
+                column: 32
+            })
+        );
+    }
+
+    #[test]
+    fn json_errors_without_a_position_have_no_location() {
+        let e = serde_json::from_value::<u32>(serde_json::json!("x")).unwrap_err();
+        assert_eq!(e.line(), 0);
+        assert_eq!(json_problem("a", &e).location, None);
+    }
+
+    #[test]
+    fn locate_finds_fields() {
+        assert_eq!(locate(TOML, "", Format::Toml), None);
+        assert_eq!(locate(TOML, "nowhere", Format::Toml), None);
+        assert_eq!(
+            locate(TOML, "ssh", Format::Toml),
+            Some(Location { line: 3, column: 2 })
+        );
+        assert_eq!(
+            locate(TOML, "ssh.key_name", Format::Toml),
+            Some(Location { line: 4, column: 1 })
+        );
+        assert_eq!(locate(TOML, "ssh.user", Format::Toml), None);
+        assert_eq!(
+            locate(
+                "[[hosts]]\naddress = \"a\"\n",
+                "hosts[0].address",
+                Format::Toml
+            ),
+            Some(Location { line: 1, column: 3 })
+        );
+        assert_eq!(
+            locate("{\"a\": {\"b\": 1}}", "a.b[2]", Format::Json),
+            Some(Location { line: 1, column: 8 })
+        );
+        assert_eq!(locate("{}", "a", Format::FlatJson), None);
+        assert_eq!(locate("not toml [", "a", Format::Toml), None);
+    }
+
+    #[test]
+    fn files_relative_paths_key_and_password() {
+        let dir = std::env::temp_dir().join(format!("pgform-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = dir.join("c.toml");
+        let text = TOML
+            .replace(
+                "key_name = \"k\"",
+                "public_key_file = \"k.pub\"\nprivate_key_file = \"k\"\nknown_hosts_file = \"kh\"",
+            )
+            .replace("replicas = 1", "replication_password_file = \"pw\"");
+        std::fs::write(&spec, &text).unwrap();
+        // The public key cannot be read.
+        let err = load_file(&spec).unwrap_err();
+        assert_eq!(err.problems()[0].field, "ssh.public_key_file");
+        assert_eq!(err.problems()[0].location.map(|l| l.line), Some(4));
+        std::fs::write(dir.join("k.pub"), "ssh-ed25519 AAAA t\n").unwrap();
+        // No password file yet: nothing to check now.
+        let loaded = load_file(&spec).unwrap();
+        assert_eq!(loaded.spec.ssh.public_key_file, Some(dir.join("k.pub")));
+        assert_eq!(loaded.spec.ssh.private_key_file, Some(dir.join("k")));
+        assert_eq!(loaded.spec.ssh.known_hosts_file, Some(dir.join("kh")));
+        assert_eq!(
+            loaded.spec.postgres.replication_password_file,
+            Some(dir.join("pw"))
+        );
+        std::fs::write(dir.join("pw"), "short\n").unwrap();
+        let err = load_file(&spec).unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.field, "postgres.replication_password_file");
+        assert_eq!(p.location.map(|l| l.line), Some(10));
+        assert!(!err.to_string().contains("short\n"));
+        std::fs::write(dir.join("pw"), "long enough\n").unwrap();
+        assert!(load_file(&spec).is_ok());
+        // Absolute and home paths stay as written.
+        let text = text
+            .replace("\"k\"", "\"/abs/k\"")
+            .replace("\"kh\"", "\"~/kh\"");
+        std::fs::write(&spec, &text).unwrap();
+        let loaded = load_file(&spec).unwrap();
+        assert_eq!(loaded.spec.ssh.private_key_file, Some("/abs/k".into()));
+        assert_eq!(loaded.spec.ssh.known_hosts_file, Some("~/kh".into()));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(load_file(&spec), Err(SpecError::Read { .. })));
+    }
+
+    #[test]
+    fn expand_home_like_a_shell() {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        if let Some(home) = home {
+            assert_eq!(expand_home(Path::new("~/x")), home.join("x"));
+        }
+        assert_eq!(expand_home(Path::new("/x/~")), Path::new("/x/~"));
+        assert_eq!(expand_home(Path::new("x")), Path::new("x"));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod flat;
+mod guc;
 mod load;
 pub mod params;
 mod secret;
@@ -20,4 +21,16 @@ pub const STARTER: &str = include_str!("starter.toml");
 /// JSON Schema of the native desired-state file.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(ClusterSpec)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_describes_the_file() {
+        let schema = super::json_schema();
+        let props = &schema["properties"];
+        assert!(props["postgres"].is_object(), "{schema}");
+        assert!(props["name"].is_object(), "{schema}");
+        assert!(super::STARTER.contains("[postgres]"));
+    }
 }

@@ -73,3 +73,96 @@ impl SecretSource {
         }
     }
 }
+
+/// The fewest characters a password may have.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// The password policy for the PostgreSQL roles pgform creates (today the replication
+/// role): at least [`MIN_PASSWORD_CHARS`] characters, not the role's own name in any
+/// case, and no NUL or line break, which neither libpq's password file nor a
+/// connection string can carry. An ordinary word such as `postgres`, or a password that
+/// contains the role's name, passes. Returns what is wrong, never the password.
+pub fn password_problem(role: &str, password: &str) -> Option<String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        Some(format!("is shorter than {MIN_PASSWORD_CHARS} characters"))
+    } else if password.to_lowercase() == role.to_lowercase() {
+        Some(format!("is the role's name, `{role}`"))
+    } else if password.contains(['\0', '\n', '\r']) {
+        Some("contains a NUL or a line break".into())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_policy() {
+        for good in [
+            "postgres",
+            "replicator-2024",
+            "xReplicatorx",
+            "12345678",
+            "p@ss 'w\"o:r\\d $(id) ; `id` & *",
+            "éééééééé",
+        ] {
+            assert_eq!(password_problem("replicator", good), None, "{good}");
+        }
+        let short = password_problem("replicator", "1234567").unwrap();
+        assert_eq!(short, "is shorter than 8 characters");
+        // Eight characters, not eight bytes.
+        assert!(password_problem("r", "éééé").is_some());
+        let name = password_problem("Replicator", "rEPLICATOR").unwrap();
+        assert_eq!(name, "is the role's name, `Replicator`");
+        for bad in ["long enough\n", "long\renough", "long\0enough"] {
+            assert_eq!(
+                password_problem("replicator", bad).as_deref(),
+                Some("contains a NUL or a line break"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sources_resolve_and_describe_without_the_value() {
+        let inline = SecretSource::Inline(Secret::new("inline-secret"));
+        assert_eq!(inline.resolve().unwrap().expose(), "inline-secret");
+        assert_eq!(inline.describe(), "inline value (redacted)");
+        assert_eq!(format!("{:?}", Secret::new("x")), "Secret(<redacted>)");
+        let env = SecretSource::Env("PGFORM_TEST_SURELY_UNSET_VARIABLE".into());
+        assert!(
+            env.resolve()
+                .unwrap_err()
+                .contains("PGFORM_TEST_SURELY_UNSET_VARIABLE")
+        );
+        assert_eq!(
+            env.describe(),
+            "environment variable PGFORM_TEST_SURELY_UNSET_VARIABLE"
+        );
+        let file = SecretSource::File("/nonexistent/pgform/password".into());
+        assert!(
+            file.resolve()
+                .unwrap_err()
+                .starts_with("cannot read /nonexistent/pgform/password")
+        );
+        assert_eq!(file.describe(), "file /nonexistent/pgform/password");
+    }
+
+    #[test]
+    fn a_password_file_gives_its_first_line() {
+        let path = std::env::temp_dir().join(format!("pgform-secret-{}", std::process::id()));
+        let file = SecretSource::File(path.clone());
+        std::fs::write(&path, "first line  \nsecond\n").unwrap();
+        assert_eq!(file.resolve().unwrap().expose(), "first line  ");
+        std::fs::write(&path, "\nsecond\n").unwrap();
+        assert_eq!(
+            file.resolve().unwrap_err(),
+            format!("{} is empty", path.display())
+        );
+        std::fs::write(&path, "").unwrap();
+        assert!(file.resolve().is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -642,4 +642,166 @@ mod tests {
             assert!(hops(bad).is_err(), "{bad:?} was accepted");
         }
     }
+
+    #[test]
+    fn sizes_parse_as_postgresql_writes_them() {
+        for (text, bytes) in [
+            ("128MB", 128u64 << 20),
+            (" 4GB ", 4 << 30),
+            ("1TB", 1 << 40),
+            ("8kB", 8 << 10),
+            ("12 MB", 12 << 20),
+            ("16", 16 * 8192), // bare: 8kB pages
+        ] {
+            assert_eq!(Size::parse(text), Ok(Size { bytes }), "{text}");
+        }
+        for bad in ["", "MB", "1mb", "1.5GB", "-1MB", "1 PB"] {
+            assert!(Size::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Size::parse("99999999999TB").unwrap_err(),
+            "`99999999999TB` is too large"
+        );
+        let s: PostgresSpec = toml::from_str("shared_buffers = 16").unwrap();
+        assert_eq!(s.shared_buffers.bytes, 16 * 8192);
+        assert!(toml::from_str::<PostgresSpec>("shared_buffers = \"x\"").is_err());
+    }
+
+    #[test]
+    fn sizes_print_with_the_largest_exact_unit() {
+        for (bytes, text) in [
+            (1u64 << 40, "1TB"),
+            (3 << 30, "3GB"),
+            (1536 << 20, "1536MB"),
+            (1 << 20, "1MB"),
+            (1025 << 10, "1025kB"),
+            (8 << 10, "8kB"),
+        ] {
+            assert_eq!(Size { bytes }.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert_eq!(c.to_string(), "10.1.0.0/16");
+        assert_eq!(
+            "10.1.2.0/16".parse::<Cidr>().unwrap_err(),
+            "`10.1.2.0/16` has host bits set; the block starts at 10.1.0.0/16"
+        );
+        assert!(
+            "banana"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .contains("is not an IPv4 CIDR block")
+        );
+        assert!(toml::from_str::<NetworkSpec>("vpc_cidr = \"1.2.3.4/8\"").is_err());
+    }
+
+    #[test]
+    fn major_versions() {
+        let v = |t: &str| toml::from_str::<PostgresSpec>(t).map(|p| p.version);
+        assert_eq!(v("version = 15").unwrap(), 15);
+        assert_eq!(v("version = \" 16 \"").unwrap(), 16);
+        assert_eq!(v("").unwrap(), 15);
+        assert_eq!(v("version = 13").unwrap(), 13);
+        assert_eq!(v("version = 17").unwrap(), 17);
+        for bad in [
+            "version = 12",
+            "version = 18",
+            "version = \"x\"",
+            "version = \"9\"",
+        ] {
+            assert!(v(bad).is_err(), "{bad}");
+        }
+        let e = v("version = \"fifteen\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`fifteen` is not a PostgreSQL major version"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn defaults_and_accessors() {
+        let spec: ClusterSpec = toml::from_str("name = \"c\"").unwrap();
+        assert_eq!(spec.provider, ProviderKind::Aws);
+        assert_eq!(spec.network.vpc_cidr.to_string(), "10.0.0.0/16");
+        assert_eq!(spec.network.subnet_cidr.to_string(), "10.0.1.0/24");
+        assert!(spec.network.public);
+        assert_eq!(spec.docker.network_cidr.to_string(), "10.231.0.0/24");
+        assert_eq!(spec.docker.image, "pgform-host:bookworm");
+        assert_eq!(spec.instances.instance_type, "t3.medium");
+        assert_eq!(spec.instances.ami_owner, DEBIAN_OWNER);
+        assert_eq!(spec.instances.ami_name, "debian-12-amd64-*");
+        assert_eq!(spec.instances.root_volume_size, 20);
+        assert_eq!(spec.instances.root_volume_type, "gp3");
+        assert_eq!(spec.instances.data_volume_type, "gp3");
+        // An [ssh] table takes the port's default (an absent one, SshSpec::default, has 0).
+        assert_eq!(toml::from_str::<SshSpec>("").unwrap().port, 22);
+        assert_eq!(spec.postgres.version, 15);
+        assert_eq!(spec.postgres.replicas, 2);
+        assert_eq!(spec.postgres.max_connections, 100);
+        assert_eq!(spec.postgres.shared_buffers.to_string(), "128MB");
+        assert_eq!(spec.postgres.replication_user, "replicator");
+        let d = PostgresSpec::default();
+        assert_eq!(
+            (
+                d.version,
+                d.replicas,
+                d.max_connections,
+                d.shared_buffers.bytes
+            ),
+            (15, 2, 100, 128 << 20)
+        );
+        assert_eq!(d.replication_user, "replicator");
+        assert_eq!(NetworkSpec::default().vpc_cidr, spec.network.vpc_cidr);
+        assert!(NetworkSpec::default().public);
+        assert_eq!(DockerSpec::default().image, "pgform-host:bookworm");
+        assert_eq!(InstanceSpec::default().root_volume_size, 20);
+
+        let mut i = InstanceSpec::default();
+        assert_eq!(i.type_for(Role::Replica), "t3.medium");
+        i.replica_type = Some("t3.small".into());
+        assert_eq!(i.type_for(Role::Primary), "t3.medium");
+        assert_eq!(i.type_for(Role::Replica), "t3.small");
+
+        let mut ssh = SshSpec::default();
+        assert_eq!(ssh.user_for(ProviderKind::Aws), "admin");
+        assert_eq!(ssh.user_for(ProviderKind::Docker), "root");
+        assert_eq!(ssh.user_for(ProviderKind::Hosts), "root");
+        ssh.user = Some("deploy".into());
+        assert_eq!(ssh.user_for(ProviderKind::Aws), "deploy");
+
+        for (p, n) in [
+            (ProviderKind::Aws, "aws"),
+            (ProviderKind::Docker, "docker"),
+            (ProviderKind::Hosts, "hosts"),
+        ] {
+            assert_eq!(p.name(), n);
+        }
+    }
+
+    #[test]
+    fn password_sources_in_order() {
+        let mut pg = PostgresSpec::default();
+        assert_eq!(
+            pg.password_source(),
+            SecretSource::Env(DEFAULT_PASSWORD_ENV.into())
+        );
+        pg.replication_password_env = Some("X".into());
+        assert_eq!(pg.password_source(), SecretSource::Env("X".into()));
+        pg.replication_password_file = Some("f".into());
+        assert_eq!(pg.password_source(), SecretSource::File("f".into()));
+        pg.replication_password = Some(Secret::new("s"));
+        assert_eq!(pg.password_source(), SecretSource::Inline(Secret::new("s")));
+    }
+
+    #[test]
+    fn parameter_values_print_as_postgresql_conf_wants() {
+        assert_eq!(ParamValue::Bool(true).to_string(), "on");
+        assert_eq!(ParamValue::Bool(false).to_string(), "off");
+        assert_eq!(ParamValue::Int(-3).to_string(), "-3");
+        assert_eq!(ParamValue::Float(1.5).to_string(), "1.5");
+        assert_eq!(ParamValue::Text("a b".into()).to_string(), "a b");
+    }
 }

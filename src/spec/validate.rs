@@ -2,6 +2,9 @@
 //! the field, the value and the fix; all problems are reported at once.
 
 use super::error::Problem;
+use super::guc;
+use super::params;
+use super::secret::{MIN_PASSWORD_CHARS, SecretSource, password_problem};
 use super::types::*;
 
 pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
@@ -272,19 +275,22 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             &format!("choose 0 to {MAX_REPLICAS}"),
         );
     }
-    if !(1..=262_143).contains(&pg.max_connections) {
-        bad(
-            "postgres.max_connections",
-            format!("{} is out of range", pg.max_connections),
-            "choose 1 to 262143",
-        );
-    }
-    if pg.shared_buffers.bytes < 128 << 10 {
-        bad(
-            "postgres.shared_buffers",
-            format!("{} is below PostgreSQL's minimum", pg.shared_buffers),
-            "use at least 128kB; 25% of the instance's memory is the usual choice",
-        );
+    if params::catalog(pg.version).is_none() {
+        // Without the version's catalog, the limits that hold for every supported major.
+        if !(1..=262_143).contains(&pg.max_connections) {
+            bad(
+                "postgres.max_connections",
+                format!("{} is out of range", pg.max_connections),
+                "choose 1 to 262143",
+            );
+        }
+        if pg.shared_buffers.bytes < 128 << 10 {
+            bad(
+                "postgres.shared_buffers",
+                format!("{} is below PostgreSQL's minimum", pg.shared_buffers),
+                "use at least 128kB; 25% of the instance's memory is the usual choice",
+            );
+        }
     }
     for role in [Role::Primary, Role::Replica] {
         let ty = inst.type_for(role);
@@ -328,27 +334,149 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
             "keep one of replication_password_env, replication_password_file, replication_password",
         );
     }
+    if let Some(secret) = &pg.replication_password {
+        out.extend(password_policy(pg, &pg.password_source(), secret.expose()));
+    }
+    let nodes = match spec.provider {
+        ProviderKind::Hosts => spec.hosts.len() as u64,
+        _ => u64::from(pg.replicas) + 1,
+    };
+    out.extend(parameters(pg, nodes, warnings));
+    out
+}
+
+/// The free parameters: names, then values against the version's catalog; and the
+/// values pgform writes from typed fields.
+fn parameters(pg: &PostgresSpec, nodes: u64, warnings: &mut Vec<String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut unchecked = Vec::new();
     for (name, value) in &pg.parameters {
         let field = format!("postgres.parameters.{name}");
+        let text = value.to_string();
         if let Some(own) = MANAGED_PARAMETERS.iter().find(|(p, _)| p == name) {
-            bad(&field, format!("`{name}` is managed by pgform"), own.1);
+            out.push(problem(
+                &field,
+                format!("`{name}` is managed by pgform"),
+                own.1,
+            ));
         } else if !is_param_name(name) {
-            bad(
+            out.push(problem(
                 &field,
                 format!("`{name}` is not a parameter name"),
                 "use lowercase letters, digits, '_' and '.'",
-            );
+            ));
         } else if let Some((message, fix)) = unknown_parameter(pg.version, name) {
-            bad(&field, message, &fix);
-        } else if matches!(value, ParamValue::Text(t) if t.contains('\n') || t.contains('\0')) {
-            bad(
+            out.push(problem(&field, message, &fix));
+        } else if text.contains(['\n', '\r', '\0']) {
+            out.push(problem(
                 &field,
                 "the value spans lines".into(),
                 "write it on one line",
-            );
+            ));
+        } else if let Some(setting) = params::setting(pg.version, name) {
+            if let Err(r) = guc::check(setting, &text) {
+                out.push(problem(&field, r.message, &r.fix));
+            }
+        } else if !name.contains('.') {
+            unchecked.push(name.as_str());
         }
     }
+    if !unchecked.is_empty() {
+        warnings.push(format!(
+            "postgres.version {}: pgform has no settings catalog for PostgreSQL {} (it has {}), \
+             so the names and values of postgres.parameters {} are not checked before apply",
+            pg.version,
+            pg.version,
+            params::CATALOGUED.map(|v| v.to_string()).join(", "),
+            unchecked.join(", ")
+        ));
+    }
+    // The values pgform itself writes from typed fields, as the server will read them.
+    let typed = [
+        (
+            "postgres.max_connections",
+            "max_connections",
+            pg.max_connections.to_string(),
+        ),
+        (
+            "postgres.shared_buffers",
+            "shared_buffers",
+            pg.shared_buffers.to_string(),
+        ),
+    ];
+    for (field, name, text) in typed {
+        if let Some(setting) = params::setting(pg.version, name)
+            && let Err(r) = guc::check(setting, &text)
+        {
+            out.push(problem(field, r.message, &r.fix));
+        }
+    }
+    out.extend(backend_limit(pg, nodes));
     out
+}
+
+/// PostgreSQL's check of max_connections: with the other backends (autovacuum workers,
+/// the launcher, background workers, WAL senders) it must fit in 2^18 - 1.
+fn backend_limit(pg: &PostgresSpec, nodes: u64) -> Option<Problem> {
+    const MAX_BACKENDS: u64 = 262_143;
+    let int = |name: &str, default: u64| match pg.parameters.get(name) {
+        Some(ParamValue::Int(n)) => u64::try_from(*n).unwrap_or(default),
+        Some(ParamValue::Text(t)) => t.trim().parse().unwrap_or(default),
+        _ => default,
+    };
+    // pgform sizes max_wal_senders for the nodes (`hosts::settings`).
+    let senders = (nodes + 4).max(10);
+    let others = int("autovacuum_max_workers", 3) + 1 + int("max_worker_processes", 8) + senders;
+    let total = u64::from(pg.max_connections) + others;
+    (total > MAX_BACKENDS).then(|| {
+        problem(
+            "postgres.max_connections",
+            format!(
+                "{} connections and {others} other server processes exceed PostgreSQL's \
+                 {MAX_BACKENDS}",
+                pg.max_connections
+            ),
+            &format!("choose at most {}", MAX_BACKENDS.saturating_sub(others)),
+        )
+    })
+}
+
+/// The password policy (`secret::password_problem`) applied to the replication password
+/// from `source`; the problem names the source's field, never the password.
+pub fn password_policy(
+    pg: &PostgresSpec,
+    source: &SecretSource,
+    password: &str,
+) -> Option<Problem> {
+    let why = password_problem(&pg.replication_user, password)?;
+    let (field, from) = match source {
+        SecretSource::Inline(_) => (
+            "postgres.replication_password",
+            "written in the file".into(),
+        ),
+        SecretSource::Env(var) => ("postgres.replication_password_env", format!("in {var}")),
+        SecretSource::File(path) => (
+            "postgres.replication_password_file",
+            format!("in {}", path.display()),
+        ),
+    };
+    Some(problem(
+        field,
+        format!("the replication password {from} {why}"),
+        &format!(
+            "choose a password of at least {MIN_PASSWORD_CHARS} characters that is not the \
+             user name, on one line"
+        ),
+    ))
+}
+
+fn problem(field: &str, message: String, fix: &str) -> Problem {
+    Problem {
+        location: None,
+        field: field.into(),
+        message,
+        fix: (!fix.is_empty()).then(|| fix.to_string()),
+    }
 }
 
 /// A problem when PostgreSQL `version` has no settable parameter `name`.
@@ -472,4 +600,694 @@ pub fn instance_memory(ty: &str) -> Option<u64> {
         }
     };
     Some(gib << 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid AWS spec with no warnings, for each test to break one way.
+    fn aws() -> ClusterSpec {
+        toml::from_str(
+            r#"name = "c"
+region = "us-east-1"
+[ssh]
+key_name = "k"
+[access]
+admin_cidrs = ["203.0.113.0/24"]"#,
+        )
+        .unwrap()
+    }
+
+    fn docker() -> ClusterSpec {
+        let mut s = aws();
+        s.provider = ProviderKind::Docker;
+        s.ssh.key_name = None;
+        s.ssh.public_key_file = Some("k.pub".into());
+        s
+    }
+
+    fn hosts() -> ClusterSpec {
+        let mut s = aws();
+        s.provider = ProviderKind::Hosts;
+        s.ssh.key_name = None;
+        let host = |address: &str, role| HostEntry {
+            address: address.into(),
+            private_address: None,
+            role,
+        };
+        s.hosts = vec![
+            host("10.0.0.1", Role::Primary),
+            host("db2.example", Role::Replica),
+        ];
+        s
+    }
+
+    /// The fields of the problems found, in order.
+    fn fields(spec: &ClusterSpec) -> Vec<String> {
+        check(spec, &mut Vec::new())
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    }
+
+    fn warnings(spec: &ClusterSpec) -> Vec<String> {
+        let mut w = Vec::new();
+        check(spec, &mut w);
+        w
+    }
+
+    /// The only problem found.
+    fn only(spec: &ClusterSpec) -> Problem {
+        let mut p = check(spec, &mut Vec::new());
+        assert_eq!(p.len(), 1, "{p:#?}");
+        p.remove(0)
+    }
+
+    fn param(spec: &mut ClusterSpec, name: &str, value: ParamValue) {
+        spec.postgres.parameters.insert(name.into(), value);
+    }
+
+    fn text(v: &str) -> ParamValue {
+        ParamValue::Text(v.into())
+    }
+
+    #[test]
+    fn the_bases_are_valid() {
+        for s in [aws(), docker(), hosts()] {
+            assert_eq!(fields(&s), Vec::<String>::new());
+            assert_eq!(warnings(&s), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn cluster_name() {
+        for good in ["a", "db-1", &"a".repeat(40)] {
+            let mut s = aws();
+            s.name = good.to_string();
+            assert!(fields(&s).is_empty(), "{good}");
+        }
+        for bad in ["", "1db", "-db", "Db", "db_1", "db.1", &"a".repeat(41)] {
+            let mut s = aws();
+            s.name = bad.to_string();
+            assert_eq!(fields(&s), ["name"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn region_for_aws_only() {
+        for good in ["eu-west-2", "us-gov-west-1", "ap-southeast-10"] {
+            let mut s = aws();
+            s.region = good.into();
+            assert!(fields(&s).is_empty(), "{good}");
+        }
+        for bad in [
+            "",
+            "us-east",
+            "useast-1",
+            "usa-east-1",
+            "us-East-1",
+            "us--1",
+            "us-east-1a",
+            "us-east-",
+        ] {
+            let mut s = aws();
+            s.region = bad.into();
+            assert!(fields(&s).contains(&"region".to_string()), "{bad}");
+        }
+        let mut s = docker();
+        s.region = String::new();
+        assert!(fields(&s).is_empty());
+    }
+
+    #[test]
+    fn existing_subnet_or_network_cidrs() {
+        let mut s = aws();
+        s.network.subnet_id = Some("subnet-1".into());
+        s.network.vpc_cidr = "10.0.0.0/8".parse().unwrap(); // not checked with a subnet id
+        assert!(fields(&s).is_empty());
+        for bad in ["subnet-", "sub-12345678", "vpc-12345678"] {
+            s.network.subnet_id = Some(bad.into());
+            assert_eq!(fields(&s), ["network.subnet_id"], "{bad}");
+        }
+
+        let mut s = aws();
+        for (vpc, subnet, expect) in [
+            ("10.0.0.0/16", "10.0.0.0/28", vec![]),
+            ("10.0.0.0/15", "10.0.0.0/24", vec!["network.vpc_cidr"]),
+            ("10.0.0.0/16", "10.0.0.0/29", vec!["network.subnet_cidr"]),
+            ("10.0.0.0/28", "10.0.0.0/28", vec![]),
+            ("10.0.0.0/16", "10.1.0.0/24", vec!["network.subnet_cidr"]),
+            ("10.0.0.0/24", "10.0.0.0/16", vec!["network.subnet_cidr"]),
+        ] {
+            s.network.vpc_cidr = vpc.parse().unwrap();
+            s.network.subnet_cidr = subnet.parse().unwrap();
+            assert_eq!(fields(&s), expect, "{vpc} {subnet}");
+        }
+    }
+
+    #[test]
+    fn availability_zone_of_the_region() {
+        let mut s = aws();
+        s.network.availability_zone = Some("us-east-1b".into());
+        assert!(fields(&s).is_empty());
+        for bad in ["us-east-1", "us-east-1ab", "us-west-1a", "a"] {
+            s.network.availability_zone = Some(bad.into());
+            let p = only(&s);
+            assert_eq!(p.field, "network.availability_zone");
+            assert_eq!(
+                p.fix.as_deref(),
+                Some("write the region followed by a letter, e.g. us-east-1a")
+            );
+        }
+    }
+
+    #[test]
+    fn instance_types_and_ami() {
+        let mut s = aws();
+        for good in ["t3.medium", "r6i.large", "u-6tb1.metal", "m5.24xlarge"] {
+            s.instances.instance_type = good.into();
+            s.instances.replica_type = Some(good.into());
+            assert!(fields(&s).is_empty(), "{good}");
+        }
+        for bad in [
+            "t3",
+            ".large",
+            "t3.",
+            "T3.large",
+            "t3.Large",
+            "t3_x.large",
+            "t3.lar-ge",
+        ] {
+            let mut s = aws();
+            s.instances.instance_type = bad.into();
+            assert_eq!(fields(&s), ["instances.type"], "{bad}");
+            let mut s = aws();
+            s.instances.replica_type = Some(bad.into());
+            assert_eq!(fields(&s), ["instances.replica_type"], "{bad}");
+        }
+        let mut s = aws();
+        s.instances.ami = Some("ami-0123".into());
+        assert!(fields(&s).is_empty());
+        s.instances.ami = Some("img-0123".into());
+        assert_eq!(fields(&s), ["instances.ami"]);
+    }
+
+    #[test]
+    fn volume_sizes_and_types() {
+        for (size, ok) in [(7, false), (8, true), (16384, true), (16385, false)] {
+            let mut s = aws();
+            s.instances.root_volume_size = size;
+            assert_eq!(fields(&s).is_empty(), ok, "{size}");
+        }
+        for (size, ok) in [(0, false), (1, true), (16384, true), (16385, false)] {
+            let mut s = aws();
+            s.instances.data_volume_size = Some(size);
+            assert_eq!(fields(&s).is_empty(), ok, "{size}");
+        }
+        for ty in ["gp3", "gp2", "st1", "sc1", "standard"] {
+            let mut s = aws();
+            s.instances.root_volume_type = ty.into();
+            s.instances.data_volume_type = ty.into();
+            assert!(fields(&s).is_empty(), "{ty}");
+        }
+        let mut s = aws();
+        s.instances.root_volume_type = "io2".into();
+        s.instances.data_volume_type = "GP3".into();
+        assert_eq!(
+            fields(&s),
+            ["instances.root_volume_type", "instances.data_volume_type"]
+        );
+    }
+
+    #[test]
+    fn aws_needs_one_ssh_key_and_warns_without_admin_cidrs() {
+        let mut s = aws();
+        s.ssh.key_name = None;
+        assert_eq!(fields(&s), ["ssh"]);
+        s.ssh.public_key_file = Some("k.pub".into());
+        assert!(fields(&s).is_empty());
+        s.ssh.key_name = Some("k".into());
+        assert_eq!(fields(&s), ["ssh.public_key_file"]);
+
+        let mut s = aws();
+        s.access.admin_cidrs.clear();
+        let w = warnings(&s);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("access.admin_cidrs is empty"), "{w:?}");
+        s.access.allow_vpc = true;
+        assert!(warnings(&s).is_empty());
+        let mut s = docker();
+        s.access.admin_cidrs.clear();
+        assert!(warnings(&s).is_empty());
+    }
+
+    #[test]
+    fn docker_key_and_network() {
+        let mut s = docker();
+        s.ssh.public_key_file = None;
+        assert_eq!(fields(&s), ["ssh.public_key_file"]);
+        for (cidr, ok) in [
+            ("10.0.0.0/15", false),
+            ("10.0.0.0/16", true),
+            ("10.0.0.0/28", true),
+            ("10.0.0.0/29", false),
+        ] {
+            let mut s = docker();
+            s.docker.network_cidr = cidr.parse().unwrap();
+            assert_eq!(fields(&s).is_empty(), ok, "{cidr}");
+            if !ok {
+                assert_eq!(fields(&s), ["docker.network_cidr"]);
+            }
+        }
+    }
+
+    #[test]
+    fn listed_hosts_exactly_one_primary_and_addresses() {
+        let mut s = hosts();
+        s.hosts[1].role = Role::Primary;
+        let p = only(&s);
+        assert_eq!(
+            (p.field.as_str(), p.message.as_str()),
+            ("hosts", "2 hosts have role \"primary\"")
+        );
+        s.hosts[0].role = Role::Replica;
+        s.hosts[1].role = Role::Replica;
+        assert_eq!(only(&s).message, "0 hosts have role \"primary\"");
+        for bad in ["", "  ", "10.0.0.1 ", "a b", "a\tb"] {
+            let mut s = hosts();
+            s.hosts[1].address = bad.into();
+            assert_eq!(fields(&s), ["hosts[1].address"], "{bad:?}");
+        }
+        let mut s = aws();
+        s.hosts = hosts().hosts;
+        assert_eq!(fields(&s), ["hosts"]);
+        let mut s = docker();
+        s.hosts = hosts().hosts;
+        assert_eq!(fields(&s), ["hosts"]);
+    }
+
+    #[test]
+    fn versions_and_mirror() {
+        let mut s = aws();
+        s.postgres.version = 16;
+        let w = warnings(&s);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("postgres.version 16: Debian 12 packages PostgreSQL 15 only"));
+        s.packages.apt_mirror = Some("deb http://10.0.0.1:8765 ./".into());
+        assert!(warnings(&s).is_empty());
+        assert!(fields(&s).is_empty());
+        for bad in [
+            "http://10.0.0.1 ./",
+            "deb http://a ./\ndeb http://b ./",
+            "deb",
+        ] {
+            s.packages.apt_mirror = Some(bad.into());
+            assert_eq!(fields(&s), ["packages.apt_mirror"], "{bad:?}");
+        }
+        for (v, ok) in [(12, false), (13, true), (17, true), (18, false)] {
+            let mut s = aws();
+            s.postgres.version = v;
+            s.packages.apt_mirror = Some("deb http://10.0.0.1:8765 ./".into());
+            assert_eq!(fields(&s).is_empty(), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn replicas_and_replication_user() {
+        let mut s = aws();
+        s.postgres.replicas = MAX_REPLICAS;
+        assert!(fields(&s).is_empty());
+        s.postgres.replicas = MAX_REPLICAS + 1;
+        assert_eq!(fields(&s), ["postgres.replicas"]);
+
+        let mut s = aws();
+        for good in ["r", "rep user's $(id)", &"r".repeat(63)] {
+            s.postgres.replication_user = good.to_string();
+            assert!(fields(&s).is_empty(), "{good}");
+        }
+        for bad in ["a\"b", "a\nb"] {
+            s.postgres.replication_user = bad.into();
+            assert_eq!(fields(&s), ["postgres.replication_user"], "{bad:?}");
+        }
+        for bad in ["a\0b", &"r".repeat(64)] {
+            s.postgres.replication_user = bad.to_string();
+            assert_eq!(fields(&s), ["postgres.replication_user"], "{bad:?}");
+        }
+        s.postgres.replication_user = String::new();
+        assert_eq!(
+            fields(&s),
+            ["postgres.replication_user", "postgres.replication_user"]
+        );
+    }
+
+    #[test]
+    fn one_password_source_and_the_policy_for_inline_ones() {
+        let mut s = aws();
+        s.postgres.replication_password_env = Some("X".into());
+        assert!(fields(&s).is_empty());
+        s.postgres.replication_password_file = Some("p".into());
+        assert_eq!(fields(&s), ["postgres.replication_password_env"]);
+        s.postgres.replication_password_env = None;
+        s.postgres.replication_password = Some(crate::spec::Secret::new("long enough"));
+        assert_eq!(fields(&s), ["postgres.replication_password_env"]);
+
+        let mut s = aws();
+        s.postgres.replication_password = Some(crate::spec::Secret::new("postgres"));
+        assert!(fields(&s).is_empty());
+        s.postgres.replication_password = Some(crate::spec::Secret::new("Replicator"));
+        let p = only(&s);
+        assert_eq!(p.field, "postgres.replication_password");
+        assert_eq!(
+            p.message,
+            "the replication password written in the file is the role's name, `replicator`"
+        );
+        assert_eq!(
+            p.fix.as_deref(),
+            Some(
+                "choose a password of at least 8 characters that is not the user name, on one line"
+            )
+        );
+        s.postgres.replication_password = Some(crate::spec::Secret::new("short"));
+        assert!(!only(&s).message.contains("short\""));
+    }
+
+    #[test]
+    fn password_policy_names_the_source() {
+        let pg = PostgresSpec::default();
+        let env = SecretSource::Env("PW".into());
+        let p = password_policy(&pg, &env, "1234").unwrap();
+        assert_eq!(p.field, "postgres.replication_password_env");
+        assert_eq!(
+            p.message,
+            "the replication password in PW is shorter than 8 characters"
+        );
+        let file = SecretSource::File("/run/pw".into());
+        let p = password_policy(&pg, &file, "1234").unwrap();
+        assert_eq!(p.field, "postgres.replication_password_file");
+        assert_eq!(
+            p.message,
+            "the replication password in /run/pw is shorter than 8 characters"
+        );
+        assert_eq!(password_policy(&pg, &file, "12345678"), None);
+    }
+
+    #[test]
+    fn typed_settings_checked_against_the_catalog() {
+        let mut s = aws();
+        s.postgres.max_connections = 0;
+        let p = only(&s);
+        assert_eq!(p.field, "postgres.max_connections");
+        assert_eq!(p.message, "`0` is out of range");
+        assert_eq!(p.fix.as_deref(), Some("choose from 1 to 262143"));
+        s.postgres.max_connections = 1;
+        assert!(fields(&s).is_empty());
+
+        let mut s = aws();
+        s.postgres.shared_buffers = Size { bytes: 120 << 10 };
+        let p = only(&s);
+        assert_eq!(p.field, "postgres.shared_buffers");
+        assert_eq!(p.fix.as_deref(), Some("choose from 128kB to 8589934584kB"));
+        s.postgres.shared_buffers = Size { bytes: 128 << 10 };
+        assert!(fields(&s).is_empty());
+        s.postgres.shared_buffers = Size { bytes: 9 << 40 };
+        s.instances.instance_type = "z1d.large".into(); // memory unknown: only the range
+        assert_eq!(only(&s).message, "`9TB` is out of range");
+    }
+
+    #[test]
+    fn typed_settings_without_a_catalog_keep_the_common_limits() {
+        let mut s = aws();
+        s.postgres.version = 16;
+        s.packages.apt_mirror = Some("deb http://10.0.0.1:8765 ./".into());
+        s.postgres.max_connections = 0;
+        assert_eq!(only(&s).fix.as_deref(), Some("choose 1 to 262143"));
+        s.postgres.max_connections = 262_143 - 23;
+        assert!(fields(&s).is_empty());
+        s.postgres.max_connections = 262_144;
+        assert_eq!(
+            fields(&s),
+            ["postgres.max_connections", "postgres.max_connections"]
+        );
+        let mut s = aws();
+        s.postgres.version = 16;
+        s.packages.apt_mirror = Some("deb http://10.0.0.1:8765 ./".into());
+        s.postgres.shared_buffers = Size { bytes: 64 << 10 };
+        assert_eq!(only(&s).field, "postgres.shared_buffers");
+        s.postgres.shared_buffers = Size { bytes: 128 << 10 };
+        assert!(fields(&s).is_empty());
+    }
+
+    #[test]
+    fn max_connections_leaves_room_for_the_other_backends() {
+        // 3 autovacuum workers + launcher + 8 worker processes + 10 WAL senders = 22.
+        let mut s = aws();
+        s.postgres.max_connections = 262_143 - 22;
+        assert!(fields(&s).is_empty());
+        s.postgres.max_connections += 1;
+        let p = only(&s);
+        assert_eq!(
+            p.message,
+            "262122 connections and 22 other server processes exceed PostgreSQL's 262143"
+        );
+        assert_eq!(p.fix.as_deref(), Some("choose at most 262121"));
+        // More workers, set as numbers or text, leave less room.
+        param(&mut s, "autovacuum_max_workers", ParamValue::Int(4));
+        s.postgres.max_connections = 262_143 - 23;
+        assert!(fields(&s).is_empty());
+        param(&mut s, "max_worker_processes", text("9"));
+        assert_eq!(only(&s).fix.as_deref(), Some("choose at most 262119"));
+        // More nodes, more WAL senders (nodes + 4 once that passes 10).
+        let mut s = aws();
+        s.postgres.replicas = 7; // 8 nodes: 12 senders
+        s.postgres.max_connections = 262_143 - 24;
+        assert!(fields(&s).is_empty());
+        s.postgres.max_connections += 1;
+        assert_eq!(fields(&s), ["postgres.max_connections"]);
+        let mut s = hosts();
+        s.hosts = (0..8)
+            .map(|i| HostEntry {
+                address: format!("10.0.0.{i}"),
+                private_address: None,
+                role: if i == 0 { Role::Primary } else { Role::Replica },
+            })
+            .collect();
+        s.postgres.replicas = 0;
+        s.postgres.max_connections = 262_143 - 24;
+        assert!(fields(&s).is_empty());
+        s.postgres.max_connections += 1;
+        assert_eq!(fields(&s), ["postgres.max_connections"]);
+        // A value that is not a plain number counts as the default.
+        let mut s = aws();
+        param(&mut s, "autovacuum_max_workers", ParamValue::Int(-1));
+        param(&mut s, "max_worker_processes", text("0x8"));
+        s.postgres.max_connections = 262_143 - 22;
+        assert_eq!(fields(&s), ["postgres.parameters.autovacuum_max_workers"]);
+    }
+
+    #[test]
+    fn shared_buffers_fit_in_the_instance() {
+        let mut s = aws();
+        s.instances.instance_type = "t3.micro".into();
+        s.postgres.shared_buffers = Size { bytes: 1 << 30 };
+        let p = only(&s);
+        assert_eq!(p.message, "1GB does not fit in the 1 GiB of a t3.micro");
+        assert_eq!(
+            p.fix.as_deref(),
+            Some("use at most about a quarter of it, e.g. 256MB")
+        );
+        s.postgres.shared_buffers = Size {
+            bytes: (1 << 30) - (8 << 10),
+        };
+        assert!(fields(&s).is_empty());
+        // The replicas' type counts too, once.
+        let mut s = aws();
+        s.instances.instance_type = "t3.large".into();
+        s.instances.replica_type = Some("t3.small".into());
+        s.postgres.shared_buffers = Size { bytes: 2 << 30 };
+        assert_eq!(
+            only(&s).message,
+            "2GB does not fit in the 2 GiB of a t3.small"
+        );
+        s.instances.instance_type = "t3.small".into();
+        assert_eq!(fields(&s), ["postgres.shared_buffers"]);
+    }
+
+    #[test]
+    fn instance_memory_table() {
+        let gib = |n: u64| Some(n << 30);
+        for (ty, mem) in [
+            ("t3.nano", Some(512 << 20)),
+            ("t3.micro", gib(1)),
+            ("t3.small", gib(2)),
+            ("t3.medium", gib(4)),
+            ("t3a.large", gib(8)),
+            ("t4g.xlarge", gib(16)),
+            ("t3.2xlarge", gib(32)),
+            ("t3.4xlarge", None),
+            ("m5.large", gib(8)),
+            ("m5.xlarge", gib(16)),
+            ("m5.4xlarge", gib(64)),
+            ("r6i.large", gib(16)),
+            ("x2idn.xlarge", gib(32)),
+            ("c5.2xlarge", gib(16)),
+            ("z1d.large", None),
+            ("m5.metal", None),
+            ("m5.xxlarge", None),
+            ("large", None),
+            (".large", None),
+        ] {
+            assert_eq!(instance_memory(ty), mem, "{ty}");
+        }
+    }
+
+    #[test]
+    fn parameter_names() {
+        let mut s = aws();
+        param(&mut s, "shared_buffers", text("1GB"));
+        let p = only(&s);
+        assert_eq!(p.field, "postgres.parameters.shared_buffers");
+        assert_eq!(
+            p.fix.as_deref(),
+            Some("set postgres.shared_buffers instead")
+        );
+        for managed in MANAGED_PARAMETERS.map(|(n, _)| n) {
+            let mut s = aws();
+            param(&mut s, managed, text("x"));
+            assert_eq!(
+                only(&s).message,
+                format!("`{managed}` is managed by pgform")
+            );
+        }
+        for bad in ["Work_mem", "1abc", "work-mem", "work mem", ""] {
+            let mut s = aws();
+            param(&mut s, bad, text("x"));
+            assert_eq!(
+                only(&s).message,
+                format!("`{bad}` is not a parameter name"),
+                "{bad}"
+            );
+        }
+        let mut s = aws();
+        param(&mut s, "wrok_mem", text("4MB"));
+        let p = only(&s);
+        assert_eq!(p.message, "PostgreSQL 15 has no parameter `wrok_mem`");
+        assert_eq!(p.fix.as_deref(), Some("did you mean `work_mem`?"));
+        let mut s = aws();
+        param(&mut s, "qqqqqqqqqqqq", text("x"));
+        assert_eq!(
+            only(&s).fix.as_deref(),
+            Some("check the name in pg_settings or the PostgreSQL documentation")
+        );
+        let mut s = aws();
+        param(&mut s, "block_size", ParamValue::Int(8192));
+        assert_eq!(only(&s).fix.as_deref(), Some("remove it"));
+        // Extensions' parameters and underscores first are names.
+        let mut s = aws();
+        param(&mut s, "pg_stat_statements.max", text("anything"));
+        param(&mut s, "_x.y", ParamValue::Int(1));
+        assert!(fields(&s).is_empty());
+        assert!(warnings(&s).is_empty());
+    }
+
+    #[test]
+    fn parameter_values() {
+        let mut s = aws();
+        param(&mut s, "work_mem", text("64MB"));
+        param(&mut s, "autovacuum", ParamValue::Bool(false));
+        param(&mut s, "random_page_cost", ParamValue::Float(1.1));
+        param(&mut s, "max_parallel_workers", ParamValue::Int(4));
+        param(&mut s, "synchronous_commit", text("remote_apply"));
+        param(&mut s, "log_line_prefix", text("%m [%p] 'quoted' "));
+        param(
+            &mut s,
+            "shared_preload_libraries",
+            text("pg_stat_statements"),
+        );
+        assert!(fields(&s).is_empty());
+
+        for (name, value, message) in [
+            ("work_mem", text("lots"), "`lots` is not a memory size"),
+            (
+                "synchronous_commit",
+                text("maybe"),
+                "`maybe` is not one of its values",
+            ),
+            (
+                "autovacuum",
+                text("sometimes"),
+                "`sometimes` is not a boolean",
+            ),
+            (
+                "max_parallel_workers",
+                ParamValue::Int(-1),
+                "`-1` is out of range",
+            ),
+            (
+                "max_parallel_workers",
+                ParamValue::Bool(true),
+                "`on` is not a whole number",
+            ),
+            (
+                "random_page_cost",
+                ParamValue::Float(-0.5),
+                "`-0.5` is out of range",
+            ),
+        ] {
+            let mut s = aws();
+            param(&mut s, name, value);
+            let p = only(&s);
+            assert_eq!(p.field, format!("postgres.parameters.{name}"));
+            assert_eq!(p.message, message);
+            assert!(p.fix.is_some());
+        }
+        // All problems at once.
+        let mut s = aws();
+        param(&mut s, "work_mem", text("lots"));
+        param(&mut s, "autovacuum", text("sometimes"));
+        assert_eq!(
+            fields(&s),
+            [
+                "postgres.parameters.autovacuum",
+                "postgres.parameters.work_mem"
+            ]
+        );
+    }
+
+    #[test]
+    fn values_on_one_line() {
+        for bad in ["a\nb", "a\rb", "a\0b"] {
+            let mut s = aws();
+            param(&mut s, "log_line_prefix", text(bad));
+            assert_eq!(only(&s).message, "the value spans lines", "{bad:?}");
+            // Extensions' parameters too.
+            let mut s = aws();
+            param(&mut s, "pg_stat_statements.track", text(bad));
+            assert_eq!(only(&s).message, "the value spans lines", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn versions_without_a_catalog_say_what_is_not_checked() {
+        let mut s = aws();
+        s.postgres.version = 16;
+        s.packages.apt_mirror = Some("deb http://10.0.0.1:8765 ./".into());
+        param(&mut s, "work_mem", text("lots"));
+        param(&mut s, "wrok_mem", text("4MB"));
+        param(&mut s, "pg_stat_statements.max", ParamValue::Int(1));
+        assert!(fields(&s).is_empty());
+        assert_eq!(
+            warnings(&s),
+            [
+                "postgres.version 16: pgform has no settings catalog for PostgreSQL 16 (it has \
+              15), so the names and values of postgres.parameters work_mem, wrok_mem are not \
+              checked before apply"
+            ]
+        );
+        // Still refused whatever the version: managed names, bad names, line breaks.
+        param(&mut s, "port", ParamValue::Int(5433));
+        param(&mut s, "Bad", ParamValue::Int(1));
+        param(&mut s, "cluster_name", text("a\nb"));
+        assert_eq!(fields(&s).len(), 3);
+    }
 }
