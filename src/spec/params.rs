@@ -186,7 +186,9 @@ fn real_bound(max: f64) -> f64 {
 
 /// The setting `name` of `version`, when pgform has that version's catalog.
 pub fn setting(version: u32, name: &str) -> Option<&'static Setting> {
-    catalog(version)?.iter().find(|s| s.name == name)
+    catalog(version)?
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
 }
 
 pub fn lookup(version: u32, name: &str) -> Known {

@@ -189,7 +189,7 @@ impl InstanceSpec {
 }
 
 /// The SSH key: an existing EC2 key pair, or a local public key that pgform imports.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SshSpec {
     /// Name of an existing EC2 key pair.
@@ -221,6 +221,24 @@ pub struct SshSpec {
     /// Connect to hosts' `public` (default) or `private` addresses.
     #[serde(default)]
     pub connect_via: ConnectVia,
+}
+
+/// A spec without an `[ssh]` table gets the same values as an empty one (port 22).
+impl Default for SshSpec {
+    fn default() -> Self {
+        SshSpec {
+            key_name: None,
+            public_key_file: None,
+            user: None,
+            private_key_file: None,
+            known_hosts: Default::default(),
+            known_hosts_file: None,
+            jump_host: None,
+            jump_private_key_file: None,
+            port: default_ssh_port(),
+            connect_via: Default::default(),
+        }
+    }
 }
 
 /// One bastion of `ssh.jump_host`: `[user@]host[:port]`.
@@ -736,8 +754,9 @@ mod tests {
         assert_eq!(spec.instances.root_volume_size, 20);
         assert_eq!(spec.instances.root_volume_type, "gp3");
         assert_eq!(spec.instances.data_volume_type, "gp3");
-        // An [ssh] table takes the port's default (an absent one, SshSpec::default, has 0).
+        // With or without an [ssh] table, the port is 22.
         assert_eq!(toml::from_str::<SshSpec>("").unwrap().port, 22);
+        assert_eq!(spec.ssh.port, 22);
         assert_eq!(spec.postgres.version, 15);
         assert_eq!(spec.postgres.replicas, 2);
         assert_eq!(spec.postgres.max_connections, 100);

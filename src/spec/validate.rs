@@ -353,7 +353,10 @@ fn parameters(pg: &PostgresSpec, nodes: u64, warnings: &mut Vec<String>) -> Vec<
     for (name, value) in &pg.parameters {
         let field = format!("postgres.parameters.{name}");
         let text = value.to_string();
-        if let Some(own) = MANAGED_PARAMETERS.iter().find(|(p, _)| p == name) {
+        if let Some(own) = MANAGED_PARAMETERS
+            .iter()
+            .find(|(p, _)| p.eq_ignore_ascii_case(name))
+        {
             out.push(problem(
                 &field,
                 format!("`{name}` is managed by pgform"),
@@ -363,7 +366,17 @@ fn parameters(pg: &PostgresSpec, nodes: u64, warnings: &mut Vec<String>) -> Vec<
             out.push(problem(
                 &field,
                 format!("`{name}` is not a parameter name"),
-                "use lowercase letters, digits, '_' and '.'",
+                "use letters, digits, '_' and '.'",
+            ));
+        } else if let Some(other) = pg
+            .parameters
+            .keys()
+            .find(|k| *k < name && k.eq_ignore_ascii_case(name))
+        {
+            out.push(problem(
+                &field,
+                format!("`{name}` and `{other}` are the same parameter"),
+                "keep one of them (PostgreSQL's names ignore case)",
             ));
         } else if let Some((message, fix)) = unknown_parameter(pg.version, name) {
             out.push(problem(&field, message, &fix));
@@ -564,10 +577,11 @@ fn is_instance_type(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
+/// PostgreSQL's names are case-insensitive (`TimeZone`, `timezone`): letters in any case.
 fn is_param_name(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
 /// Memory of common instance types, in bytes; None when we don't know the type.
@@ -1159,7 +1173,7 @@ admin_cidrs = ["203.0.113.0/24"]"#,
                 format!("`{managed}` is managed by pgform")
             );
         }
-        for bad in ["Work_mem", "1abc", "work-mem", "work mem", ""] {
+        for bad in ["1abc", "work-mem", "work mem", ""] {
             let mut s = aws();
             param(&mut s, bad, text("x"));
             assert_eq!(
@@ -1168,6 +1182,27 @@ admin_cidrs = ["203.0.113.0/24"]"#,
                 "{bad}"
             );
         }
+        // Names ignore case, as PostgreSQL's do; managed ones in any case are refused,
+        // and two spellings of one name are one too many.
+        for name in ["TimeZone", "timezone", "Work_Mem"] {
+            let mut s = aws();
+            param(
+                &mut s,
+                name,
+                text(if name == "Work_Mem" { "8MB" } else { "UTC" }),
+            );
+            assert!(check(&s, &mut Vec::new()).is_empty(), "{name}");
+        }
+        let mut s = aws();
+        param(&mut s, "MAX_CONNECTIONS", ParamValue::Int(50));
+        assert_eq!(only(&s).message, "`MAX_CONNECTIONS` is managed by pgform");
+        let mut s = aws();
+        param(&mut s, "work_mem", text("8MB"));
+        param(&mut s, "Work_Mem", text("16MB"));
+        assert_eq!(
+            only(&s).message,
+            "`work_mem` and `Work_Mem` are the same parameter"
+        );
         let mut s = aws();
         param(&mut s, "wrok_mem", text("4MB"));
         let p = only(&s);
@@ -1286,7 +1321,7 @@ admin_cidrs = ["203.0.113.0/24"]"#,
         );
         // Still refused whatever the version: managed names, bad names, line breaks.
         param(&mut s, "port", ParamValue::Int(5433));
-        param(&mut s, "Bad", ParamValue::Int(1));
+        param(&mut s, "bad-name", ParamValue::Int(1));
         param(&mut s, "cluster_name", text("a\nb"));
         assert_eq!(fields(&s).len(), 3);
     }
