@@ -14,9 +14,12 @@
 #[allow(dead_code)] // the bench uses only part of the harness
 #[path = "../tests/common/hosts.rs"]
 mod testbed;
+#[allow(dead_code)]
+#[path = "../tests/common/tools.rs"]
+mod tools;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,28 +211,6 @@ fn native_rows(
 // ---------------------------------------------------------------------------------------
 // Ansible
 
-/// `ansible-playbook`: on PATH, or among the scripts of the python3 that has ansible.
-fn ansible_playbook() -> Option<PathBuf> {
-    let works = |p: &Path| {
-        Command::new(p)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if works(Path::new("ansible-playbook")) {
-        return Some("ansible-playbook".into());
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("ansible-playbook");
-    works(&p).then_some(p)
-}
 
 /// One `ansible-playbook` run: wall time, changed per host from the PLAY RECAP, and
 /// `profile_tasks`' time per task (task start to the next task's start, all hosts).
@@ -477,7 +458,7 @@ fn main() {
         eprintln!("error: the host testbed is not ready: {why}");
         std::process::exit(2);
     }
-    let Some(bin) = ansible_playbook() else {
+    let Some(bin) = tools::find("ansible-playbook") else {
         eprintln!("error: ansible-playbook is not installed (pip install ansible)");
         std::process::exit(2);
     };
