@@ -211,7 +211,6 @@ fn native_rows(
 // ---------------------------------------------------------------------------------------
 // Ansible
 
-
 /// One `ansible-playbook` run: wall time, changed per host from the PLAY RECAP, and
 /// `profile_tasks`' time per task (task start to the next task's start, all hosts).
 struct Ansible {
