@@ -893,16 +893,15 @@ impl Translator {
                         verb.into(),
                     ]),
                 );
-                let mut task = if state == ServiceState::Started {
+                let started = state == ServiceState::Started;
+                if started {
                     args.insert(
                         s("creates"),
                         s(&format!("/var/run/postgresql/{version}-main.pid")),
                     );
-                    T::new(name).module("ansible.builtin.command", Y::Mapping(args))
-                } else {
-                    T::new(name).module("ansible.builtin.command", Y::Mapping(args))
-                };
-                if state != ServiceState::Started {
+                }
+                let mut task = T::new(name).module("ansible.builtin.command", Y::Mapping(args));
+                if !started {
                     task = task.set("changed_when", Y::Bool(true));
                 }
                 out.push(task);

@@ -62,10 +62,10 @@ pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsEr
         let mut replica = 0;
         for h in &spec.hosts {
             let name = match h.role {
-                Role::Primary => "primary".to_string(),
+                Role::Primary => node_name(None),
                 Role::Replica => {
                     replica += 1;
-                    format!("replica-{}", replica - 1)
+                    node_name(Some(replica - 1))
                 }
             };
             nodes.push(Node {
@@ -111,8 +111,8 @@ pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsEr
                 ConnectVia::Private => private.clone(),
             };
             let (name, role) = match address.index {
-                None => ("primary".to_string(), Role::Primary),
-                Some(i) => (format!("replica-{i}"), Role::Replica),
+                None => (node_name(None), Role::Primary),
+                Some(i) => (node_name(Some(i)), Role::Replica),
             };
             nodes.push(Node {
                 name,
@@ -134,9 +134,17 @@ pub fn planned_nodes(spec: &ClusterSpec) -> Vec<Node> {
         connect_address: String::new(),
         private_address: String::new(),
     };
-    std::iter::once(node("primary".into(), Role::Primary))
-        .chain((0..spec.postgres.replicas).map(|i| node(format!("replica-{i}"), Role::Replica)))
+    std::iter::once(node(node_name(None), Role::Primary))
+        .chain((0..spec.postgres.replicas).map(|i| node(node_name(Some(i)), Role::Replica)))
         .collect()
+}
+
+/// A node's name: `primary`, or `replica-<index>` (also PostgreSQL's cluster_name).
+fn node_name(replica_index: Option<u32>) -> String {
+    match replica_index {
+        None => "primary".to_string(),
+        Some(i) => format!("replica-{i}"),
+    }
 }
 
 /// The known-hosts file pgform keeps beside the state, so that a cluster's host keys do
