@@ -1114,6 +1114,10 @@ impl Translator {
                         ),
                 );
             }
+            Action::DataVolume(v) => {
+                out.extend(data_volume_tasks(name, &v, self.register(), self.register()));
+                notifying = vec![];
+            }
         }
         let mut tasks = Vec::new();
         for (i, mut t) in out.into_iter().enumerate() {
@@ -1142,4 +1146,127 @@ impl Translator {
         }
         Ok(tasks)
     }
+}
+
+/// `data_volume` (see `tasks/volume.rs`): the device found the same way, refused when it
+/// holds anything but ext4 or when its mount point holds files; community.general's
+/// filesystem module makes ext4 only on an empty device (without `force` it never
+/// reformats), and ansible.posix's mount writes the fstab line by UUID and mounts it.
+fn data_volume_tasks(
+    name: &str,
+    v: &crate::tasks::volume::DataVolume,
+    probe: String,
+    uuid: String,
+) -> Vec<T> {
+    use crate::tasks::volume::{FSTYPE, MOUNT_OPTIONS};
+    let sub = |suffix: &str| T::new(&format!("{name}: {suffix}"));
+    // `pgform_disk`: the probe's `key=value` lines as a dict (read once registered).
+    let vars = map([
+        ("pgform_volume_id", s(&v.volume_id)),
+        ("pgform_device", s(&v.device)),
+        ("pgform_mount", s(&v.mount)),
+        (
+            "pgform_disk",
+            s(&format!(
+                "{{{{ {probe}.stdout_lines | select('search', '=') | map('split', '=', 1) \
+                 | community.general.dict }}}}"
+            )),
+        ),
+    ]);
+    let script = "set -e\n\
+        dev=\n\
+        for c in {{ ([('/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_' ~ (pgform_volume_id | replace('-', ''))) if pgform_volume_id else '', pgform_device, (pgform_device | regex_replace('^/dev/sd', '/dev/xvd')) if pgform_device else ''] | select | map('quote') | join(' ')) }}; do\n  \
+          if [ -b \"$c\" ]; then dev=$(readlink -f \"$c\"); break; fi\n\
+        done\n\
+        echo \"device=$dev\"\n\
+        if [ -n \"$dev\" ]; then blkid -p -o export \"$dev\" | grep -E '^(TYPE|PTTYPE|UUID)=' || true; fi\n\
+        echo \"mounted=$(findmnt -rn -o SOURCE --mountpoint {{ pgform_mount | quote }} || true)\"\n\
+        if [ -n \"$(ls -A {{ pgform_mount | quote }} 2>/dev/null)\" ]; then echo occupied=yes; fi\n";
+    let d = |k: &str| format!("(pgform_disk.{k} | default(''))");
+    vec![
+        sub("find the device")
+            .module("ansible.builtin.shell", map([("cmd", s(script))]))
+            .set("vars", vars.clone())
+            .set("register", s(&probe))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+        sub("nothing but ext4 on it, nothing under its mount point")
+            .module(
+                "ansible.builtin.assert",
+                map([
+                    (
+                        "that",
+                        Y::Sequence(vec![
+                            s(&format!("{} != ''", d("device"))),
+                            s(&format!("{} == ''", d("PTTYPE"))),
+                            s(&format!("{} in ['', '{FSTYPE}']", d("TYPE"))),
+                            s(&format!(
+                                "{m} == {dev} or ({m} == '' and {o} == '')",
+                                m = d("mounted"),
+                                dev = d("device"),
+                                o = d("occupied")
+                            )),
+                        ]),
+                    ),
+                    (
+                        "fail_msg",
+                        s(&format!(
+                            "the data disk of {{{{ inventory_hostname }}}} ({{{{ {dev} }}}}, {{{{ pgform_volume_id or pgform_device }}}}) \
+                             is missing, holds something other than an empty or {FSTYPE} disk ({{{{ {pt} }}}} {{{{ {ty} }}}}), \
+                             or {{{{ pgform_mount }}}} already holds files or another mount: nothing is formatted; \
+                             use an empty disk, or move the data yourself",
+                            dev = d("device"),
+                            pt = d("PTTYPE"),
+                            ty = d("TYPE")
+                        )),
+                    ),
+                    ("quiet", Y::Bool(true)),
+                ]),
+            )
+            .set("vars", vars.clone()),
+        sub("format it when empty")
+            .module(
+                "community.general.filesystem",
+                map([
+                    ("dev", s(&format!("{{{{ {} }}}}", d("device")))),
+                    ("fstype", s(FSTYPE)),
+                    ("opts", s("-L pgdata")),
+                ]),
+            )
+            .set("vars", vars.clone()),
+        sub("read its UUID")
+            .module(
+                "ansible.builtin.command",
+                map([(
+                    "argv",
+                    Y::Sequence(vec![
+                        s("blkid"),
+                        s("-p"),
+                        s("-s"),
+                        s("UUID"),
+                        s("-o"),
+                        s("value"),
+                        s(&format!("{{{{ {} }}}}", d("device"))),
+                    ]),
+                )]),
+            )
+            .set("vars", vars.clone())
+            .set("register", s(&uuid))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+        T::new(name)
+            .module(
+                "ansible.posix.mount",
+                map([
+                    ("path", s("{{ pgform_mount }}")),
+                    ("src", s(&format!("UUID={{{{ {uuid}.stdout }}}}"))),
+                    ("fstype", s(FSTYPE)),
+                    ("opts", s(MOUNT_OPTIONS)),
+                    ("dump", s("0")),
+                    ("passno", s("2")),
+                    ("state", s("mounted")),
+                ]),
+            )
+            .set("vars", vars),
+    ]
 }

@@ -31,6 +31,25 @@ pub struct Node {
     pub connect_address: String,
     /// Where the other members reach it.
     pub private_address: String,
+    /// PostgreSQL's data disk: the EBS volume's id and attachment name (EC2 with
+    /// `instances.data_volume_size`), or a listed host's `data_device`.
+    #[serde(skip_serializing_if = "DataDisk::is_none")]
+    pub data_disk: DataDisk,
+}
+
+/// A node's data disk, when it has one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DataDisk {
+    /// `vol-...` (EC2), or empty.
+    pub volume_id: String,
+    /// The device name (`/dev/sdf`, `/dev/vdb`), or empty.
+    pub device: String,
+}
+
+impl DataDisk {
+    pub fn is_none(&self) -> bool {
+        self.volume_id.is_empty() && self.device.is_empty()
+    }
 }
 
 impl Node {
@@ -76,6 +95,10 @@ pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsEr
                     .private_address
                     .clone()
                     .unwrap_or_else(|| h.address.clone()),
+                data_disk: DataDisk {
+                    volume_id: String::new(),
+                    device: h.data_device.clone().unwrap_or_default(),
+                },
             });
         }
     } else {
@@ -119,6 +142,10 @@ pub fn inventory(spec: &ClusterSpec, state: &State) -> Result<Vec<Node>, HostsEr
                 role,
                 connect_address: connect,
                 private_address: private,
+                data_disk: DataDisk {
+                    volume_id: out("data_volume_id").unwrap_or_default(),
+                    device: out("data_volume_device").unwrap_or_default(),
+                },
             });
         }
     }
@@ -133,6 +160,7 @@ pub fn planned_nodes(spec: &ClusterSpec) -> Vec<Node> {
         role,
         connect_address: String::new(),
         private_address: String::new(),
+        data_disk: DataDisk::default(),
     };
     std::iter::once(node(node_name(None), Role::Primary))
         .chain((0..spec.postgres.replicas).map(|i| node(node_name(Some(i)), Role::Replica)))
@@ -328,6 +356,10 @@ pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> 
         replica_slots => replicas.iter().map(|r| r.slot()).collect::<Vec<_>>(),
         slot => node.slot(),
         slot_prefix => SLOT_PREFIX,
+        // The data disk (play "data volume"), mounted at the data directory's parent.
+        data_volume_id => node.data_disk.volume_id.clone(),
+        data_device => node.data_disk.device.clone(),
+        data_mount => format!("/var/lib/postgresql/{v}"),
     }
 }
 

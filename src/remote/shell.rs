@@ -363,6 +363,45 @@ pub fn conninfo_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
+/// Asks about the data volume in one call: which candidate block device exists (first
+/// found, resolved), what `blkid -p` finds on it (probing the device itself: no udev or
+/// cache needed), what is mounted at `mount_point`, its line in /etc/fstab, whether the
+/// mount point holds anything. One `key=value`
+/// line each (blkid's lines as `blkid_KEY=value`).
+pub fn volume_probe(candidates: &[String], mount_point: &str) -> Sh {
+    let mp = quote(mount_point);
+    let list: Vec<String> = candidates.iter().map(|c| quote(c)).collect();
+    Sh(format!(
+        "dev=; for c in {}; do if [ -b \"$c\" ]; then dev=$(readlink -f \"$c\"); break; fi; done; \
+         echo \"device=$dev\"; \
+         if [ -n \"$dev\" ]; then blkid -p -o export \"$dev\" 2>/dev/null | sed -n 's/^\\(TYPE\\|UUID\\|PTTYPE\\|LABEL\\)=/blkid_\\1=/p'; fi; \
+         echo \"mounted=$(findmnt -rn -o SOURCE --mountpoint {mp} 2>/dev/null | head -n 1)\"; \
+         echo \"fstab=$(awk -v mp={mp} '$1 !~ /^#/ && $2 == mp' /etc/fstab 2>/dev/null | head -n 1)\"; \
+         if [ -d {mp} ] && [ -n \"$(ls -A {mp} 2>/dev/null)\" ]; then echo occupied=yes; fi",
+        if list.is_empty() { "''".to_string() } else { list.join(" ") }
+    ))
+}
+
+/// Makes an ext4 filesystem on `device`, but only if `blkid -p` still finds nothing on
+/// it (exit 2): the last guard against formatting a device that holds anything.
+pub fn format_empty_device(device: &str) -> Sh {
+    let d = quote(device);
+    Sh(format!(
+        "blkid -p {d} >/dev/null 2>&1; s=$?; if [ \"$s\" -ne 2 ]; then echo \"refusing to format {d}: blkid finds something on it (status $s)\" >&2; exit 1; fi; \
+         mkfs.ext4 -q -L pgdata {d}"
+    ))
+}
+
+/// The filesystem UUID on `device`.
+pub fn filesystem_uuid(device: &str) -> Sh {
+    Sh::argv(["blkid", "-p", "-s", "UUID", "-o", "value", device])
+}
+
+/// Mounts what /etc/fstab names for `mount_point` (creating the directory first).
+pub fn mount_from_fstab(mount_point: &str) -> Sh {
+    Sh::argv(["mkdir", "-p", mount_point]).and(Sh::argv(["mount", mount_point]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

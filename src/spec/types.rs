@@ -123,6 +123,9 @@ pub struct HostEntry {
     /// Address the other members use to reach it (replication); `address` when unset.
     pub private_address: Option<String>,
     pub role: Role,
+    /// An empty disk for PostgreSQL's data (e.g. "/dev/vdb"): formatted (ext4) only when
+    /// it holds nothing, and mounted at /var/lib/postgresql/<major> before the install.
+    pub data_device: Option<String>,
 }
 
 /// Where packages come from.

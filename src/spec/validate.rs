@@ -342,6 +342,7 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         _ => u64::from(pg.replicas) + 1,
     };
     out.extend(parameters(pg, nodes, warnings));
+    out.extend(data_devices(spec));
     out
 }
 
@@ -481,6 +482,30 @@ pub fn password_policy(
              user name, on one line"
         ),
     ))
+}
+
+/// `[[hosts]] data_device`: a plain device path (it is formatted when empty, so a typo
+/// must not name some other disk by accident: refused on the host too).
+fn data_devices(spec: &ClusterSpec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, h) in spec.hosts.iter().enumerate() {
+        let Some(d) = &h.data_device else { continue };
+        let plain = d.strip_prefix("/dev/").is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest.contains("..")
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+        });
+        if !plain {
+            out.push(problem(
+                &format!("hosts[{i}].data_device"),
+                format!("`{d}` is not a device path"),
+                "name the empty disk under /dev, e.g. \"/dev/vdb\" or \"/dev/disk/by-id/...\"",
+            ));
+        }
+    }
+    out
 }
 
 fn problem(field: &str, message: String, fix: &str) -> Problem {
@@ -649,6 +674,7 @@ admin_cidrs = ["203.0.113.0/24"]"#,
             address: address.into(),
             private_address: None,
             role,
+            data_device: None,
         };
         s.hosts = vec![
             host("10.0.0.1", Role::Primary),
@@ -805,6 +831,17 @@ admin_cidrs = ["203.0.113.0/24"]"#,
         assert!(fields(&s).is_empty());
         s.instances.ami = Some("img-0123".into());
         assert_eq!(fields(&s), ["instances.ami"]);
+    }
+
+    #[test]
+    fn data_devices_are_device_paths() {
+        let mut s = hosts();
+        s.hosts[1].data_device = Some("/dev/vdb".into());
+        assert!(fields(&s).is_empty());
+        for bad in ["vdb", "/dev/", "/dev/../etc/passwd", "/dev/sd b", "/dev/$(x)"] {
+            s.hosts[1].data_device = Some(bad.into());
+            assert_eq!(fields(&s), ["hosts[1].data_device"], "{bad:?}");
+        }
     }
 
     #[test]
@@ -1084,6 +1121,7 @@ admin_cidrs = ["203.0.113.0/24"]"#,
                 address: format!("10.0.0.{i}"),
                 private_address: None,
                 role: if i == 0 { Role::Primary } else { Role::Replica },
+                data_device: None,
             })
             .collect();
         s.postgres.replicas = 0;

@@ -8,6 +8,7 @@ pub mod modules;
 pub mod pg_conf;
 pub mod run;
 mod scram;
+pub mod volume;
 
 use std::collections::BTreeMap;
 

@@ -119,6 +119,8 @@ pub enum Action {
         user: String,
         slot: String,
     },
+    /// PostgreSQL's data disk formatted (only when empty) and mounted (`volume.rs`).
+    DataVolume(super::volume::DataVolume),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -459,6 +461,7 @@ impl Action {
                 let seeded = standby && !local.is_empty() && local == primary_id;
                 Ok((!seeded).then(|| change(format!("seed from {primary} with pg_basebackup"))))
             }
+            Action::DataVolume(v) => v.query(conn).await,
         }
     }
 
@@ -653,6 +656,7 @@ impl Action {
                     "pg_basebackup",
                 )?;
             }
+            Action::DataVolume(v) => v.act(conn).await?,
         }
         Ok(())
     }

@@ -518,6 +518,11 @@ fn instance(
     put("private_ip", i.private_ip_address());
     put("public_ip", i.public_ip_address());
     put("private_dns", i.private_dns_name());
+    // The host layer finds the data disk by these (see `tasks/volume.rs`).
+    if let Some(id) = data_volume_id(i) {
+        put("data_volume_id", Some(&id));
+        put("data_volume_device", Some(super::change::DATA_DEVICE));
+    }
     put("public_dns", i.public_dns_name());
     put(
         "availability_zone",
