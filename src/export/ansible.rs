@@ -1115,7 +1115,12 @@ impl Translator {
                 );
             }
             Action::DataVolume(v) => {
-                out.extend(data_volume_tasks(name, &v, self.register(), self.register()));
+                out.extend(data_volume_tasks(
+                    name,
+                    &v,
+                    self.register(),
+                    self.register(),
+                ));
                 notifying = vec![];
             }
         }

@@ -378,7 +378,11 @@ pub fn volume_probe(candidates: &[String], mount_point: &str) -> Sh {
          echo \"mounted=$(findmnt -rn -o SOURCE --mountpoint {mp} 2>/dev/null | head -n 1)\"; \
          echo \"fstab=$(awk -v mp={mp} '$1 !~ /^#/ && $2 == mp' /etc/fstab 2>/dev/null | head -n 1)\"; \
          if [ -d {mp} ] && [ -n \"$(ls -A {mp} 2>/dev/null)\" ]; then echo occupied=yes; fi",
-        if list.is_empty() { "''".to_string() } else { list.join(" ") }
+        if list.is_empty() {
+            "''".to_string()
+        } else {
+            list.join(" ")
+        }
     ))
 }
 

@@ -838,7 +838,13 @@ admin_cidrs = ["203.0.113.0/24"]"#,
         let mut s = hosts();
         s.hosts[1].data_device = Some("/dev/vdb".into());
         assert!(fields(&s).is_empty());
-        for bad in ["vdb", "/dev/", "/dev/../etc/passwd", "/dev/sd b", "/dev/$(x)"] {
+        for bad in [
+            "vdb",
+            "/dev/",
+            "/dev/../etc/passwd",
+            "/dev/sd b",
+            "/dev/$(x)",
+        ] {
             s.hosts[1].data_device = Some(bad.into());
             assert_eq!(fields(&s), ["hosts[1].data_device"], "{bad:?}");
         }

@@ -213,16 +213,15 @@ impl DataVolume {
             )?;
         }
         let uuid = if steps.format {
-            let out = ok(
-                conn.run(shell::filesystem_uuid(dev), None).await?,
-                "blkid",
-            )?;
+            let out = ok(conn.run(shell::filesystem_uuid(dev), None).await?, "blkid")?;
             out.stdout.trim().to_string()
         } else {
             probe.uuid.clone()
         };
         if uuid.is_empty() {
-            return Err(ActionError::Invalid(format!("{dev} has no filesystem UUID")));
+            return Err(ActionError::Invalid(format!(
+                "{dev} has no filesystem UUID"
+            )));
         }
         if steps.format || steps.fstab {
             let fstab = ok(
@@ -371,7 +370,11 @@ mod tests {
     #[test]
     fn fstab_keeps_other_lines_and_replaces_ours() {
         let old = "# static\nUUID=root / ext4 defaults 0 1\nUUID=old /var/lib/postgresql/15 ext4 defaults 0 2\n";
-        let new = with_fstab_line(old, "/var/lib/postgresql/15", "UUID=n /var/lib/postgresql/15 ext4 defaults,noatime,nofail 0 2");
+        let new = with_fstab_line(
+            old,
+            "/var/lib/postgresql/15",
+            "UUID=n /var/lib/postgresql/15 ext4 defaults,noatime,nofail 0 2",
+        );
         assert_eq!(
             new,
             "# static\nUUID=root / ext4 defaults 0 1\nUUID=n /var/lib/postgresql/15 ext4 defaults,noatime,nofail 0 2\n"

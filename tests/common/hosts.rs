@@ -370,7 +370,20 @@ impl Host {
     /// the other hosts on `net` resolve), and waits (up to 30 s) until `ssh root@IP` works
     /// with `key`.
     pub fn start(net: &Network, name: &str, host_number: u8, key: &SshKey) -> Host {
-        Host::start_with(net, name, host_number, key, None)
+        Host::start_with(net, name, host_number, key, None, &[])
+    }
+
+    /// Like [`Host::start`], with a block `device` of this machine (a [`LoopDevice`])
+    /// that the host can format and mount (CAP_SYS_ADMIN), as an attached disk.
+    pub fn start_with_disk(
+        net: &Network,
+        name: &str,
+        host_number: u8,
+        key: &SshKey,
+        device: &str,
+    ) -> Host {
+        let extra = ["--device", device, "--cap-add", "SYS_ADMIN"];
+        Host::start_with(net, name, host_number, key, None, &extra)
     }
 
     /// Like [`Host::start`], but sshd accepts root only from `bastion`'s address
@@ -383,7 +396,7 @@ impl Host {
         key: &SshKey,
         bastion: &Host,
     ) -> Host {
-        Host::start_with(net, name, host_number, key, Some(bastion))
+        Host::start_with(net, name, host_number, key, Some(bastion), &[])
     }
 
     fn start_with(
@@ -392,6 +405,7 @@ impl Host {
         host_number: u8,
         key: &SshKey,
         bastion: Option<&Host>,
+        extra_run_args: &[&str],
     ) -> Host {
         let ip = net.ip(host_number);
         let container = unique(name);
@@ -418,8 +432,9 @@ impl Host {
             &pid_label,
             "-e",
             &keys,
-            IMAGE,
         ];
+        args.extend(extra_run_args);
+        args.push(IMAGE);
         // The image's own start, after one more sshd rule (rerun on `docker start`).
         let behind = bastion.map(|b| {
             format!(
@@ -587,5 +602,43 @@ impl Drop for Host {
         {
             eprintln!("warning: cannot remove container {}: {e}", self.container);
         }
+    }
+}
+
+/// A sparse file attached as a loop device on this machine: a disk for a container host
+/// (`Host::start_with_disk`). Detached and removed on drop, whatever happened.
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub path: String,
+    file: PathBuf,
+}
+
+impl LoopDevice {
+    /// A `size_mib` MiB disk, empty (no filesystem, no partition table).
+    pub fn new(size_mib: u32) -> LoopDevice {
+        let file = std::env::temp_dir().join(format!("{}.img", unique("pgform-disk")));
+        let f = std::fs::File::create(&file).expect("disk image file");
+        f.set_len(u64::from(size_mib) << 20).expect("sparse file");
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup runs (util-linux; root)");
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&file);
+            panic!("losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        LoopDevice {
+            path: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            file,
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.path]).status();
+        let _ = std::fs::remove_file(&self.file);
     }
 }
