@@ -245,7 +245,7 @@ fn deletion_order(state: &State) -> Vec<&Address> {
 /// Creation order of kinds: what a kind may depend on has a lower rank.
 pub(crate) fn kind_rank(kind: Kind) -> u8 {
     match kind {
-        Kind::Vpc | Kind::DockerNetwork => 0,
+        Kind::Vpc | Kind::DockerNetwork | Kind::DockerVolume => 0,
         Kind::Subnet | Kind::InternetGateway => 1,
         Kind::RouteTable | Kind::SecurityGroup | Kind::KeyPair => 2,
         Kind::Instance | Kind::DockerContainer => 3,

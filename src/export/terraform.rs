@@ -434,7 +434,7 @@ fn same_name(kind: Kind, attr: &str) -> bool {
                 | "key_name"
                 | "associate_public_ip_address"
         ),
-        Kind::DockerNetwork | Kind::DockerContainer => false,
+        Kind::DockerNetwork | Kind::DockerContainer | Kind::DockerVolume => false,
     }
 }
 

@@ -18,10 +18,12 @@ pub enum Kind {
     DockerNetwork,
     /// A local host: a container with sshd on the cluster's Docker network.
     DockerContainer,
+    /// A local host's PostgreSQL data: a named volume that outlives its container.
+    DockerVolume,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Vpc,
         Kind::Subnet,
         Kind::InternetGateway,
@@ -31,6 +33,7 @@ impl Kind {
         Kind::Instance,
         Kind::DockerNetwork,
         Kind::DockerContainer,
+        Kind::DockerVolume,
     ];
 
     /// The kinds the AWS provider makes.
@@ -45,7 +48,7 @@ impl Kind {
     ];
 
     /// The kinds the local Docker provider makes.
-    pub const DOCKER: [Kind; 2] = [Kind::DockerNetwork, Kind::DockerContainer];
+    pub const DOCKER: [Kind; 3] = [Kind::DockerNetwork, Kind::DockerContainer, Kind::DockerVolume];
 
     pub fn type_name(self) -> &'static str {
         match self {
@@ -58,6 +61,7 @@ impl Kind {
             Kind::Instance => "aws_instance",
             Kind::DockerNetwork => "docker_network",
             Kind::DockerContainer => "docker_container",
+            Kind::DockerVolume => "docker_volume",
         }
     }
 
@@ -83,7 +87,7 @@ impl Kind {
             ),
             // Docker changes neither once made, labels included; a container can only
             // be started (or stopped).
-            Kind::DockerNetwork => true,
+            Kind::DockerNetwork | Kind::DockerVolume => true,
             Kind::DockerContainer => attr != "running",
         }
     }

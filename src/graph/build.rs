@@ -271,6 +271,22 @@ fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, 
         } else {
             "replica"
         };
+        // The node's data: a volume of its own, kept when the container is replaced.
+        let volume = Address {
+            kind: Kind::DockerVolume,
+            ..address.clone()
+        };
+        out.push(Resource::new(
+            volume.clone(),
+            [
+                ("name", Value::str(format!("{cluster}-{name}-data"))),
+                ("labels", labels(&volume, Some(role))),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            &[],
+        ));
         out.push(Resource::new(
             address.clone(),
             [
@@ -284,6 +300,12 @@ fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, 
                     Value::str(lookups.public_key.clone().unwrap_or_default()),
                 ),
                 ("labels", labels(&address, Some(role))),
+                // Mounted where PostgreSQL's data directory's parent is, as on EC2.
+                ("data_volume", Value::reference(&volume)),
+                (
+                    "data_mount",
+                    Value::str(format!("/var/lib/postgresql/{}", spec.postgres.version)),
+                ),
                 // A stopped container (after a reboot of the Docker host) is started
                 // in place, its data kept, rather than replaced.
                 ("running", Value::Bool(true)),

@@ -232,7 +232,9 @@ impl AwsProvider {
                 self.wait_instance(&id, InstanceStateName::Running).await?;
                 id
             }
-            Kind::DockerNetwork | Kind::DockerContainer => return Err(not_aws(address.kind)),
+            Kind::DockerNetwork | Kind::DockerContainer | Kind::DockerVolume => {
+                return Err(not_aws(address.kind));
+            }
         };
         self.observe_new(address.kind, &id).await
     }
@@ -524,7 +526,9 @@ impl AwsProvider {
     ) -> Result<(), ProviderError> {
         let result = match address.kind {
             Kind::Instance => self.terminate(id).await,
-            Kind::DockerNetwork | Kind::DockerContainer => Err(not_aws(address.kind)),
+            Kind::DockerNetwork | Kind::DockerContainer | Kind::DockerVolume => {
+                Err(not_aws(address.kind))
+            }
             Kind::KeyPair => self.delete_key_pair(id).await,
             Kind::RouteTable => self.delete_route_table(id).await,
             Kind::InternetGateway => self.delete_internet_gateway(id).await,

@@ -29,7 +29,7 @@ fn id_filter_name(kind: Kind) -> &'static str {
         Kind::SecurityGroup => "group-id",
         Kind::KeyPair => "key-pair-id",
         Kind::Instance => "instance-id",
-        Kind::DockerNetwork | Kind::DockerContainer => "",
+        Kind::DockerNetwork | Kind::DockerContainer | Kind::DockerVolume => "",
     }
 }
 
@@ -245,7 +245,9 @@ impl AwsProvider {
                 out.key_pairs().iter().map(key_pair).collect()
             }
             Kind::Instance => self.describe_instances(f).await?,
-            Kind::DockerNetwork | Kind::DockerContainer => return Err(not_aws(kind)),
+            Kind::DockerNetwork | Kind::DockerContainer | Kind::DockerVolume => {
+                return Err(not_aws(kind));
+            }
         };
         Ok(found)
     }

@@ -10,7 +10,10 @@ use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
     NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
-use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::models::VolumeCreateRequest;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+};
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
 
@@ -78,7 +81,50 @@ impl DockerProvider {
                 self.create_container(address, attrs, client_token, on_id)
                     .await
             }
+            Kind::DockerVolume => self.create_volume(address, attrs, on_id).await,
             other => Err(not_docker(other)),
+        }
+    }
+
+    /// A named volume. Docker answers a create of an existing name with that volume, so
+    /// an interrupted create is adopted; one that is not this cluster's is refused.
+    async fn create_volume(
+        &self,
+        address: &Address,
+        attrs: &Attrs,
+        on_id: OnId<'_>,
+    ) -> Result<Observed, ProviderError> {
+        let name = text(address, attrs, "name")?;
+        let labels = labels(address, attrs)?;
+        let what = format!("docker volume {name}");
+        if let Some(found) = self.inspect_volume(name).await?
+            && !same_owner(&labels, &found)
+        {
+            return Err(ProviderError::Api {
+                operation: "create volume".into(),
+                code: "409".into(),
+                message: format!(
+                    "the name {name} is taken by a volume which is not labelled as {address} \
+                     of this cluster; remove or rename it"
+                ),
+            });
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: Some("local".to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.count();
+        let made = self
+            .docker
+            .create_volume(request)
+            .await
+            .map_err(|e| self.error("create volume", &what, e))?;
+        on_id(&made.name);
+        match self.inspect_volume(&made.name).await? {
+            Some(found) => Ok(found.observed),
+            None => Err(ProviderError::NotFound(format!("{what}, just created,"))),
         }
     }
 
@@ -166,6 +212,15 @@ impl DockerProvider {
         let network_id = text(address, attrs, "network_id")?;
         let ip = text(address, attrs, "ipv4_address")?;
         let keys = text(address, attrs, "ssh_authorized_keys")?;
+        // PostgreSQL's data on the node's own volume, which outlives the container.
+        let binds = match (attrs.get("data_volume"), attrs.get("data_mount")) {
+            (None, None) => None,
+            _ => Some(vec![format!(
+                "{}:{}",
+                text(address, attrs, "data_volume")?,
+                text(address, attrs, "data_mount")?
+            )]),
+        };
         // Checked before anything is made.
         ssh_address(address, attrs)?;
         let labels = labels(address, attrs)?;
@@ -179,6 +234,7 @@ impl DockerProvider {
             labels: Some(with_token),
             host_config: Some(HostConfig {
                 network_mode: Some(network_id.to_string()),
+                binds,
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -360,6 +416,7 @@ impl DockerProvider {
         let found = match address.kind {
             Kind::DockerNetwork => self.inspect_network(id).await?,
             Kind::DockerContainer => self.inspect_container(id).await?,
+            Kind::DockerVolume => self.inspect_volume(id).await?,
             other => return Err(not_docker(other)),
         };
         found
@@ -375,7 +432,28 @@ impl DockerProvider {
         match address.kind {
             Kind::DockerNetwork => self.delete_network(address, id).await,
             Kind::DockerContainer => self.delete_container(address, id).await,
+            Kind::DockerVolume => self.delete_volume(address, id).await,
             other => Err(not_docker(other)),
+        }
+    }
+
+    /// Removes the volume (its data with it); gone already is Ok. While a container
+    /// being removed still uses it, it retries for a while.
+    async fn delete_volume(&self, address: &Address, id: &str) -> Result<(), ProviderError> {
+        let options = RemoveVolumeOptionsBuilder::new().force(false).build();
+        let start = Instant::now();
+        loop {
+            self.count();
+            match self.docker.remove_volume(id, Some(options.clone())).await {
+                Ok(()) => return Ok(()),
+                Err(e) if status(&e) == Some(404) => return Ok(()),
+                Err(e) if status(&e) == Some(409) && start.elapsed() < self.timeouts.network_busy => {
+                    tokio::time::sleep(POLL_EVERY).await;
+                }
+                Err(e) => {
+                    return Err(self.error("remove volume", &format!("{address} ({id})"), e));
+                }
+            }
         }
     }
 

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{ContainerInspectResponse, EndpointSettings, Ipam};
+use bollard::models::Volume;
 use bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    ListVolumesOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
 
@@ -65,6 +67,18 @@ impl DockerProvider {
             }
         }
 
+        if any(Kind::DockerVolume) {
+            let volumes = self.volumes(&everything).await?;
+            for (slot, l) in out.iter_mut().zip(lookups) {
+                if l.address.kind == Kind::DockerVolume {
+                    *slot = volumes
+                        .iter()
+                        .find(|f| matches(l, &f.observed.id, &f.cluster, &f.address))
+                        .map(|f| f.observed.clone());
+                }
+            }
+        }
+
         if any(Kind::DockerContainer) {
             let listed = self.list_containers(&everything).await?;
             // Which listed container each container lookup is.
@@ -99,6 +113,11 @@ impl DockerProvider {
         let mut out = BTreeMap::new();
         for found in self.networks(&filter).await? {
             if let Some(a) = found.address.filter(|a| a.kind == Kind::DockerNetwork) {
+                out.insert(a, found.observed);
+            }
+        }
+        for found in self.volumes(&filter).await? {
+            if let Some(a) = found.address.filter(|a| a.kind == Kind::DockerVolume) {
                 out.insert(a, found.observed);
             }
         }
@@ -153,6 +172,30 @@ impl DockerProvider {
             )),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.error("inspect network", &format!("docker network {id}"), e)),
+        }
+    }
+
+    /// Volumes carrying all of `labels`.
+    pub(super) async fn volumes(&self, labels: &[String]) -> Result<Vec<Found>, ProviderError> {
+        let options = ListVolumesOptionsBuilder::new()
+            .filters(&label_filter(labels))
+            .build();
+        self.count();
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| self.error("list volumes", "volumes", e))?;
+        Ok(list.volumes.unwrap_or_default().iter().map(volume).collect())
+    }
+
+    /// The volume named `name`, if it exists.
+    pub(super) async fn inspect_volume(&self, name: &str) -> Result<Option<Found>, ProviderError> {
+        self.count();
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(volume(&v))),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.error("inspect volume", &format!("docker volume {name}"), e)),
         }
     }
 
@@ -347,6 +390,17 @@ fn network(
     Some(found(id, labels, attrs, outputs))
 }
 
+/// A volume: `name`, `labels`. Its id is its name.
+fn volume(v: &Volume) -> Found {
+    let mut attrs = Attrs::new();
+    attrs.insert("name".into(), Value::str(&v.name));
+    attrs.insert(
+        "labels".into(),
+        labels_value(Some(&v.labels), &HashMap::new()),
+    );
+    found(&v.name, Some(&v.labels), attrs, Attrs::new())
+}
+
 /// The container's endpoint on its pgform network: the one with a configured address
 /// (pgform attaches exactly one), else the first by network name.
 fn endpoint(c: &ContainerInspectResponse) -> Option<&EndpointSettings> {
@@ -409,6 +463,13 @@ fn container(c: &ContainerInspectResponse, inherited: &HashMap<String, String>) 
     attrs.insert("ipv4_address".into(), Value::str(ip));
     attrs.insert("ssh_authorized_keys".into(), Value::str(keys));
     attrs.insert("labels".into(), labels_value(labels, inherited));
+    // The named volume pgform mounted (one at most), and where.
+    if let Some(m) = c.mounts.iter().flatten().find(|m| {
+        m.typ.as_deref() == Some("volume") && m.name.as_deref().is_some_and(|n| !n.is_empty())
+    }) {
+        attrs.insert("data_volume".into(), text(m.name.as_deref()));
+        attrs.insert("data_mount".into(), text(m.destination.as_deref()));
+    }
     let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
     attrs.insert("running".into(), Value::Bool(running));
 
@@ -425,7 +486,7 @@ fn container(c: &ContainerInspectResponse, inherited: &HashMap<String, String>) 
 
 pub(super) fn not_docker(kind: Kind) -> ProviderError {
     ProviderError::Invalid(format!(
-        "the Docker provider does not manage {kind} resources (only docker_network and \
-         docker_container)"
+        "the Docker provider does not manage {kind} resources (only docker_network, \
+         docker_container and docker_volume)"
     ))
 }
