@@ -48,7 +48,11 @@ impl Kind {
     ];
 
     /// The kinds the local Docker provider makes.
-    pub const DOCKER: [Kind; 3] = [Kind::DockerNetwork, Kind::DockerContainer, Kind::DockerVolume];
+    pub const DOCKER: [Kind; 3] = [
+        Kind::DockerNetwork,
+        Kind::DockerContainer,
+        Kind::DockerVolume,
+    ];
 
     pub fn type_name(self) -> &'static str {
         match self {

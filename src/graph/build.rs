@@ -271,22 +271,32 @@ fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, 
         } else {
             "replica"
         };
-        // The node's data: a volume of its own, kept when the container is replaced.
+        // The node's data and its cluster's configuration (Debian keeps it in
+        // /etc/postgresql: a data directory without it is one that the next install's
+        // pg_createcluster refuses): volumes of their own, kept when the container is
+        // replaced.
         let volume = Address {
             kind: Kind::DockerVolume,
             ..address.clone()
         };
-        out.push(Resource::new(
-            volume.clone(),
-            [
-                ("name", Value::str(format!("{cluster}-{name}-data"))),
-                ("labels", labels(&volume, Some(role))),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            &[],
-        ));
+        let conf = Address {
+            kind: Kind::DockerVolume,
+            name: format!("{}_conf", address.name),
+            index: address.index,
+        };
+        for (a, suffix) in [(&volume, "data"), (&conf, "conf")] {
+            out.push(Resource::new(
+                a.clone(),
+                [
+                    ("name", Value::str(format!("{cluster}-{name}-{suffix}"))),
+                    ("labels", labels(a, Some(role))),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                &[],
+            ));
+        }
         out.push(Resource::new(
             address.clone(),
             [
@@ -305,6 +315,11 @@ fn build_docker(spec: &ClusterSpec, lookups: &Lookups) -> Result<ResourceGraph, 
                 (
                     "data_mount",
                     Value::str(format!("/var/lib/postgresql/{}", spec.postgres.version)),
+                ),
+                ("conf_volume", Value::reference(&conf)),
+                (
+                    "conf_mount",
+                    Value::str(format!("/etc/postgresql/{}", spec.postgres.version)),
                 ),
                 // A stopped container (after a reboot of the Docker host) is started
                 // in place, its data kept, rather than replaced.

@@ -642,3 +642,30 @@ impl Drop for LoopDevice {
         let _ = std::fs::remove_file(&self.file);
     }
 }
+
+/// Runs `cmd` (a shell command line) as root on the host at `ip` with `key`, for hosts
+/// that pgform's providers made (no [`Host`] handle).
+pub fn ssh_root(key: &SshKey, ip: &str, cmd: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(&key.private)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("root@{ip}"))
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ssh ({e}); install openssh-client"))
+}

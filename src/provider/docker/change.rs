@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bollard::models::VolumeCreateRequest;
 use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
     NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
-use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
 };
@@ -212,15 +212,19 @@ impl DockerProvider {
         let network_id = text(address, attrs, "network_id")?;
         let ip = text(address, attrs, "ipv4_address")?;
         let keys = text(address, attrs, "ssh_authorized_keys")?;
-        // PostgreSQL's data on the node's own volume, which outlives the container.
-        let binds = match (attrs.get("data_volume"), attrs.get("data_mount")) {
-            (None, None) => None,
-            _ => Some(vec![format!(
-                "{}:{}",
-                text(address, attrs, "data_volume")?,
-                text(address, attrs, "data_mount")?
-            )]),
-        };
+        // PostgreSQL's data and configuration on the node's own volumes, which outlive
+        // the container.
+        let mut binds = Vec::new();
+        for (volume, mount) in [("data_volume", "data_mount"), ("conf_volume", "conf_mount")] {
+            if attrs.contains_key(volume) || attrs.contains_key(mount) {
+                binds.push(format!(
+                    "{}:{}",
+                    text(address, attrs, volume)?,
+                    text(address, attrs, mount)?
+                ));
+            }
+        }
+        let binds = (!binds.is_empty()).then_some(binds);
         // Checked before anything is made.
         ssh_address(address, attrs)?;
         let labels = labels(address, attrs)?;
@@ -447,7 +451,9 @@ impl DockerProvider {
             match self.docker.remove_volume(id, Some(options.clone())).await {
                 Ok(()) => return Ok(()),
                 Err(e) if status(&e) == Some(404) => return Ok(()),
-                Err(e) if status(&e) == Some(409) && start.elapsed() < self.timeouts.network_busy => {
+                Err(e)
+                    if status(&e) == Some(409) && start.elapsed() < self.timeouts.network_busy =>
+                {
                     tokio::time::sleep(POLL_EVERY).await;
                 }
                 Err(e) => {

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use bollard::models::{ContainerInspectResponse, EndpointSettings, Ipam};
 use bollard::models::Volume;
+use bollard::models::{ContainerInspectResponse, EndpointSettings, Ipam};
 use bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder,
@@ -186,7 +186,12 @@ impl DockerProvider {
             .list_volumes(Some(options))
             .await
             .map_err(|e| self.error("list volumes", "volumes", e))?;
-        Ok(list.volumes.unwrap_or_default().iter().map(volume).collect())
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .iter()
+            .map(volume)
+            .collect())
     }
 
     /// The volume named `name`, if it exists.
@@ -463,12 +468,18 @@ fn container(c: &ContainerInspectResponse, inherited: &HashMap<String, String>) 
     attrs.insert("ipv4_address".into(), Value::str(ip));
     attrs.insert("ssh_authorized_keys".into(), Value::str(keys));
     attrs.insert("labels".into(), labels_value(labels, inherited));
-    // The named volume pgform mounted (one at most), and where.
-    if let Some(m) = c.mounts.iter().flatten().find(|m| {
+    // The named volumes pgform mounted: data under /var/lib, configuration under /etc.
+    for m in c.mounts.iter().flatten().filter(|m| {
         m.typ.as_deref() == Some("volume") && m.name.as_deref().is_some_and(|n| !n.is_empty())
     }) {
-        attrs.insert("data_volume".into(), text(m.name.as_deref()));
-        attrs.insert("data_mount".into(), text(m.destination.as_deref()));
+        let dest = m.destination.as_deref().unwrap_or_default();
+        let which = if dest.starts_with("/etc/") {
+            "conf"
+        } else {
+            "data"
+        };
+        attrs.insert(format!("{which}_volume"), text(m.name.as_deref()));
+        attrs.insert(format!("{which}_mount"), text(Some(dest)));
     }
     let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
     attrs.insert("running".into(), Value::Bool(running));
