@@ -296,3 +296,79 @@ async fn a_disk_holding_another_filesystem_is_refused_and_left_untouched() {
         .expect("debugfs runs");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "keep me\n");
 }
+
+/// The Ansible export does the same: the disk formatted and mounted by UUID before the
+/// install, a rerun changes nothing, and pgform's own check then finds nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn exported_playbook_mounts_the_data_disk_the_same_way() {
+    let Some(bin) = common::tools::require("ansible-playbook", "pip install ansible") else {
+        return;
+    };
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("volans");
+    let disk = LoopDevice::new(512);
+    let host = Host::start_with_disk(&net, "pg0", 11, &key, &disk.path);
+    let spec = spec(&net, &host, &key, Some(&disk.path));
+    let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    let files = pgform::export::ansible::export(
+        &spec,
+        &pgform::export::ansible::Inventory::Hosts(nodes.clone()),
+    )
+    .expect("export");
+    let dir = tempfile::tempdir().unwrap();
+    pgform::export::write_files(dir.path(), &files).expect("write");
+    let run = || {
+        let out = std::process::Command::new(&bin)
+            .current_dir(dir.path())
+            .args(["-i", "inventory.ini", "site.yml", "--private-key"])
+            .arg(&key.private)
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            .env(pgform::export::ansible::PASSWORD_ENV, PASSWORD)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ansible-playbook");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "ansible-playbook failed:\n{all}");
+        all
+    };
+    run();
+    let first_uuid = uuid(&host, &disk.path);
+    assert_eq!(
+        host.ssh_ok("findmnt -n -o SOURCE -T /var/lib/postgresql/15/main")
+            .trim(),
+        disk.path
+    );
+    let second = run();
+    let recap = &second[second.find("PLAY RECAP").unwrap_or(0)..];
+    assert!(
+        recap.contains("changed=0"),
+        "a rerun changed something:\n{recap}"
+    );
+    assert_eq!(uuid(&host, &disk.path), first_uuid, "not reformatted");
+
+    let known = key.dir().join("known_hosts");
+    let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
+    let (recap, events) = run_check(&spec, &nodes, &conns).await;
+    assert!(recap.failures.is_empty(), "{:?}", recap.failures);
+    assert!(changed(&events).is_empty(), "{:?}", changed(&events));
+    for c in conns {
+        c.close().await;
+    }
+}
+
+async fn run_check(
+    spec: &ClusterSpec,
+    nodes: &[cluster::Node],
+    conns: &[pgform::remote::Connection],
+) -> (Recap, Vec<TaskEvent>) {
+    run(spec, nodes, conns, true).await
+}

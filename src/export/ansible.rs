@@ -1170,6 +1170,20 @@ fn data_volume_tasks(
         ("pgform_volume_id", s(&v.volume_id)),
         ("pgform_device", s(&v.device)),
         ("pgform_mount", s(&v.mount)),
+        // Where the disk may be, in order (as `volume::candidates`).
+        (
+            "pgform_candidates",
+            Y::Sequence(vec![
+                s(
+                    "{{ ('/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_' ~ pgform_volume_id | replace('-', '')) \
+                   if pgform_volume_id else '' }}",
+                ),
+                s("{{ pgform_device }}"),
+                s(
+                    "{{ pgform_device | regex_replace('^/dev/sd', '/dev/xvd') if pgform_device.startswith('/dev/sd') else '' }}",
+                ),
+            ]),
+        ),
         (
             "pgform_disk",
             s(&format!(
@@ -1180,11 +1194,11 @@ fn data_volume_tasks(
     ]);
     let script = "set -e\n\
         dev=\n\
-        for c in {{ ([('/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_' ~ (pgform_volume_id | replace('-', ''))) if pgform_volume_id else '', pgform_device, (pgform_device | regex_replace('^/dev/sd', '/dev/xvd')) if pgform_device else ''] | select | map('quote') | join(' ')) }}; do\n  \
+        for c in {{ pgform_candidates | select | map('quote') | join(' ') }}; do\n  \
           if [ -b \"$c\" ]; then dev=$(readlink -f \"$c\"); break; fi\n\
         done\n\
         echo \"device=$dev\"\n\
-        if [ -n \"$dev\" ]; then blkid -p -o export \"$dev\" | grep -E '^(TYPE|PTTYPE|UUID)=' || true; fi\n\
+        if [ -n \"$dev\" ]; then blkid -p -o export \"$dev\" || true; fi\n\
         echo \"mounted=$(findmnt -rn -o SOURCE --mountpoint {{ pgform_mount | quote }} || true)\"\n\
         if [ -n \"$(ls -A {{ pgform_mount | quote }} 2>/dev/null)\" ]; then echo occupied=yes; fi\n";
     let d = |k: &str| format!("(pgform_disk.{k} | default(''))");
