@@ -74,3 +74,4 @@ pub mod remote;
 pub mod spec;
 pub mod state;
 pub mod tasks;
+pub mod tls;
