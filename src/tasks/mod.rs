@@ -5,9 +5,11 @@
 //! never prints: the runner sends [`TaskEvent`]s to a sink.
 
 pub mod modules;
+pub mod conninfo;
 pub mod pg_conf;
 pub mod run;
 mod scram;
+pub mod tls_files;
 
 use std::collections::BTreeMap;
 

@@ -118,7 +118,15 @@ pub enum Action {
         primary: String,
         user: String,
         slot: String,
+        /// The CA on the host: the standby verifies the primary's certificate
+        /// (`sslmode=verify-full`). Empty: no TLS.
+        #[serde(default)]
+        sslrootcert: String,
     },
+    /// The cluster CA, the node's certificate and key from pgform's TLS folder.
+    TlsFiles(super::tls_files::TlsFiles),
+    /// A standby's primary_conninfo with `sslmode=verify-full`.
+    StandbyTls(super::conninfo::StandbyTls),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -412,6 +420,7 @@ impl Action {
                 primary,
                 user,
                 slot,
+                ..
             } => {
                 let v = version_number(version)?;
                 // A standby streaming from this primary through its slot is seeded: its
@@ -459,6 +468,8 @@ impl Action {
                 let seeded = standby && !local.is_empty() && local == primary_id;
                 Ok((!seeded).then(|| change(format!("seed from {primary} with pg_basebackup"))))
             }
+            Action::TlsFiles(t) => t.query(conn).await,
+            Action::StandbyTls(t) => t.query(conn).await,
         }
     }
 
@@ -645,14 +656,21 @@ impl Action {
                 primary,
                 user,
                 slot,
+                sslrootcert,
             } => {
                 let v = version_number(version)?;
+                let tls = (!sslrootcert.is_empty()).then_some(sslrootcert.as_str());
                 ok(
-                    conn.run(shell::base_backup(v, data_dir, primary, user, slot), None)
-                        .await?,
+                    conn.run(
+                        shell::base_backup(v, data_dir, primary, user, slot, tls),
+                        None,
+                    )
+                    .await?,
                     "pg_basebackup",
                 )?;
             }
+            Action::TlsFiles(t) => t.act(conn).await?,
+            Action::StandbyTls(t) => t.act(conn).await?,
         }
         Ok(())
     }
@@ -725,7 +743,7 @@ pub(crate) fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
     }
 }
 
-fn version_number(v: &str) -> Result<u32, ActionError> {
+pub(crate) fn version_number(v: &str) -> Result<u32, ActionError> {
     v.trim()
         .parse()
         .map_err(|_| ActionError::Invalid(format!("`{v}` is not a PostgreSQL major version")))
@@ -758,7 +776,7 @@ pub fn ident(s: &str) -> String {
 /// Whether the cluster's postmaster runs (accepting connections, or starting or
 /// stopping); false when PostgreSQL `version` is not installed. pg_isready asks the
 /// socket, so a stale pid file left by a stopped container does not count.
-async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
+pub(crate) async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
     let out = conn.run(shell::pg_isready(version), None).await?;
     Ok(matches!(out.status, Some(0 | 1)))
 }
@@ -797,7 +815,7 @@ async fn slot_changes(
 }
 
 /// The file's owner/group/mode and content, or `None` when it does not exist.
-async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, ActionError> {
+pub(crate) async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, ActionError> {
     let out = ok(
         conn.run(shell::read_file(path), None).await?,
         &format!("reading {path}"),
@@ -825,7 +843,7 @@ async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, A
     )))
 }
 
-async fn write(
+pub(crate) async fn write(
     conn: &Connection,
     path: &str,
     content: &str,
