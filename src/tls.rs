@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -85,7 +85,8 @@ pub fn parse(pem: &str, path: &Path) -> Result<CertInfo, TlsError> {
         path: path.to_path_buf(),
         why,
     };
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let cert = p.parse_x509().map_err(|e| bad(e.to_string()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -335,7 +336,10 @@ mod tests {
         let pem = std::fs::read_to_string(node_cert(dir, "replica-0")).unwrap();
         let now = OffsetDateTime::now_utc();
         let why = renewal_reason("replica-0", Some(&pem), dir, &names, 30, now).unwrap();
-        assert!(why.starts_with("certificate for replica-0 expires 20"), "{why}");
+        assert!(
+            why.starts_with("certificate for replica-0 expires 20"),
+            "{why}"
+        );
         assert!(why.ends_with(": renew"), "{why}");
         assert_eq!(
             renewal_reason("replica-0", Some(&pem), dir, &names, 5, now),

@@ -394,3 +394,41 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
     }
     out
 }
+
+#[cfg(test)]
+mod tls_output_tests {
+    use super::*;
+
+    #[test]
+    fn outputs_name_the_ca_and_verify_full() {
+        let mut state = State::new("c");
+        let mut r = crate::state::ResourceState {
+            id: Some("i-1".into()),
+            attrs: Default::default(),
+            outputs: Default::default(),
+            depends_on: Default::default(),
+            client_token: None,
+        };
+        r.outputs
+            .insert("public_ip".into(), Value::Str("203.0.113.5".into()));
+        state
+            .resources
+            .insert(Address::new(Kind::Instance, "primary"), r);
+        let mut spec: ClusterSpec =
+            toml::from_str("name = \"c\"\nregion = \"us-east-1\"\n").unwrap();
+        spec.tls.dir = Some("/home/me/my certs/c.tls".into());
+        let out = outputs(&state, Some(&spec));
+        assert_eq!(out["tls"]["ca_file"], "/home/me/my certs/c.tls/ca.crt");
+        assert_eq!(
+            out["primary_connection"],
+            "postgresql://replicator@203.0.113.5:5432/postgres?sslmode=verify-full&sslrootcert=/home/me/my%20certs/c.tls/ca.crt"
+        );
+        spec.tls.enabled = false;
+        let out = outputs(&state, Some(&spec));
+        assert!(!out.contains_key("tls"));
+        assert_eq!(
+            out["primary_connection"],
+            "postgresql://replicator@203.0.113.5:5432/postgres"
+        );
+    }
+}

@@ -143,7 +143,10 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
         main.insert(Y::String(k.into()), Y::String(v));
     }
     for (k, v) in tls_vars(spec) {
-        main.insert(Y::String(k.into()), vars_value(&serde_json::Value::String(v)));
+        main.insert(
+            Y::String(k.into()),
+            vars_value(&serde_json::Value::String(v)),
+        );
     }
     if let Some(key) = &spec.ssh.private_key_file {
         main.insert(
@@ -1107,7 +1110,13 @@ impl Translator {
                 // Copied from the folder pgform keeps (made and renewed by `pgform
                 // apply`); the key's content is never in the export.
                 let files = [
-                    ("CA certificate", "{{ pgform_tls_dir }}/ca.crt".to_string(), t.ca, "root", "644"),
+                    (
+                        "CA certificate",
+                        "{{ pgform_tls_dir }}/ca.crt".to_string(),
+                        t.ca,
+                        "root",
+                        "644",
+                    ),
                     (
                         "certificate",
                         format!("{{{{ pgform_tls_dir }}}}/{}.crt", t.node),

@@ -364,8 +364,7 @@ pub fn base_backup(
             conninfo_value(ca)
         ));
     }
-    let copy = Sh::argv(args)
-    .as_user("postgres");
+    let copy = Sh::argv(args).as_user("postgres");
     Sh(format!(
         "{{ {} || true; }} && rm -rf {d} && {} && {}",
         pg_ctlcluster(version, "stop").0,

@@ -686,7 +686,10 @@ admin_cidrs = ["203.0.113.0/24"]"#,
         s.tls.enabled = false;
         s.tls.allow_plain_in_cluster = true;
         assert!(check(&s, &mut w).is_empty());
-        assert!(w.iter().any(|m| m.contains("allow_plain_in_cluster")), "{w:?}");
+        assert!(
+            w.iter().any(|m| m.contains("allow_plain_in_cluster")),
+            "{w:?}"
+        );
     }
 
     #[test]

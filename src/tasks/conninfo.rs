@@ -128,7 +128,10 @@ mod tests {
     fn conninfo_reads_as_libpq_does() {
         let c = r"user=rep passfile='/var/lib/postgresql/.pgpass' host=10.0.0.1 sslmode=prefer application_name='it\'s'";
         let p = parse(c).unwrap();
-        assert_eq!(p[1], ("passfile".into(), "/var/lib/postgresql/.pgpass".into()));
+        assert_eq!(
+            p[1],
+            ("passfile".into(), "/var/lib/postgresql/.pgpass".into())
+        );
         assert_eq!(p[4], ("application_name".into(), "it's".into()));
         assert_eq!(parse("a = 'b c'").unwrap(), [("a".into(), "b c".into())]);
         assert!(parse("novalue").is_none());

@@ -4,8 +4,8 @@
 //! idempotence come by construction; handlers run only after a real change. The engine
 //! never prints: the runner sends [`TaskEvent`]s to a sink.
 
-pub mod modules;
 pub mod conninfo;
+pub mod modules;
 pub mod pg_conf;
 pub mod run;
 mod scram;

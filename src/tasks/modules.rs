@@ -815,7 +815,10 @@ async fn slot_changes(
 }
 
 /// The file's owner/group/mode and content, or `None` when it does not exist.
-pub(crate) async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, ActionError> {
+pub(crate) async fn read(
+    conn: &Connection,
+    path: &str,
+) -> Result<Option<(Meta, String)>, ActionError> {
     let out = ok(
         conn.run(shell::read_file(path), None).await?,
         &format!("reading {path}"),
