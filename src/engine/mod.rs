@@ -409,8 +409,10 @@ mod tls_output_tests {
             depends_on: Default::default(),
             client_token: None,
         };
-        r.outputs
-            .insert("public_ip".into(), Value::Str("203.0.113.5".into()));
+        r.outputs.insert(
+            "public_ip".into(),
+            crate::graph::Value::Str("203.0.113.5".into()),
+        );
         state
             .resources
             .insert(Address::new(Kind::Instance, "primary"), r);
