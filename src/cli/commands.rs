@@ -497,6 +497,11 @@ fn export(g: &Global, cmd: ExportCommand) -> Result<Outcome> {
         let state = read_state(&g.state_path(), &spec.name)?;
         let inventory = ansible::choose_inventory(&spec, &state, terraform_dir)?;
         println!("Inventory: {}", inventory.describe());
+        // The playbook copies the certificates from pgform's TLS folder: make them now
+        // for the machines known (keys stay there, never in the export).
+        if let ansible::Inventory::Hosts(nodes) = &inventory {
+            crate::hosts::prepare_tls(&spec, nodes)?;
+        }
         Ok(ansible::export(&spec, &inventory)?)
     };
     let sets: Vec<(PathBuf, Files)> = match cmd {

@@ -346,6 +346,22 @@ pub fn tls_names(node: &Node) -> Vec<String> {
     names
 }
 
+/// The CA and every node's certificate in the TLS folder, made or renewed as due (what
+/// apply's tasks do one node at a time): for an export whose playbook copies them.
+pub fn prepare_tls(spec: &ClusterSpec, nodes: &[Node]) -> Result<(), HostsError> {
+    if !spec.tls.enabled {
+        return Ok(());
+    }
+    let dir = tls_dir(spec)?;
+    let tls = |e: crate::tls::TlsError| HostsError::Tls(e.to_string());
+    crate::tls::ensure_ca(&dir, &spec.name).map_err(tls)?;
+    for n in nodes {
+        crate::tls::ensure_node(&dir, &n.name, &tls_names(n), spec.tls.renew_before_days)
+            .map_err(tls)?;
+    }
+    Ok(())
+}
+
 /// The TLS folder the spec names (the CLI sets the default beside the state).
 pub fn tls_dir(spec: &ClusterSpec) -> Result<PathBuf, HostsError> {
     spec.tls.dir.as_deref().map(crate::spec::expand_home).ok_or_else(|| {
