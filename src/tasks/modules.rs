@@ -124,7 +124,7 @@ pub enum Action {
         sslrootcert: String,
     },
     /// The cluster CA, the node's certificate and key from pgform's TLS folder.
-    TlsFiles(super::tls_files::TlsFiles),
+    TlsFiles(Box<super::tls_files::TlsFiles>),
     /// A standby's primary_conninfo with `sslmode=verify-full`.
     StandbyTls(super::conninfo::StandbyTls),
 }
