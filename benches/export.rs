@@ -39,9 +39,11 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
 fn spec(net: &Network, hosts: &[Host], key: &SshKey) -> ClusterSpec {
     let mut text = format!(
         "name = \"bench\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
-         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n",
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [tls]\ndir = {:?}\n",
         key.private,
         net.apt_mirror(),
+        key.dir().join(format!("{}.tls", net.name)),
     );
     for (i, h) in hosts.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "replica" };
@@ -488,6 +490,9 @@ fn main() {
     let spec_a = spec(&net_a, &hs_a, &key);
     let nodes_n = cluster::inventory(&spec_n, &State::new("bench")).expect("inventory");
     let nodes_a = cluster::inventory(&spec_a, &State::new("bench")).expect("inventory");
+    // The exported playbooks copy the certificates from the TLS folders.
+    cluster::prepare_tls(&spec_n, &nodes_n).expect("certificates");
+    cluster::prepare_tls(&spec_a, &nodes_a).expect("certificates");
     let roles: BTreeMap<String, Role> = nodes_n.iter().map(|n| (n.name.clone(), n.role)).collect();
     let book = Playbook::embedded().expect("embedded playbook");
     let known_n = key.dir().join("known_hosts_native");

@@ -34,9 +34,11 @@ const UNAVOIDABLE: &[&str] = &["install PostgreSQL", "seed from the primary"];
 fn spec(net: &Network, hosts: &[Host], key: &SshKey) -> ClusterSpec {
     let mut text = format!(
         "name = \"bench\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
-         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n",
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [tls]\ndir = {:?}\n",
         key.private,
         net.apt_mirror(),
+        key.dir().join(format!("{}.tls", net.name)),
     );
     for (i, h) in hosts.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "replica" };

@@ -15,6 +15,8 @@
 //! - [`hosts`]: the hosts layer — inventory, per-host variables, [`hosts::configure`]
 //!   (the embedded task list), [`hosts::verify`] and [`hosts::status`].
 //! - [`tasks`]: the task-list interpreter (query, then act; check mode; handlers).
+//! - [`tls`]: the cluster CA and node certificates kept beside the state (set
+//!   `spec.tls.dir` before [`hosts::configure`] when TLS is on; the CLI does).
 //! - [`remote`]: SSH sessions and the one place that builds shell text.
 //! - [`cli`]: the command line, a thin layer over [`engine`] and [`hosts`].
 //!
@@ -74,3 +76,4 @@ pub mod remote;
 pub mod spec;
 pub mod state;
 pub mod tasks;
+pub mod tls;

@@ -206,7 +206,11 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
         .map(|i| Host::start(&net, &format!("pg{i}"), 11 + i, &key))
         .collect();
     let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
-    let spec = spec_for(&addrs, Some(&key.private), Some(&net.apt_mirror()));
+    let mut spec = spec_for(&addrs, Some(&key.private), Some(&net.apt_mirror()));
+    // The playbook copies the certificates from pgform's TLS folder.
+    spec.tls.dir = Some(key.dir().join("t.tls"));
+    let known = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    cluster::prepare_tls(&spec, &known).expect("certificates");
     let dir = tempfile::tempdir().unwrap();
     let files = export_to(&spec, dir.path());
     assert!(files.values().all(|c| !c.contains(PASSWORD)));

@@ -29,9 +29,11 @@ fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra: &str) -> ClusterSpe
     let mut text = format!(
         "name = \"t\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
          [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [tls]\ndir = {:?}\n\
          [postgres]\nreplication_user = {:?}\n{extra}\n",
         key.private,
         net.apt_mirror(),
+        key.dir().join("t.tls"),
         USER
     );
     for (i, h) in hosts.iter().enumerate() {

@@ -104,7 +104,15 @@ fn validate(g: &Global, json: bool) -> Result<Outcome> {
 fn load_spec(g: &Global) -> Result<ClusterSpec> {
     let loaded = spec::load_file(&g.file)?;
     print_warnings(&loaded.warnings);
-    Ok(loaded.spec)
+    Ok(with_tls_dir(g, loaded.spec))
+}
+
+/// The spec with its TLS folder: the one it names, else `<cluster>.tls` beside the state.
+fn with_tls_dir(g: &Global, mut spec: ClusterSpec) -> ClusterSpec {
+    if spec.tls.dir.is_none() {
+        spec.tls.dir = Some(crate::tls::default_dir(&g.state_path(), &spec.name));
+    }
+    spec
 }
 
 fn print_warnings(warnings: &[String]) {
@@ -390,7 +398,9 @@ fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
 }
 
 fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
-    let spec = spec::load_file(&g.file).ok().map(|l| l.spec);
+    let spec = spec::load_file(&g.file)
+        .ok()
+        .map(|l| with_tls_dir(g, l.spec));
     let path = g.state_path();
     let state = state::read(&path)?
         .with_context(|| format!("no state at {}: run `pgform apply` first", path.display()))?;
@@ -487,6 +497,11 @@ fn export(g: &Global, cmd: ExportCommand) -> Result<Outcome> {
         let state = read_state(&g.state_path(), &spec.name)?;
         let inventory = ansible::choose_inventory(&spec, &state, terraform_dir)?;
         println!("Inventory: {}", inventory.describe());
+        // The playbook copies the certificates from pgform's TLS folder: make them now
+        // for the machines known (keys stay there, never in the export).
+        if let ansible::Inventory::Hosts(nodes) = &inventory {
+            crate::hosts::prepare_tls(&spec, nodes)?;
+        }
         Ok(ansible::export(&spec, &inventory)?)
     };
     let sets: Vec<(PathBuf, Files)> = match cmd {

@@ -323,12 +323,17 @@ pub async fn status(
         return Ok(());
     }
     println!(
-        "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} LAG",
-        "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC"
+        "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {:<10} {:<4} {:<12} REPL_TLS",
+        "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC", "LAG", "TLS", "CERT_EXPIRES"
     );
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "-",
+    };
     for r in &rows {
         println!(
-            "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {}",
+            "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {:<10} {:<4} {:<12} {}",
             r.name,
             r.address,
             r.role,
@@ -337,7 +342,10 @@ pub async fn status(
             r.sync_state.as_deref().unwrap_or("-"),
             r.lag_bytes
                 .map(|b| format!("{b} B"))
-                .unwrap_or_else(|| "-".into())
+                .unwrap_or_else(|| "-".into()),
+            yes_no(r.tls),
+            r.cert_expires.as_deref().unwrap_or("-"),
+            yes_no(r.replication_tls),
         );
         if let Some(e) = &r.error {
             println!("  {e}");

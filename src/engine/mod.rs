@@ -306,6 +306,19 @@ pub async fn rebuild(provider: &dyn Provider, spec: &ClusterSpec) -> Result<Stat
     Ok(state)
 }
 
+/// `text` for a URL's query: unreserved characters and `/` as they are, the rest
+/// percent-encoded.
+fn url_path(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Outputs of the state: addresses by role, and connection strings without a password.
 pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, serde_json::Value> {
     use serde_json::json;
@@ -319,6 +332,14 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
             .map(str::to_string)
     };
     let mut out = BTreeMap::new();
+    // TLS: the CA clients verify the servers with.
+    let ca_file = spec
+        .filter(|s| s.tls.enabled)
+        .and_then(|s| s.tls.dir.as_deref())
+        .map(crate::tls::ca_cert);
+    if let Some(ca) = &ca_file {
+        out.insert("tls".into(), json!({"ca_file": ca.display().to_string()}));
+    }
     // Hosts are EC2 instances or local containers, whichever the state holds.
     let kind = if state
         .resources
@@ -339,10 +360,16 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
     if state.resources.contains_key(&primary) {
         out.insert("primary".into(), node(&primary));
         if let Some(ip) = host(&primary, "public_ip").or_else(|| host(&primary, "private_ip")) {
-            let conn = match &user {
+            let mut conn = match &user {
                 Some(u) => format!("postgresql://{u}@{ip}:5432/postgres"),
                 None => format!("postgresql://{ip}:5432/postgres"),
             };
+            if let Some(ca) = &ca_file {
+                conn.push_str(&format!(
+                    "?sslmode=verify-full&sslrootcert={}",
+                    url_path(&ca.display().to_string())
+                ));
+            }
             out.insert("primary_connection".into(), json!(conn));
         }
     }
@@ -366,4 +393,44 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tls_output_tests {
+    use super::*;
+
+    #[test]
+    fn outputs_name_the_ca_and_verify_full() {
+        let mut state = State::new("c");
+        let mut r = crate::state::ResourceState {
+            id: Some("i-1".into()),
+            attrs: Default::default(),
+            outputs: Default::default(),
+            depends_on: Default::default(),
+            client_token: None,
+        };
+        r.outputs.insert(
+            "public_ip".into(),
+            crate::graph::Value::Str("203.0.113.5".into()),
+        );
+        state
+            .resources
+            .insert(Address::new(Kind::Instance, "primary"), r);
+        let mut spec: ClusterSpec =
+            toml::from_str("name = \"c\"\nregion = \"us-east-1\"\n").unwrap();
+        spec.tls.dir = Some("/home/me/my certs/c.tls".into());
+        let out = outputs(&state, Some(&spec));
+        assert_eq!(out["tls"]["ca_file"], "/home/me/my certs/c.tls/ca.crt");
+        assert_eq!(
+            out["primary_connection"],
+            "postgresql://replicator@203.0.113.5:5432/postgres?sslmode=verify-full&sslrootcert=/home/me/my%20certs/c.tls/ca.crt"
+        );
+        spec.tls.enabled = false;
+        let out = outputs(&state, Some(&spec));
+        assert!(!out.contains_key("tls"));
+        assert_eq!(
+            out["primary_connection"],
+            "postgresql://replicator@203.0.113.5:5432/postgres"
+        );
+    }
 }

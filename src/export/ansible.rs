@@ -142,6 +142,12 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
     for (k, v) in inventory_vars(spec) {
         main.insert(Y::String(k.into()), Y::String(v));
     }
+    for (k, v) in tls_vars(spec) {
+        main.insert(
+            Y::String(k.into()),
+            vars_value(&serde_json::Value::String(v)),
+        );
+    }
     if let Some(key) = &spec.ssh.private_key_file {
         main.insert(
             s("ansible_ssh_private_key_file"),
@@ -398,6 +404,9 @@ fn variables(
         };
         let mut vars: Vars = map.into_iter().collect();
         vars.remove("replication_password");
+        // TLS: files come from `pgform_tls_dir` (see [`tls_vars`]), names are pgform's.
+        vars.remove("tls_names");
+        vars.remove("tls_local_dir");
         for k in ADDRESS_VARS {
             vars.remove(k);
         }
@@ -432,18 +441,24 @@ fn inventory_vars(spec: &ClusterSpec) -> Vec<(&'static str, String)> {
     // a Jinja string (a real line break inside quotes, no escape): the same text
     // whatever the trim_blocks setting.
     let newline = "{{ '\n' }}";
+    // As hosts::hba_block: hostssl with TLS (members also plain when allowed).
+    let (members, clients) = match (spec.tls.enabled, spec.tls.allow_plain_in_cluster) {
+        (false, _) => ("host", "host"),
+        (true, true) => ("host", "hostssl"),
+        (true, false) => ("hostssl", "hostssl"),
+    };
     let mut hba = format!(
         "# replication between the cluster's members\n\
          {{%- for address in member_addresses %}}\
-         {newline}host replication {user} {{{{ address }}}}/32 scram-sha-256\n\
-         host all {user} {{{{ address }}}}/32 scram-sha-256\n\
+         {newline}{members} replication {user} {{{{ address }}}}/32 scram-sha-256\n\
+         {members} all {user} {{{{ address }}}}/32 scram-sha-256\n\
          {{%- endfor %}}"
     );
     if !spec.access.client_cidrs.is_empty() {
         hba.push_str(newline);
         hba.push_str("# clients");
         for c in &spec.access.client_cidrs {
-            hba.push_str(&format!("\nhost all all {c} scram-sha-256"));
+            hba.push_str(&format!("\n{clients} all all {c} scram-sha-256"));
         }
     }
     vec![
@@ -459,6 +474,21 @@ fn inventory_vars(spec: &ClusterSpec) -> Vec<(&'static str, String)> {
         ),
         ("hba_block", hba),
     ]
+}
+
+/// TLS: the folder the certificate files are copied from. Point it at pgform's TLS
+/// folder (where `pgform apply` made and renews them); the export holds no key.
+fn tls_vars(spec: &ClusterSpec) -> Vec<(&'static str, String)> {
+    if !spec.tls.enabled {
+        return Vec::new();
+    }
+    let dir = spec
+        .tls
+        .dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| format!("{}.tls", spec.name));
+    vec![("pgform_tls_dir", dir)]
 }
 
 /// Literal text inside a Jinja template: raw when it holds Jinja delimiters.
@@ -1076,12 +1106,89 @@ impl Translator {
                 );
                 notifying = vec![0, 3];
             }
+            Action::TlsFiles(t) => {
+                // Copied from the folder pgform keeps (made and renewed by `pgform
+                // apply`); the key's content is never in the export.
+                let files = [
+                    (
+                        "CA certificate",
+                        "{{ pgform_tls_dir }}/ca.crt".to_string(),
+                        t.ca,
+                        "root",
+                        "644",
+                    ),
+                    (
+                        "certificate",
+                        format!("{{{{ pgform_tls_dir }}}}/{}.crt", t.node),
+                        t.cert,
+                        "postgres",
+                        "644",
+                    ),
+                    (
+                        "private key",
+                        format!("{{{{ pgform_tls_dir }}}}/{}.key", t.node),
+                        t.key,
+                        "postgres",
+                        "600",
+                    ),
+                ];
+                for (what, src, dest, owner, m) in files {
+                    let mut args = Mapping::new();
+                    args.insert(s("src"), s(&src));
+                    args.insert(s("dest"), s(&dest));
+                    meta_args(
+                        &mut args,
+                        &Meta {
+                            owner: owner.into(),
+                            group: owner.into(),
+                            mode: m.into(),
+                        },
+                    );
+                    let mut task = sub(what).module("ansible.builtin.copy", Y::Mapping(args));
+                    if what == "private key" {
+                        task = task.set("no_log", Y::Bool(true));
+                    }
+                    out.push(task);
+                }
+                notifying = vec![0, 1, 2];
+            }
+            Action::StandbyTls(t) => {
+                // Standbys seeded by the export's base backup already verify the
+                // primary; one seeded earlier without TLS gets `sslmode=verify-full`.
+                out.push(
+                    T::new(name)
+                        .module(
+                            "ansible.builtin.shell",
+                            map([(
+                                "cmd",
+                                s("set -e\n\
+                                   f=/var/lib/postgresql/{{ pgform_version }}/main/postgresql.auto.conf\n\
+                                   if grep -q \"^primary_conninfo = .*sslmode=verify-full\" \"$f\"; then echo unchanged; exit 0; fi\n\
+                                   sed -i \"s#^primary_conninfo = '\\(.*\\)'#primary_conninfo = '\\1 sslmode=verify-full sslrootcert={{ pgform_sslrootcert }}'#\" \"$f\"\n\
+                                   pg_ctlcluster {{ pgform_version | quote }} main reload\n"),
+                            )]),
+                        )
+                        .set(
+                            "vars",
+                            map([
+                                ("pgform_version", s(&t.version)),
+                                ("pgform_sslrootcert", s(&t.sslrootcert)),
+                            ]),
+                        )
+                        .set("register", s("pgform_standby_tls"))
+                        .set(
+                            "changed_when",
+                            s("'unchanged' not in pgform_standby_tls.stdout"),
+                        ),
+                );
+            }
             Action::BaseBackup {
                 version,
                 data_dir,
                 primary,
                 user,
                 slot,
+                sslrootcert,
             } => {
                 let script = "set -e\n\
                     pg_ctlcluster {{ pgform_version | quote }} main stop || true\n\
@@ -1092,7 +1199,8 @@ impl Translator {
                     /usr/lib/postgresql/{{ pgform_version | quote }}/bin/pg_basebackup \\\n  \
                     -h {{ pgform_primary | quote }} -p 5432 -U {{ pgform_user | quote }} \\\n  \
                     -D {{ pgform_data_dir | quote }} -R -X stream -S {{ pgform_slot | quote }} \\\n  \
-                    --checkpoint=fast -w\n";
+                    --checkpoint=fast -w \\\n  \
+                    {{ ('-d ' ~ ('sslmode=verify-full sslrootcert=' ~ pgform_sslrootcert) | quote) if pgform_sslrootcert else '' }}\n";
                 out.push(
                     T::new(name)
                         .module(
@@ -1110,6 +1218,7 @@ impl Translator {
                                 ("pgform_primary", s(&primary)),
                                 ("pgform_user", s(&user)),
                                 ("pgform_slot", s(&slot)),
+                                ("pgform_sslrootcert", s(&sslrootcert)),
                             ]),
                         ),
                 );

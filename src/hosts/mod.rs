@@ -71,6 +71,8 @@ pub enum HostsError {
     Playbook(#[from] PlaybookError),
     #[error("{0}")]
     Verify(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The cluster's machines: the `hosts` list, or the hosts the provider made (from the
@@ -261,6 +263,13 @@ pub fn settings(spec: &ClusterSpec, nodes: &[Node], node: &Node) -> BTreeMap<Str
         String::new()
     };
     set("synchronous_standby_names", conf_string(&sync));
+    if spec.tls.enabled {
+        let (ca, cert, key) = tls_files(pg.version);
+        set("ssl", "on".into());
+        set("ssl_ca_file", conf_string(&ca));
+        set("ssl_cert_file", conf_string(&cert));
+        set("ssl_key_file", conf_string(&key));
+    }
     for (k, v) in &pg.parameters {
         let value = match v {
             ParamValue::Text(t) => conf_string(t),
@@ -313,27 +322,81 @@ pub fn settings_file(version: u32) -> String {
 }
 
 /// pg_hba.conf lines pgform manages: replication between members, clients from the
-/// allowed CIDRs; all with scram-sha-256.
+/// allowed CIDRs; all with scram-sha-256. With TLS, only TLS connections match
+/// (`hostssl`; members may also connect plainly with `tls.allow_plain_in_cluster`): a
+/// plain connection matches no line and is refused.
 pub fn hba_block(spec: &ClusterSpec, nodes: &[Node]) -> String {
     let user = format!("\"{}\"", spec.postgres.replication_user);
+    let (members, clients) = match (spec.tls.enabled, spec.tls.allow_plain_in_cluster) {
+        (false, _) => ("host", "host"),
+        (true, true) => ("host", "hostssl"),
+        (true, false) => ("hostssl", "hostssl"),
+    };
     let mut lines = vec!["# replication between the cluster's members".to_string()];
     for n in nodes {
         lines.push(format!(
-            "host replication {user} {}/32 scram-sha-256",
+            "{members} replication {user} {}/32 scram-sha-256",
             n.private_address
         ));
         lines.push(format!(
-            "host all {user} {}/32 scram-sha-256",
+            "{members} all {user} {}/32 scram-sha-256",
             n.private_address
         ));
     }
     if !spec.access.client_cidrs.is_empty() {
         lines.push("# clients".into());
         for c in &spec.access.client_cidrs {
-            lines.push(format!("host all all {c} scram-sha-256"));
+            lines.push(format!("{clients} all all {c} scram-sha-256"));
         }
     }
     lines.join("\n")
+}
+
+/// Where PostgreSQL reads the cluster CA, the node's certificate and its key on a host.
+pub fn tls_files(version: u32) -> (String, String, String) {
+    let dir = crate::remote::shell::conf_dir(version);
+    (
+        format!("{dir}/pgform-ca.crt"),
+        format!("{dir}/pgform-server.crt"),
+        format!("{dir}/pgform-server.key"),
+    )
+}
+
+/// The names a node's certificate carries: its addresses (IP SANs, or DNS names for
+/// listed hosts given by name) and its node name.
+pub fn tls_names(node: &Node) -> Vec<String> {
+    let mut names = vec![node.private_address.clone()];
+    if node.connect_address != node.private_address {
+        names.push(node.connect_address.clone());
+    }
+    names.push(node.name.clone());
+    names.retain(|n| !n.is_empty());
+    names
+}
+
+/// The CA and every node's certificate in the TLS folder, made or renewed as due (what
+/// apply's tasks do one node at a time): for an export whose playbook copies them.
+pub fn prepare_tls(spec: &ClusterSpec, nodes: &[Node]) -> Result<(), HostsError> {
+    if !spec.tls.enabled {
+        return Ok(());
+    }
+    let dir = tls_dir(spec)?;
+    let tls = |e: crate::tls::TlsError| HostsError::Tls(e.to_string());
+    crate::tls::ensure_ca(&dir, &spec.name).map_err(tls)?;
+    for n in nodes {
+        crate::tls::ensure_node(&dir, &n.name, &tls_names(n), spec.tls.renew_before_days)
+            .map_err(tls)?;
+    }
+    Ok(())
+}
+
+/// The TLS folder the spec names (the CLI sets the default beside the state).
+pub fn tls_dir(spec: &ClusterSpec) -> Result<PathBuf, HostsError> {
+    spec.tls.dir.as_deref().map(crate::spec::expand_home).ok_or_else(|| {
+        HostsError::Inventory(
+            "tls.dir is not set: name the folder for the cluster's certificates (the CLI keeps them beside the state)".into(),
+        )
+    })
 }
 
 /// The variables the task list renders for `node`.
@@ -341,6 +404,7 @@ pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> 
     let v = spec.postgres.version;
     let primary = nodes.iter().find(|n| n.role == Role::Primary);
     let replicas: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Replica).collect();
+    let (tls_ca, tls_cert, tls_key) = tls_files(v);
     minijinja::context! {
         pg_version => v,
         conf_dir => format!("/etc/postgresql/{v}/main"),
@@ -360,6 +424,15 @@ pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> 
         data_volume_id => node.data_disk.volume_id.clone(),
         data_device => node.data_disk.device.clone(),
         data_mount => format!("/var/lib/postgresql/{v}"),
+        // TLS (issue 11): the local folder and the files on the host.
+        tls_enabled => spec.tls.enabled,
+        tls_local_dir => spec.tls.dir.as_deref().map(crate::spec::expand_home).unwrap_or_default().display().to_string(),
+        tls_names => tls_names(node),
+        tls_renew_before_days => spec.tls.renew_before_days,
+        tls_ca_file => tls_ca.clone(),
+        tls_cert_file => tls_cert,
+        tls_key_file => tls_key,
+        tls_sslrootcert => if spec.tls.enabled { tls_ca } else { String::new() },
     }
 }
 
@@ -446,6 +519,13 @@ pub async fn configure(
     opts: &RunOptions,
 ) -> Result<Recap, HostsError> {
     let mut book = Playbook::embedded()?;
+    if spec.tls.enabled {
+        let dir = tls_dir(spec)?;
+        // Made once, before the hosts' tasks make their certificates with it.
+        if !opts.check {
+            crate::tls::ensure_ca(&dir, &spec.name).map_err(|e| HostsError::Tls(e.to_string()))?;
+        }
+    }
     if lowers_standby_limits(spec, nodes, conns).await {
         for play in &mut book.plays {
             if play.order == Order::ReplicasFirst {

@@ -108,6 +108,25 @@ pub async fn verify(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // With TLS, every replica streams over it.
+    if spec.tls.enabled {
+        let plain = sql(
+            primary,
+            v,
+            "SELECT r.application_name FROM pg_stat_replication r \
+             LEFT JOIN pg_stat_ssl s USING (pid) WHERE NOT coalesce(s.ssl, false) ORDER BY 1;",
+        )
+        .await
+        .map_err(|e| fail(format!("primary: {e}")))?;
+        let plain: Vec<&str> = plain.lines().filter(|l| !l.is_empty()).collect();
+        if !plain.is_empty() {
+            return Err(fail(format!(
+                "{} stream(s) without TLS although tls.enabled is true; their primary_conninfo must use sslmode=verify-full (run apply)",
+                plain.join(", ")
+            )));
+        }
+    }
+
     let token = uuid::Uuid::new_v4().to_string();
     sql(
         primary,
@@ -207,6 +226,11 @@ pub struct NodeStatus {
     /// Replica: bytes of WAL not yet replayed.
     pub lag_bytes: Option<i64>,
     pub error: Option<String>,
+    /// TLS (issue 11): whether the server has `ssl` on; when its certificate (pgform's
+    /// copy) expires; for a replica, whether it streams over TLS.
+    pub tls: Option<bool>,
+    pub cert_expires: Option<String>,
+    pub replication_tls: Option<bool>,
 }
 
 /// Each node's role, LSN, and (for replicas) state and lag.
@@ -224,11 +248,14 @@ pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) ->
             sync_state: None,
             lag_bytes: None,
             error: None,
+            tls: None,
+            cert_expires: cert_expiry(spec, &n.name),
+            replication_tls: None,
         };
         match sql(
             c,
             v,
-            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END;",
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, current_setting('ssl');",
         )
         .await
         {
@@ -236,11 +263,13 @@ pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) ->
                 let f: Vec<&str> = row.trim().split('|').collect();
                 s.role = if f.first() == Some(&"t") { "replica" } else { "primary" }.into();
                 s.lsn = f.get(1).map(|x| x.to_string());
+                s.tls = f.get(2).map(|x| *x == "on");
                 if s.role == "primary" {
                     from_primary = sql(
                         c,
                         v,
-                        "SELECT application_name, state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint FROM pg_stat_replication;",
+                        "SELECT r.application_name, r.state, r.sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)::bigint, coalesce(s.ssl, false) \
+                         FROM pg_stat_replication r LEFT JOIN pg_stat_ssl s USING (pid);",
                     )
                     .await
                     .unwrap_or_default()
@@ -258,9 +287,20 @@ pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) ->
             s.state = row.get(1).cloned();
             s.sync_state = row.get(2).cloned();
             s.lag_bytes = row.get(3).and_then(|x| x.parse().ok());
+            s.replication_tls = row.get(4).map(|x| x == "t");
         }
     }
     out
+}
+
+/// The expiry date of `node`'s certificate, from pgform's copy (what apply installed).
+fn cert_expiry(spec: &ClusterSpec, node: &str) -> Option<String> {
+    if !spec.tls.enabled {
+        return None;
+    }
+    let path = crate::tls::node_cert(&super::tls_dir(spec).ok()?, node);
+    let pem = std::fs::read_to_string(&path).ok()?;
+    crate::tls::parse(&pem, &path).ok().map(|i| i.expiry_date())
 }
 
 #[cfg(test)]

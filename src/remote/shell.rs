@@ -327,28 +327,44 @@ pub fn control_system_identifier(version: u32, data_dir: &str) -> Sh {
 }
 
 /// Stops the cluster, empties its data directory and copies the primary's with
-/// pg_basebackup, ready to stream from `slot` (password from ~postgres/.pgpass).
-pub fn base_backup(version: u32, data_dir: &str, primary: &str, user: &str, slot: &str) -> Sh {
+/// pg_basebackup, ready to stream from `slot` (password from ~postgres/.pgpass). With
+/// `tls_root` (the CA on the host) it connects, and the standby will, with
+/// `sslmode=verify-full` (-R writes the connection's options to primary_conninfo).
+pub fn base_backup(
+    version: u32,
+    data_dir: &str,
+    primary: &str,
+    user: &str,
+    slot: &str,
+    tls_root: Option<&str>,
+) -> Sh {
     let bin = pg_bin(version, "pg_basebackup");
-    let copy = Sh::argv([
-        bin.as_str(),
-        "-h",
-        primary,
-        "-p",
-        "5432",
-        "-U",
-        user,
-        "-D",
-        data_dir,
-        "-R",
-        "-X",
-        "stream",
-        "-S",
-        slot,
-        "--checkpoint=fast",
-        "-w",
-    ])
-    .as_user("postgres");
+    let mut args = vec![
+        bin.clone(),
+        "-h".into(),
+        primary.into(),
+        "-p".into(),
+        "5432".into(),
+        "-U".into(),
+        user.into(),
+        "-D".into(),
+        data_dir.into(),
+        "-R".into(),
+        "-X".into(),
+        "stream".into(),
+        "-S".into(),
+        slot.into(),
+        "--checkpoint=fast".into(),
+        "-w".into(),
+    ];
+    if let Some(ca) = tls_root {
+        args.push("-d".into());
+        args.push(format!(
+            "sslmode=verify-full sslrootcert={}",
+            conninfo_value(ca)
+        ));
+    }
+    let copy = Sh::argv(args).as_user("postgres");
     Sh(format!(
         "{{ {} || true; }} && rm -rf {d} && {} && {}",
         pg_ctlcluster(version, "stop").0,

@@ -97,6 +97,7 @@ impl FlatPayload {
                 ..AccessSpec::default()
             },
             postgres,
+            tls: TlsSpec::default(),
         }
     }
 }

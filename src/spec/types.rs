@@ -38,6 +38,43 @@ pub struct ClusterSpec {
     pub access: AccessSpec,
     #[serde(default)]
     pub postgres: PostgresSpec,
+    // TLS (issue 11): the cluster CA and per-node certificates.
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+/// TLS for client and replication connections (on by default).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `ssl = on`, `hostssl` in pg_hba.conf, replicas connect with `sslmode=verify-full`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Also accept plain connections from the members' own private addresses.
+    #[serde(default)]
+    pub allow_plain_in_cluster: bool,
+    /// Where pgform keeps the CA and the node certificates (default: beside the state,
+    /// `<cluster>.tls`). A `ca.crt` + `ca.key` placed there first is used as the CA.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A node certificate expiring within this many days is renewed.
+    #[serde(default = "default_renew_before_days")]
+    pub renew_before_days: u32,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            enabled: true,
+            allow_plain_in_cluster: false,
+            dir: None,
+            renew_before_days: default_renew_before_days(),
+        }
+    }
+}
+
+fn default_renew_before_days() -> u32 {
+    30
 }
 
 /// Either an existing subnet (`subnet_id`) or a network that pgform creates.

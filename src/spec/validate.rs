@@ -343,6 +343,37 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
     };
     out.extend(parameters(pg, nodes, warnings));
     out.extend(data_devices(spec));
+    out.extend(tls(&spec.tls, warnings));
+    out
+}
+
+/// The `[tls]` table: a renewal window shorter than a node certificate's life.
+fn tls(t: &TlsSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let most = crate::tls::NODE_CERT_DAYS / 2;
+    if t.renew_before_days == 0 || t.renew_before_days > most {
+        out.push(problem(
+            "tls.renew_before_days",
+            format!(
+                "{} days is outside 1..={most} (node certificates last {} days)",
+                t.renew_before_days,
+                crate::tls::NODE_CERT_DAYS
+            ),
+            "choose a number of days between 1 and 365, e.g. 30",
+        ));
+    }
+    if t.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        out.push(problem(
+            "tls.dir",
+            "is empty".into(),
+            "name a folder for the CA and certificates, or remove tls.dir to keep them beside the state",
+        ));
+    }
+    if !t.enabled && t.allow_plain_in_cluster {
+        warnings.push(
+            "tls.allow_plain_in_cluster has no effect with tls.enabled = false (every connection is plain)".into(),
+        );
+    }
     out
 }
 
@@ -656,6 +687,40 @@ key_name = "k"
 admin_cidrs = ["203.0.113.0/24"]"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn tls_renewal_window_is_checked() {
+        let mut s = aws();
+        assert!(s.tls.enabled, "TLS is on by default");
+        assert_eq!(s.tls.renew_before_days, 30);
+        let mut w = Vec::new();
+        assert!(check(&s, &mut w).is_empty());
+        for days in [0, 9999] {
+            s.tls.renew_before_days = days;
+            let p = check(&s, &mut w);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "tls.renew_before_days");
+            assert!(p[0].message.contains(&days.to_string()), "{}", p[0].message);
+            assert!(p[0].fix.as_deref().unwrap().contains("between 1 and"));
+        }
+        s.tls.renew_before_days = 30;
+        s.tls.dir = Some("".into());
+        assert_eq!(check(&s, &mut w)[0].field, "tls.dir");
+        s.tls.dir = None;
+        s.tls.enabled = false;
+        s.tls.allow_plain_in_cluster = true;
+        assert!(check(&s, &mut w).is_empty());
+        assert!(
+            w.iter().any(|m| m.contains("allow_plain_in_cluster")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn tls_table_refuses_unknown_fields() {
+        let e = toml::from_str::<ClusterSpec>("name = \"c\"\n[tls]\nenable = true\n").unwrap_err();
+        assert!(e.to_string().contains("enable"), "{e}");
     }
 
     fn docker() -> ClusterSpec {

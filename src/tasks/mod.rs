@@ -4,11 +4,13 @@
 //! idempotence come by construction; handlers run only after a real change. The engine
 //! never prints: the runner sends [`TaskEvent`]s to a sink.
 
+pub mod conninfo;
 pub mod modules;
 pub mod pg_conf;
 pub mod run;
 mod scram;
 pub mod volume;
+pub mod tls_files;
 
 use std::collections::BTreeMap;
 

@@ -118,9 +118,17 @@ pub enum Action {
         primary: String,
         user: String,
         slot: String,
+        /// The CA on the host: the standby verifies the primary's certificate
+        /// (`sslmode=verify-full`). Empty: no TLS.
+        #[serde(default)]
+        sslrootcert: String,
     },
     /// PostgreSQL's data disk formatted (only when empty) and mounted (`volume.rs`).
     DataVolume(super::volume::DataVolume),
+    /// The cluster CA, the node's certificate and key from pgform's TLS folder.
+    TlsFiles(Box<super::tls_files::TlsFiles>),
+    /// A standby's primary_conninfo with `sslmode=verify-full`.
+    StandbyTls(super::conninfo::StandbyTls),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -414,6 +422,7 @@ impl Action {
                 primary,
                 user,
                 slot,
+                ..
             } => {
                 let v = version_number(version)?;
                 // A standby streaming from this primary through its slot is seeded: its
@@ -462,6 +471,8 @@ impl Action {
                 Ok((!seeded).then(|| change(format!("seed from {primary} with pg_basebackup"))))
             }
             Action::DataVolume(v) => v.query(conn).await,
+            Action::TlsFiles(t) => t.query(conn).await,
+            Action::StandbyTls(t) => t.query(conn).await,
         }
     }
 
@@ -648,15 +659,22 @@ impl Action {
                 primary,
                 user,
                 slot,
+                sslrootcert,
             } => {
                 let v = version_number(version)?;
+                let tls = (!sslrootcert.is_empty()).then_some(sslrootcert.as_str());
                 ok(
-                    conn.run(shell::base_backup(v, data_dir, primary, user, slot), None)
-                        .await?,
+                    conn.run(
+                        shell::base_backup(v, data_dir, primary, user, slot, tls),
+                        None,
+                    )
+                    .await?,
                     "pg_basebackup",
                 )?;
             }
             Action::DataVolume(v) => v.act(conn).await?,
+            Action::TlsFiles(t) => t.act(conn).await?,
+            Action::StandbyTls(t) => t.act(conn).await?,
         }
         Ok(())
     }
@@ -729,7 +747,7 @@ pub(crate) fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
     }
 }
 
-fn version_number(v: &str) -> Result<u32, ActionError> {
+pub(crate) fn version_number(v: &str) -> Result<u32, ActionError> {
     v.trim()
         .parse()
         .map_err(|_| ActionError::Invalid(format!("`{v}` is not a PostgreSQL major version")))
@@ -762,7 +780,7 @@ pub fn ident(s: &str) -> String {
 /// Whether the cluster's postmaster runs (accepting connections, or starting or
 /// stopping); false when PostgreSQL `version` is not installed. pg_isready asks the
 /// socket, so a stale pid file left by a stopped container does not count.
-async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
+pub(crate) async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
     let out = conn.run(shell::pg_isready(version), None).await?;
     Ok(matches!(out.status, Some(0 | 1)))
 }
@@ -801,7 +819,10 @@ async fn slot_changes(
 }
 
 /// The file's owner/group/mode and content, or `None` when it does not exist.
-async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, ActionError> {
+pub(crate) async fn read(
+    conn: &Connection,
+    path: &str,
+) -> Result<Option<(Meta, String)>, ActionError> {
     let out = ok(
         conn.run(shell::read_file(path), None).await?,
         &format!("reading {path}"),
@@ -829,7 +850,7 @@ async fn read(conn: &Connection, path: &str) -> Result<Option<(Meta, String)>, A
     )))
 }
 
-async fn write(
+pub(crate) async fn write(
     conn: &Connection,
     path: &str,
     content: &str,

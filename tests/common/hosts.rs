@@ -668,4 +668,14 @@ pub fn ssh_root(key: &SshKey, ip: &str, cmd: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run ssh ({e}); install openssh-client"))
+/// `/usr/bin/psql` on this machine with a conninfo string (password in PGPASSWORD, never
+/// an argument), running `sql`; the output as it is (success or not).
+pub fn psql_here(conninfo: &str, password: &str, sql: &str) -> Output {
+    Command::new("/usr/bin/psql")
+        .args(["-X", "-A", "-t", "-w", "-c", sql, conninfo])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run /usr/bin/psql: {e}"))
 }
