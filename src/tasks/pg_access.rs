@@ -331,14 +331,16 @@ fn privileges_query(db: &str, owner: &str, users: &str) -> String {
          (SELECT count(*) {tables} AND c.relkind IN ('r','p','v','m','f') AND NOT {sel}), \
          (SELECT count(*) {tables} AND c.relkind IN ('r','p') AND NOT ({ins} AND {upd} AND {del})), \
          (SELECT count(*) {tables} AND c.relkind IN ('r','p') AND ({ins} OR {upd} OR {del})), \
-         (SELECT count(*) {tables} AND c.relkind = 'S' AND NOT has_sequence_privilege(u.oid, c.oid, 'USAGE')), \
-         (SELECT count(*) {tables} AND c.relkind = 'S' AND NOT has_sequence_privilege(u.oid, c.oid, 'SELECT')), \
+         (SELECT count(*) {tables} AND {seq_lacks}'USAGE') ELSE false END), \
+         (SELECT count(*) {tables} AND {seq_lacks}'SELECT') ELSE false END), \
          {dt}, {ds} FROM pg_roles u WHERE u.rolname IN ({users});\n",
         db = literal(db),
         sel = has("SELECT"),
         ins = has("INSERT"),
         upd = has("UPDATE"),
         del = has("DELETE"),
+        // The planner may test a privilege before the kind: ask only of sequences.
+        seq_lacks = "CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(u.oid, c.oid, ",
         dt = default("r"),
         ds = default("S"),
     )
