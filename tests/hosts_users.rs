@@ -58,7 +58,10 @@ fn psql(host: &Host, user: &str, password: &str, db: &str, sql: &str) -> (bool, 
             "-t",
             "-v",
             "ON_ERROR_STOP=1",
-            &format!("host={} user={user} dbname={db} connect_timeout=10", host.ip()),
+            &format!(
+                "host={} user={user} dbname={db} connect_timeout=10",
+                host.ip()
+            ),
             "-c",
             sql,
         ])
@@ -81,9 +84,7 @@ fn psql_ok(host: &Host, user: &str, password: &str, db: &str, sql: &str) -> Stri
 }
 
 fn start_time(primary: &Host) -> String {
-    primary.ssh_ok(
-        "su postgres -c \"psql -XAtc 'SELECT pg_postmaster_start_time()'\"",
-    )
+    primary.ssh_ok("su postgres -c \"psql -XAtc 'SELECT pg_postmaster_start_time()'\"")
 }
 
 #[test]
@@ -123,7 +124,13 @@ fn databases_users_and_privileges_on_container_hosts() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, text) = psql(&replica, "reader", READER_PW, "app", "SELECT body FROM notes");
+        let (ok, text) = psql(
+            &replica,
+            "reader",
+            READER_PW,
+            "app",
+            "SELECT body FROM notes",
+        );
         if ok && text == "first" {
             break;
         }
@@ -139,10 +146,14 @@ fn databases_users_and_privileges_on_container_hosts() {
     );
     assert!(!ok && text.contains("permission denied"), "{text}");
     // app holds readwrite on reports (owned by postgres), for tables made later too.
-    primary.ssh_ok(
-        "su postgres -c \"psql -X -d reports -c 'CREATE TABLE r (id int)'\"",
+    primary.ssh_ok("su postgres -c \"psql -X -d reports -c 'CREATE TABLE r (id int)'\"");
+    psql_ok(
+        &primary,
+        "app",
+        APP_PW,
+        "reports",
+        "INSERT INTO r VALUES (1)",
     );
-    psql_ok(&primary, "app", APP_PW, "reports", "INSERT INTO r VALUES (1)");
     let (ok, text) = psql(&primary, "reader", READER_PW, "reports", "DELETE FROM r");
     assert!(!ok && text.contains("permission denied"), "{text}");
     let limit = psql_ok(
@@ -216,8 +227,17 @@ fn databases_users_and_privileges_on_container_hosts() {
         .stdout_has("~ user app: password changes");
     psql_ok(&primary, "app", APP_PW2, "app", "SELECT 1");
     let (ok, text) = psql(&primary, "app", APP_PW, "app", "SELECT 1");
-    assert!(!ok && text.contains("password authentication failed"), "{text}");
-    psql_ok(&primary, "reader", READER_PW, "reports", "INSERT INTO r VALUES (2)");
+    assert!(
+        !ok && text.contains("password authentication failed"),
+        "{text}"
+    );
+    psql_ok(
+        &primary,
+        "reader",
+        READER_PW,
+        "reports",
+        "INSERT INTO r VALUES (2)",
+    );
     assert_eq!(start_time(&primary), started, "no restart for users");
 
     // A user removed from the spec is reported and kept.
@@ -228,7 +248,13 @@ fn databases_users_and_privileges_on_container_hosts() {
     work.pgform(&["apply", "--auto-approve"])
         .expect(0)
         .stdout_has("kept user reader");
-    psql_ok(&primary, "reader", READER_PW, "app", "SELECT count(*) FROM notes");
+    psql_ok(
+        &primary,
+        "reader",
+        READER_PW,
+        "app",
+        "SELECT count(*) FROM notes",
+    );
 
     // No password in any output or file pgform wrote.
     work.assert_no_password_anywhere();

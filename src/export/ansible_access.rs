@@ -68,14 +68,24 @@ pub(super) fn tasks(name: &str) -> Vec<T> {
     let grants: [(&str, &str, &str, Option<&str>); 6] = [
         ("database", "CONNECT", "{{ item.database }}", None),
         ("schema", "USAGE", "public", None),
-        ("table", "{{ item.tables }}", "ALL_IN_SCHEMA", Some("public")),
+        (
+            "table",
+            "{{ item.tables }}",
+            "ALL_IN_SCHEMA",
+            Some("public"),
+        ),
         (
             "sequence",
             "{{ item.sequences }}",
             "ALL_IN_SCHEMA",
             Some("public"),
         ),
-        ("default_privs", "{{ item.tables }}", "TABLES", Some("public")),
+        (
+            "default_privs",
+            "{{ item.tables }}",
+            "TABLES",
+            Some("public"),
+        ),
         (
             "default_privs",
             "{{ item.sequences }}",

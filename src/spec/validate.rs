@@ -646,9 +646,7 @@ fn access(pg: &PostgresSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
                 format!("`{}` is not a user name pgform accepts", user.name),
                 IDENTIFIER_FIX,
             );
-        } else if RESERVED_ROLES.contains(&user.name.as_str())
-            || user.name == pg.replication_user
-        {
+        } else if RESERVED_ROLES.contains(&user.name.as_str()) || user.name == pg.replication_user {
             bad(
                 format!("{at}.name"),
                 format!("`{}` is a role PostgreSQL or pgform already has", user.name),
@@ -674,7 +672,7 @@ fn access(pg: &PostgresSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
         }
         if user.login && user.password_source().is_none() {
             bad(
-                format!("{at}"),
+                at.clone(),
                 format!("login user `{}` has no password source", user.name),
                 "set password_env (an environment variable) or password_file, or login = false",
             );
@@ -1622,8 +1620,7 @@ admin_cidrs = ["203.0.113.0/24"]"#,
             connection_limit: -1,
             privileges: Default::default(),
         };
-        let p = user_password_policy(2, &user, &SecretSource::Env("APP_PW".into()), "APP")
-            .unwrap();
+        let p = user_password_policy(2, &user, &SecretSource::Env("APP_PW".into()), "APP").unwrap();
         assert_eq!(p.field, "postgres.users[2].password_env");
         assert!(p.message.contains("user `app` in APP_PW"), "{}", p.message);
         assert!(!p.message.contains("APP\""));

@@ -191,9 +191,8 @@ impl Work {
     /// The psql script that makes the changes (as the postgres superuser, connected to
     /// the database `postgres`). It carries verifiers, never passwords.
     fn script(&self) -> String {
-        let mut s = String::from(
-            "SET log_statement = 'none';\nSET synchronous_commit = 'local';\n",
-        );
+        let mut s =
+            String::from("SET log_statement = 'none';\nSET synchronous_commit = 'local';\n");
         for st in self
             .roles
             .iter()
@@ -374,7 +373,20 @@ fn parse_rows(rows: &str) -> Now {
                 .entry(db.to_string())
                 .or_default()
                 .push(ext.to_string()),
-            ["priv", db, user, connect, usage, ms, mw, aw, msu, mss, dt, ds] => {
+            [
+                "priv",
+                db,
+                user,
+                connect,
+                usage,
+                ms,
+                mw,
+                aw,
+                msu,
+                mss,
+                dt,
+                ds,
+            ] => {
                 now.privileges.insert(
                     (db.to_string(), user.to_string()),
                     PrivNow {
@@ -452,7 +464,8 @@ fn plan_work(
                     what.push("now managed by pgform".into());
                 }
                 if !what.is_empty() {
-                    w.lines.push(format!("~ user {}: {}", u.name, what.join(", ")));
+                    w.lines
+                        .push(format!("~ user {}: {}", u.name, what.join(", ")));
                     w.roles.push(format!(
                         "ALTER ROLE {role} {login} CONNECTION LIMIT {}{pw};\n\
                          COMMENT ON ROLE {role} IS {};",
@@ -530,11 +543,7 @@ fn plan_work(
             }
             w.lines.push(match have.map(PrivNow::describe) {
                 None | Some("none") => format!("+ privileges {} on {db}: {}", u.name, want.name()),
-                Some(was) => format!(
-                    "~ privileges {} on {db}: {was} -> {}",
-                    u.name,
-                    want.name()
-                ),
+                Some(was) => format!("~ privileges {} on {db}: {was} -> {}", u.name, want.name()),
             });
             w.in_database
                 .entry(db.clone())
@@ -705,7 +714,7 @@ mod tests {
         let rows = format!(
             "role|app|t|-1|{v}|t\nrole|reader|t|5|{v}|t\nrole|old|t|-1||t\nrole|theirs|t|-1||f\n\
              db|app|app|t\ndb|gone|postgres|t\navail|pgcrypto\next|app|plpgsql\next|app|pgcrypto\n\
-             priv|app|reader|t|t|0|1|1|0|0|DELETE,INSERT,SELECT,UPDATE|SELECT,UPDATE,USAGE\n"
+             priv|app|reader|t|t|0|0|1|0|0|DELETE,INSERT,SELECT,UPDATE|SELECT,UPDATE,USAGE\n"
         );
         let w = plan_work(&desired(), &parse_rows(&rows), &passwords()).unwrap();
         assert_eq!(
@@ -726,8 +735,14 @@ mod tests {
         d.drop_removed = true;
         let w = plan_work(&d, &parse_rows(&rows), &passwords()).unwrap();
         assert!(w.lines.contains(&"- user old (drop_removed)".to_string()));
-        assert!(w.lines.contains(&"- database gone (drop_removed)".to_string()));
-        assert!(!w.script().contains("theirs"), "never a role pgform did not make");
+        assert!(
+            w.lines
+                .contains(&"- database gone (drop_removed)".to_string())
+        );
+        assert!(
+            !w.script().contains("theirs"),
+            "never a role pgform did not make"
+        );
     }
 
     #[test]

@@ -285,16 +285,23 @@ impl Work {
     pub fn assert_absent_everywhere(&self, secrets: &[&str], except: &[&str]) {
         let output = self.output.lock().unwrap();
         for s in secrets {
-            assert!(!output.contains(s), "pgform's output holds a secret ({s:?})");
+            assert!(
+                !output.contains(s),
+                "pgform's output holds a secret ({s:?})"
+            );
         }
         for file in files_under(self.dir.path()) {
             if except.iter().any(|e| file.ends_with(e)) {
                 continue;
             }
-            let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default())
-                .into_owned();
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()).into_owned();
             for s in secrets {
-                assert!(!text.contains(s), "{} holds a secret ({s:?})", file.display());
+                assert!(
+                    !text.contains(s),
+                    "{} holds a secret ({s:?})",
+                    file.display()
+                );
             }
         }
     }
