@@ -110,7 +110,10 @@ fn databases_users_and_privileges_on_container_hosts() {
         .stdout_has("+ user reader")
         .stdout_has("+ database app (owner app, extensions pgcrypto)")
         .stdout_has("+ privileges reader on app: readonly")
-        .stdout_has("Verified");
+        .stdout_has("Verified")
+        .stdout_has(
+            "user app wrote in database app on the primary; user reader read it on every replica.",
+        );
 
     // The owner makes a table and writes; the readonly user reads it on the replica
     // (a table made after the grants: default privileges) and cannot write.

@@ -109,6 +109,12 @@ pub async fn configure(
         for (name, state, sync) in &verified.replicas {
             println!("  {name:<11} {state} ({sync})");
         }
+        if let Some(app) = &verified.application {
+            println!(
+                "  user {} wrote in database {} on the primary; user {} read it on every replica.",
+                app.writer, app.database, app.reader
+            );
+        }
     }
     for c in conns {
         c.close().await;

@@ -3,6 +3,7 @@
 //! configures them and then verifies that every replica streams.
 
 mod verify;
+pub mod verify_access;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
