@@ -72,7 +72,10 @@ fn bad_databases_and_users_exit_1_naming_field_value_and_fix() {
                 .stderr_has(message)
                 .stderr_has("fix:");
             assert!(!run.stderr.contains("panicked"), "{what}: {run}");
-            assert!(!run.stderr.contains("short\n"), "{what}: the password shows");
+            assert!(
+                !run.stderr.contains("short\n"),
+                "{what}: the password shows"
+            );
         }
         let files: Vec<String> = std::fs::read_dir(work.dir.path())
             .unwrap()
@@ -81,6 +84,10 @@ fn bad_databases_and_users_exit_1_naming_field_value_and_fix() {
             .collect();
         let mut files = files;
         files.sort();
-        assert_eq!(files, ["cluster.toml", "short.pw"], "{what}: nothing else written");
+        assert_eq!(
+            files,
+            ["cluster.toml", "short.pw"],
+            "{what}: nothing else written"
+        );
     }
 }

@@ -38,13 +38,15 @@ pub(super) fn tasks(name: &str) -> Vec<T> {
         .set("become_user", s("postgres"))
         .set("environment", env())
         .set("no_log", Y::Bool(true));
+    // postgresql_db has no login_db (which `module` adds): its maintenance_db is it.
     let databases = T::new(&format!("{name}: databases"))
-        .module(
+        .set(
             "community.postgresql.postgresql_db",
             map([
                 ("name", s("{{ item.name }}")),
                 ("owner", s("{{ item.owner }}")),
                 ("comment", s(MANAGED)),
+                ("maintenance_db", s("postgres")),
             ]),
         )
         .set("loop", s("{{ pgform_databases }}"))
