@@ -403,6 +403,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn application_psql_takes_the_password_on_stdin() {
+        let sh = psql_as_user(15, "127.0.0.1", "app", "app", "sslmode=verify-full");
+        let text = sh.text();
+        assert!(text.contains("IFS= read -r PGPASSWORD"), "{text}");
+        assert!(text.contains("PGPASSFILE=/dev/null exec"), "{text}");
+        assert!(text.contains("sslmode=verify-full"), "{text}");
+        assert!(text.starts_with("sudo -n -H -u postgres"), "{text}");
+    }
+
+    #[test]
     fn quoting_survives_metacharacters() {
         assert_eq!(quote("plain-word_1.2"), "plain-word_1.2");
         assert_eq!(quote(""), "''");

@@ -704,7 +704,12 @@ pub fn user_password_policy(
     source: &SecretSource,
     password: &str,
 ) -> Option<Problem> {
-    let why = password_problem(&user.name, password)?;
+    // pgform computes the SCRAM verifier; PostgreSQL normalises non-ASCII passwords
+    // first (SASLprep), which pgform does not.
+    let why = password_problem(&user.name, password).or_else(|| {
+        (!password.is_ascii())
+            .then(|| "has characters other than ASCII, which pgform cannot hash".to_string())
+    })?;
     let (field, from) = match source {
         SecretSource::File(path) => ("password_file", format!("in {}", path.display())),
         SecretSource::Env(var) => ("password_env", format!("in {var}")),
@@ -714,8 +719,8 @@ pub fn user_password_policy(
         &format!("postgres.users[{index}].{field}"),
         format!("the password of user `{}` {from} {why}", user.name),
         &format!(
-            "choose a password of at least {MIN_PASSWORD_CHARS} characters that is not the \
-             user name, on one line"
+            "choose an ASCII password of at least {MIN_PASSWORD_CHARS} characters that is \
+             not the user name, on one line"
         ),
     ))
 }
