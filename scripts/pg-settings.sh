@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates pgform's settings catalog for a PostgreSQL major version,
-# src/spec/params/<major>.tsv, from a real server's pg_settings.
+# src/spec/params/<major>.tsv, from a real server's pg_settings, and its list of
+# extensions, src/spec/params/<major>.extensions, from pg_available_extensions (with
+# postgresql-contrib's, which Debian's postgresql-<major> depends on).
 #
 #   bash scripts/testbed.sh up          # once: docker daemon, host image, apt repository
 #   bash scripts/pg-settings.sh 15      # writes src/spec/params/15.tsv
@@ -19,6 +21,7 @@ export DOCKER_HOST="${DOCKER_HOST:-unix:///run/pgform/docker.sock}"
 
 cd "$(dirname "$0")/.."
 readonly OUT="src/spec/params/$MAJOR.tsv"
+readonly EXT_OUT="src/spec/params/$MAJOR.extensions"
 
 [[ "$MAJOR" =~ ^[0-9]+$ ]] || { echo "pg-settings: MAJOR must be a number, e.g. 15" >&2; exit 2; }
 docker image inspect "$IMAGE" >/dev/null 2>&1 ||
@@ -33,7 +36,8 @@ readonly QUERY="SELECT name, context, vartype, coalesce(unit, ''), coalesce(min_
   FROM pg_settings ORDER BY name COLLATE \"C\""
 
 tmp="$(mktemp)"
-trap 'rm -f "$tmp"' EXIT
+ext="$(mktemp)"
+trap 'rm -f "$tmp" "$ext"' EXIT
 docker run --rm --network none -v "$REPO_DIR:/repo:ro" -e MAJOR="$MAJOR" -e QUERY="$QUERY" \
     "$IMAGE" bash -euo pipefail -c '
         rm -f /etc/apt/sources.list.d/*
@@ -46,7 +50,13 @@ docker run --rm --network none -v "$REPO_DIR:/repo:ro" -e MAJOR="$MAJOR" -e QUER
         echo "# pg_settings of $(q "SELECT version()")"
         echo "# name	context	vartype	unit	min_val	max_val	enumvals"
         q "$QUERY"
+        echo "#--- extensions"
+        echo "# pg_available_extensions of $(q "SELECT version()")"
+        q "SELECT name FROM pg_available_extensions ORDER BY name COLLATE \"C\""
     ' >"$tmp"
+# The container writes both lists on stdout; the extensions follow a marker line.
+sed -n '/^#--- extensions$/,$p' "$tmp" | tail -n +2 >"$ext"
+sed -i '/^#--- extensions$/,$d' "$tmp"
 
 # Enum values are joined with commas: make sure none contains one.
 if awk -F'\t' '!/^#/ && NF != 7 { bad = 1 } END { exit !bad }' "$tmp"; then
@@ -55,5 +65,7 @@ if awk -F'\t' '!/^#/ && NF != 7 { bad = 1 } END { exit !bad }' "$tmp"; then
     exit 1
 fi
 mv "$tmp" "$OUT"
+mv "$ext" "$EXT_OUT"
 trap - EXIT
 echo "pg-settings: wrote $OUT ($(grep -vc '^#' "$OUT") settings)"
+echo "pg-settings: wrote $EXT_OUT ($(grep -vc '^#' "$EXT_OUT") extensions)"

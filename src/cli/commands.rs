@@ -402,8 +402,14 @@ fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
         .ok()
         .map(|l| with_tls_dir(g, l.spec));
     let path = g.state_path();
-    let state = state::read(&path)?
-        .with_context(|| format!("no state at {}: run `pgform apply` first", path.display()))?;
+    let state = match (state::read(&path)?, &spec) {
+        (Some(state), _) => state,
+        // Listed hosts have no machines to record: their outputs come from the spec.
+        (None, Some(spec)) if spec.provider == spec::ProviderKind::Hosts => {
+            state::State::new(&spec.name)
+        }
+        (None, _) => bail!("no state at {}: run `pgform apply` first", path.display()),
+    };
     let outputs = engine::outputs(&state, spec.as_ref());
     match name {
         Some(name) => {

@@ -109,6 +109,12 @@ pub async fn configure(
         for (name, state, sync) in &verified.replicas {
             println!("  {name:<11} {state} ({sync})");
         }
+        if let Some(app) = &verified.application {
+            println!(
+                "  user {} wrote in database {} on the primary; user {} read it on every replica.",
+                app.writer, app.database, app.reader
+            );
+        }
     }
     for c in conns {
         c.close().await;
@@ -163,7 +169,10 @@ pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) ->
     let opts = RunOptions {
         check: true,
         events: Some(std::sync::Arc::new(move |e: &TaskEvent| {
-            if matches!(e.status, TaskStatus::WouldChange | TaskStatus::Failed)
+            // Changes, failures, and notes (an unchanged task that has something to say,
+            // such as a user kept although it left the spec).
+            let note = e.status == TaskStatus::Ok && e.summary.is_some();
+            if (note || matches!(e.status, TaskStatus::WouldChange | TaskStatus::Failed))
                 && let Ok(mut v) = sink.lock()
             {
                 v.push(e.clone());
@@ -184,7 +193,7 @@ pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) ->
 impl HostPlan {
     pub fn has_changes(&self) -> bool {
         match self {
-            HostPlan::Checked(events) => !events.is_empty(),
+            HostPlan::Checked(events) => events.iter().any(|e| e.status != TaskStatus::Ok),
             HostPlan::NotYetMade(_) | HostPlan::AfterMachines(_) | HostPlan::Unchecked { .. } => {
                 false
             }
@@ -231,15 +240,13 @@ impl HostPlan {
                     out.push_str(&format!("    {line}\n"));
                 }
             }
-            HostPlan::Checked(events) if events.is_empty() => {
-                out.push_str("  No changes. The hosts match the spec.\n")
-            }
             HostPlan::Checked(events) => {
+                let changes = events.iter().filter(|e| e.status != TaskStatus::Ok).count();
                 for e in events {
-                    let mark = if e.status == TaskStatus::Failed {
-                        "!"
-                    } else {
-                        "~"
+                    let mark = match e.status {
+                        TaskStatus::Failed => "!",
+                        TaskStatus::Ok => "#",
+                        _ => "~",
                     };
                     out.push_str(&format!(
                         "  {mark} {}: {}: {}\n",
@@ -253,7 +260,11 @@ impl HostPlan {
                         }
                     }
                 }
-                out.push_str(&format!("\nHosts: {} task(s) to change.\n", events.len()));
+                if changes == 0 {
+                    out.push_str("  No changes. The hosts match the spec.\n");
+                } else {
+                    out.push_str(&format!("\nHosts: {changes} task(s) to change.\n"));
+                }
             }
         }
         out

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::graph::{self, Address, GraphError, Kind, Lookups, ResourceGraph};
 use crate::plan::{self, Drift, PLAN_FORMAT_VERSION, Plan};
 use crate::provider::{Lookup, Provider, ProviderError};
-use crate::spec::ClusterSpec;
+use crate::spec::{ClusterSpec, ProviderKind, Role};
 use crate::state::{ResourceState, State, StateError};
 
 pub use apply::{ApplyOptions, ApplyReport, Interrupt, apply};
@@ -317,6 +317,78 @@ fn url_path(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+/// Which servers an application URL accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    ReadWrite,
+    /// Any replica of the list.
+    ReadOnly,
+    /// A replica if one answers, else the primary (a cluster without replicas).
+    PreferStandby,
+}
+
+/// The query string of every application URL: the TLS settings go here.
+pub fn connection_options(session: Session) -> String {
+    let attrs = match session {
+        Session::ReadWrite => "read-write",
+        Session::ReadOnly => "read-only",
+        Session::PreferStandby => "prefer-standby",
+    };
+    format!("target_session_attrs={attrs}")
+}
+
+/// Per database and user with privileges on it: a read-write URL to the primary (not
+/// for a readonly user) and a read-only URL over all replicas (libpq tries them in
+/// turn; the primary when there is no replica). Never a password.
+pub fn database_urls(
+    spec: &ClusterSpec,
+    primary: &str,
+    replicas: &[String],
+) -> Vec<serde_json::Value> {
+    let hostport = |h: &str| {
+        if h.contains(':') {
+            format!("[{h}]:5432")
+        } else {
+            format!("{h}:5432")
+        }
+    };
+    let mut out = Vec::new();
+    for db in &spec.postgres.databases {
+        for u in spec.postgres.users.iter().filter(|u| u.login) {
+            let privilege = match u.privileges.get(&db.name) {
+                Some(p) => p.name(),
+                None if u.name == db.owner => "owner",
+                None => continue,
+            };
+            let url = |hosts: &[String], session: Session| {
+                let list: Vec<String> = hosts.iter().map(|h| hostport(h)).collect();
+                format!(
+                    "postgresql://{}@{}/{}?{}",
+                    u.name,
+                    list.join(","),
+                    db.name,
+                    connection_options(session)
+                )
+            };
+            let primary = [primary.to_string()];
+            let mut entry = serde_json::json!({
+                "database": db.name,
+                "user": u.name,
+                "privilege": privilege,
+            });
+            if privilege != "readonly" {
+                entry["read_write_url"] = url(&primary, Session::ReadWrite).into();
+            }
+            entry["read_only_url"] = if replicas.is_empty() {
+                url(&primary, Session::PreferStandby)
+            } else {
+                url(replicas, Session::ReadOnly)
+            }
+            .into();
+            out.push(entry);
+        }
+    }
+    out
 }
 
 /// Outputs of the state: addresses by role, and connection strings without a password.
@@ -373,13 +445,39 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
             out.insert("primary_connection".into(), json!(conn));
         }
     }
-    let replicas: Vec<_> = state
+    let replica_addresses: Vec<&Address> = state
         .resources
         .keys()
         .filter(|a| a.kind == kind && a.name == "replica")
-        .map(node)
         .collect();
+    let replicas: Vec<_> = replica_addresses.iter().map(|a| node(a)).collect();
     out.insert("replicas".into(), json!(replicas));
+    // Application connections: the spec's addresses for listed hosts, else the
+    // machines' (public first, as primary_connection).
+    if let Some(spec) = spec {
+        let reach = |a: &Address| host(a, "public_ip").or_else(|| host(a, "private_ip"));
+        let (primary_host, replica_hosts) = if spec.provider == ProviderKind::Hosts {
+            let of = |role: Role| {
+                spec.hosts
+                    .iter()
+                    .filter(|h| h.role == role)
+                    .map(|h| h.address.clone())
+                    .collect::<Vec<_>>()
+            };
+            (of(Role::Primary).into_iter().next(), of(Role::Replica))
+        } else {
+            (
+                reach(&primary),
+                replica_addresses.iter().filter_map(|a| reach(a)).collect(),
+            )
+        };
+        if let Some(primary_host) = primary_host {
+            out.insert(
+                "databases".into(),
+                json!(database_urls(spec, &primary_host, &replica_hosts)),
+            );
+        }
+    }
     for (key, address) in [
         ("vpc_id", Address::new(Kind::Vpc, "main")),
         ("subnet_id", Address::new(Kind::Subnet, "main")),

@@ -21,6 +21,9 @@ use std::path::PathBuf;
 use serde_norway::{Mapping, Value as Y};
 
 use super::{ExportError, Files, yaml};
+
+#[path = "ansible_access.rs"]
+mod access;
 use crate::hosts::{self, Node};
 use crate::remote::shell::quote;
 use crate::spec::{ClusterSpec, ConnectVia, KnownHostsPolicy, ProviderKind, Role};
@@ -147,6 +150,8 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
             Y::String(k.into()),
             vars_value(&serde_json::Value::String(v)),
         );
+    for (k, v) in access::variables(spec) {
+        main.insert(s(k), vars_value(&v));
     }
     if let Some(key) = &spec.ssh.private_key_file {
         main.insert(
@@ -179,7 +184,12 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
              # The replication password, read from the environment of ansible-playbook.\n\
              # Ready to be replaced by an ansible-vault encrypted value:\n\
              #   ansible-vault encrypt_string --name replication_password\n\
-             replication_password: \"{{{{ lookup('env', '{PASSWORD_ENV}') }}}}\"\n"
+             replication_password: \"{{{{ lookup('env', '{PASSWORD_ENV}') }}}}\"\n{}",
+            yaml::document(&map([(
+                "pgform_user_passwords",
+                access::vault_passwords(spec)
+            )]))
+            .trim_start_matches("---\n")
         ),
     );
     for (name, vars) in per_node {
@@ -394,7 +404,7 @@ fn variables(
     let mut all = Vec::new();
     for n in nodes {
         // No password goes in: the export never sees it.
-        let v = to_json(&hosts::vars(spec, nodes, n, ""))
+        let v = to_json(&hosts::vars(spec, nodes, n, "", &BTreeMap::new()))
             .map_err(|e| ExportError::Input(format!("variables of {}: {e}", n.name)))?;
         let serde_json::Value::Object(map) = v else {
             return Err(ExportError::Input(format!(
@@ -407,6 +417,10 @@ fn variables(
         // TLS: files come from `pgform_tls_dir` (see [`tls_vars`]), names are pgform's.
         vars.remove("tls_names");
         vars.remove("tls_local_dir");
+        // Databases and users are structured variables of their own (see
+        // `access_vars`); the native task's JSON and passwords stay out.
+        vars.remove("pg_access");
+        vars.remove("user_passwords");
         for k in ADDRESS_VARS {
             vars.remove(k);
         }
@@ -1019,6 +1033,7 @@ impl Translator {
                         .set("no_log", Y::Bool(true)),
                 );
             }
+            Action::PgAccess { .. } => out.extend(access::tasks(name)),
             Action::PgSlots { names, prefix, .. } => {
                 let vars = map([
                     ("pgform_slots", s(&names)),

@@ -3,6 +3,7 @@
 //! configures them and then verifies that every replica streams.
 
 mod verify;
+pub mod verify_access;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,9 @@ pub enum HostsError {
     Verify(String),
     #[error("TLS: {0}")]
     Tls(String),
+    /// An application user's password could not be read (names the source only).
+    #[error("{0}")]
+    Password(String),
 }
 
 /// The cluster's machines: the `hosts` list, or the hosts the provider made (from the
@@ -399,8 +403,38 @@ pub fn tls_dir(spec: &ClusterSpec) -> Result<PathBuf, HostsError> {
     })
 }
 
-/// The variables the task list renders for `node`.
-pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> minijinja::Value {
+/// The application users' passwords by user name, read from their sources now. The
+/// error names the user and the source, never a value.
+pub fn user_passwords(spec: &ClusterSpec) -> Result<BTreeMap<String, String>, HostsError> {
+    let mut out = BTreeMap::new();
+    for (i, u) in spec.postgres.users.iter().enumerate() {
+        if !u.login {
+            continue;
+        }
+        let Some(source) = u.password_source() else {
+            continue; // validation refuses a login user without one
+        };
+        let secret = source.resolve().map_err(|e| {
+            let e = e.replace(
+                "or set postgres.replication_password_file",
+                &format!("or set postgres.users[{i}].password_file"),
+            );
+            HostsError::Password(format!("postgres.users[{i}] ({}): {e}", u.name))
+        })?;
+        out.insert(u.name.clone(), secret.expose().to_string());
+    }
+    Ok(out)
+}
+
+/// The variables the task list renders for `node`. `users` holds the application
+/// users' passwords (see [`user_passwords`]).
+pub fn vars(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    node: &Node,
+    password: &str,
+    users: &BTreeMap<String, String>,
+) -> minijinja::Value {
     let v = spec.postgres.version;
     let primary = nodes.iter().find(|n| n.role == Role::Primary);
     let replicas: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Replica).collect();
@@ -433,6 +467,11 @@ pub fn vars(spec: &ClusterSpec, nodes: &[Node], node: &Node, password: &str) -> 
         tls_cert_file => tls_cert,
         tls_key_file => tls_key,
         tls_sslrootcert => if spec.tls.enabled { tls_ca } else { String::new() },
+        // Databases, users and privileges (play "databases and users"): the spec's as
+        // JSON, and the passwords apart, in a secret variable (`tasks::SECRET_VARS`).
+        pg_access => serde_json::to_string(&crate::tasks::pg_access::Desired::from_spec(spec))
+            .unwrap_or_default(),
+        user_passwords => serde_json::to_string(users).unwrap_or_default(),
     }
 }
 
@@ -533,16 +572,20 @@ pub async fn configure(
             }
         }
     }
+    let users = user_passwords(spec)?;
     let hosts: Vec<HostRun> = nodes
         .iter()
         .zip(conns)
         .map(|(n, c)| HostRun {
             conn: c.clone(),
             role: n.role,
-            vars: vars(spec, nodes, n, password),
+            vars: vars(spec, nodes, n, password, &users),
         })
         .collect();
-    Ok(crate::tasks::run_playbook(&book, &hosts, password, opts).await)
+    let secrets: Vec<String> = std::iter::once(password.to_string())
+        .chain(users.into_values())
+        .collect();
+    Ok(crate::tasks::run_playbook(&book, &hosts, &secrets, opts).await)
 }
 
 #[cfg(test)]
@@ -588,10 +631,17 @@ mod tests {
         .expect("valid")
         .spec;
         let nodes = inventory(&spec, &State::new("t")).unwrap();
-        let v = vars(&spec, &nodes, &nodes[0], "pw");
+        let users = BTreeMap::from([("app".to_string(), "app-pw-123".to_string())]);
+        let v = vars(&spec, &nodes, &nodes[0], "pw", &users);
         assert_eq!(
-            v.get_attr(crate::tasks::SECRET_VAR).unwrap().as_str(),
+            v.get_attr(crate::tasks::SECRET_VARS[0]).unwrap().as_str(),
             Some("pw")
         );
+        assert_eq!(
+            v.get_attr(crate::tasks::SECRET_VARS[1]).unwrap().as_str(),
+            Some("{\"app\":\"app-pw-123\"}")
+        );
+        let access = v.get_attr("pg_access").unwrap();
+        assert!(!access.as_str().unwrap().contains("app-pw-123"));
     }
 }

@@ -19,6 +19,9 @@ pub struct Verified {
     pub replicas: Vec<(String, String, String)>,
     /// How long the written row took to reach the slowest replica.
     pub row_seconds: f64,
+    /// The application user's write and reads, when the spec has one to verify with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<super::verify_access::AppCheck>,
 }
 
 /// Waits (up to `timeout`) until the primary shows every replica streaming and a fresh
@@ -161,9 +164,14 @@ pub async fn verify(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    let row_seconds = written.elapsed().as_secs_f64();
+    let application =
+        super::verify_access::verify_as_application(spec, nodes, conns, pi, &replicas, deadline)
+            .await?;
     Ok(Verified {
         replicas: seen,
-        row_seconds: written.elapsed().as_secs_f64(),
+        row_seconds,
+        application,
     })
 }
 

@@ -317,6 +317,41 @@ pub fn psql_tcp(version: u32, host: &str, user: &str, database: &str, replicatio
     .as_user("postgres")
 }
 
+/// psql as an application user over TCP (as the `postgres` OS user, no password file):
+/// the first line of standard input is the password, read into PGPASSWORD by the shell
+/// (never an argument), and the rest is the SQL. `options` are more conninfo settings
+/// (`key=value ...`, e.g. TLS), appended as given.
+pub fn psql_as_user(version: u32, host: &str, user: &str, database: &str, options: &str) -> Sh {
+    let mut conninfo = format!(
+        "host={} port=5432 user={} dbname={} connect_timeout=10",
+        conninfo_value(host),
+        conninfo_value(user),
+        conninfo_value(database)
+    );
+    if !options.is_empty() {
+        conninfo.push(' ');
+        conninfo.push_str(options);
+    }
+    let psql = Sh::argv([
+        pg_bin(version, "psql").as_str(),
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-F",
+        "|",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        &conninfo,
+    ]);
+    Sh(format!(
+        "IFS= read -r PGPASSWORD && export PGPASSWORD && PGPASSFILE=/dev/null exec {}",
+        psql.0
+    ))
+    .as_user("postgres")
+}
+
 /// The system identifier in a data directory's control file (empty if there is none).
 pub fn control_system_identifier(version: u32, data_dir: &str) -> Sh {
     let bin = pg_bin(version, "pg_controldata");
@@ -425,6 +460,16 @@ pub fn mount_from_fstab(mount_point: &str) -> Sh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn application_psql_takes_the_password_on_stdin() {
+        let sh = psql_as_user(15, "127.0.0.1", "app", "app", "sslmode=verify-full");
+        let text = sh.text();
+        assert!(text.contains("IFS= read -r PGPASSWORD"), "{text}");
+        assert!(text.contains("PGPASSFILE=/dev/null exec"), "{text}");
+        assert!(text.contains("sslmode=verify-full"), "{text}");
+        assert!(text.starts_with("sudo -n -H -u postgres"), "{text}");
+    }
 
     #[test]
     fn quoting_survives_metacharacters() {

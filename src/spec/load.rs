@@ -48,6 +48,9 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
     relative_to_file(&mut loaded.spec.ssh.jump_private_key_file);
     relative_to_file(&mut loaded.spec.ssh.known_hosts_file);
     relative_to_file(&mut loaded.spec.postgres.replication_password_file);
+    for user in &mut loaded.spec.postgres.users {
+        relative_to_file(&mut user.password_file);
+    }
     // A key that cannot be read is a spec problem: found here, before any cloud call.
     if let Some(key) = &loaded.spec.ssh.public_key_file {
         let key = expand_home(key);
@@ -80,6 +83,24 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
         return Err(SpecError::Invalid {
             path: path.to_path_buf(),
             problems: vec![problem],
+        });
+    }
+    // The same for application users' passwords.
+    let mut problems = Vec::new();
+    for (i, user) in loaded.spec.postgres.users.iter().enumerate() {
+        if let Some(source) = user.password_source()
+            && let Ok(password) = source.resolve()
+            && let Some(mut problem) =
+                validate::user_password_policy(i, user, &source, password.expose())
+        {
+            problem.location = locate(&text, &problem.field, loaded.format);
+            problems.push(problem);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SpecError::Invalid {
+            path: path.to_path_buf(),
+            problems,
         });
     }
     Ok(loaded)

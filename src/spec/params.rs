@@ -8,6 +8,23 @@ use std::sync::OnceLock;
 /// `pg_settings` of a fresh Debian cluster, one setting per line: name, context,
 /// vartype, unit, min_val, max_val, enumvals (comma-separated); `#` lines are comments.
 const PG15: &str = include_str!("params/15.tsv");
+/// A real server's `pg_available_extensions` (with contrib), by `scripts/pg-settings.sh`.
+const PG15_EXTENSIONS: &str = include_str!("params/15.extensions");
+
+/// The extensions PostgreSQL `version` (Debian's packages, with contrib) can create, or
+/// `None` for a major without a list.
+pub fn extensions(version: u32) -> Option<Vec<&'static str>> {
+    let text = match version {
+        15 => PG15_EXTENSIONS,
+        _ => return None,
+    };
+    Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect(),
+    )
+}
 
 /// The majors pgform has a catalog for.
 pub const CATALOGUED: [u32; 1] = [15];

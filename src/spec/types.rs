@@ -407,6 +407,93 @@ pub struct PostgresSpec {
     pub replication_password_env: Option<String>,
     /// File holding the replication password (first line).
     pub replication_password_file: Option<PathBuf>,
+    // Databases, users and privileges (made on the primary by the "databases and
+    // users" play; see `tasks/pg_access.rs`).
+    /// Application databases.
+    #[serde(default)]
+    pub databases: Vec<DatabaseSpec>,
+    /// Application users (roles).
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    /// Drop databases and users that pgform made and that left the spec (default: keep
+    /// them and say so in the plan).
+    #[serde(default)]
+    pub drop_removed: bool,
+}
+
+/// A database pgform makes and owns the settings of.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    pub name: String,
+    /// A declared user, or `postgres` (the default).
+    #[serde(default = "default_owner")]
+    pub owner: String,
+    /// Extensions created in it (CREATE EXTENSION IF NOT EXISTS).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+}
+
+/// A role pgform makes: a login user by default.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (first line), relative to the spec file.
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub login: bool,
+    /// -1: no limit.
+    #[serde(default = "default_connection_limit")]
+    pub connection_limit: i32,
+    /// Database name -> `readwrite` or `readonly`, on the tables and sequences of its
+    /// schema `public`, those there now and those its owner makes later.
+    #[serde(default)]
+    pub privileges: BTreeMap<String, Privilege>,
+}
+
+impl UserSpec {
+    /// Where the password comes from, if anywhere (validation wants one for a login).
+    pub fn password_source(&self) -> Option<SecretSource> {
+        match (&self.password_file, &self.password_env) {
+            (Some(f), _) => Some(SecretSource::File(f.clone())),
+            (None, Some(v)) => Some(SecretSource::Env(v.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// What a user may do in a database.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Privilege {
+    /// SELECT on tables, USAGE/SELECT on sequences.
+    Readonly,
+    /// SELECT, INSERT, UPDATE, DELETE on tables; USAGE, SELECT, UPDATE on sequences.
+    Readwrite,
+}
+
+impl Privilege {
+    pub fn name(self) -> &'static str {
+        match self {
+            Privilege::Readonly => "readonly",
+            Privilege::Readwrite => "readwrite",
+        }
+    }
+}
+
+fn default_owner() -> String {
+    "postgres".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connection_limit() -> i32 {
+    -1
 }
 
 impl PostgresSpec {
@@ -442,6 +529,9 @@ impl Default for PostgresSpec {
             replication_password: None,
             replication_password_env: None,
             replication_password_file: None,
+            databases: Vec::new(),
+            users: Vec::new(),
+            drop_removed: false,
         }
     }
 }

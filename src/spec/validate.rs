@@ -344,6 +344,7 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
     out.extend(parameters(pg, nodes, warnings));
     out.extend(data_devices(spec));
     out.extend(tls(&spec.tls, warnings));
+    out.extend(access(pg, warnings));
     out
 }
 
@@ -597,6 +598,188 @@ const MANAGED_PARAMETERS: [(&str, &str); 12] = [
     ("max_wal_senders", "pgform sizes it for the replicas"),
     ("max_replication_slots", "pgform sizes it for the replicas"),
 ];
+
+/// Role names PostgreSQL reserves or that mean something else in a GRANT.
+const RESERVED_ROLES: [&str; 6] = [
+    "postgres",
+    "public",
+    "none",
+    "current_user",
+    "session_user",
+    "current_role",
+];
+const RESERVED_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
+/// The names pgform accepts for databases and users: PostgreSQL identifiers that need
+/// no quoting anywhere (SQL, connection URLs, Ansible): 1 to 63 characters of lowercase
+/// letters, digits and `_`, starting with a letter or `_`, not starting with `pg_`
+/// (PostgreSQL reserves it for roles, pgform for both).
+fn is_identifier(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with("pg_")
+}
+
+const IDENTIFIER_FIX: &str = "use 1 to 63 lowercase letters, digits and '_', starting with a \
+                              letter or '_' and not with pg_";
+
+/// `[[postgres.databases]]` and `[[postgres.users]]`: names, duplicates, owners,
+/// privileges on declared databases, password sources, extensions the major has.
+fn access(pg: &PostgresSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |field: String, message: String, fix: &str| {
+        out.push(problem(&field, message, fix));
+    };
+    let known_extensions = super::params::extensions(pg.version);
+    let mut unchecked = Vec::new();
+    for (i, db) in pg.databases.iter().enumerate() {
+        let at = format!("postgres.databases[{i}]");
+        if !is_identifier(&db.name) {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is not a database name pgform accepts", db.name),
+                IDENTIFIER_FIX,
+            );
+        } else if RESERVED_DATABASES.contains(&db.name.as_str()) {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is PostgreSQL's own database", db.name),
+                "choose another name for the application's database",
+            );
+        }
+        if let Some(j) = pg.databases[..i].iter().position(|d| d.name == db.name) {
+            bad(
+                format!("{at}.name"),
+                format!(
+                    "database `{}` is declared twice (also postgres.databases[{j}])",
+                    db.name
+                ),
+                "keep one [[postgres.databases]] entry per name",
+            );
+        }
+        if db.owner != "postgres" && !pg.users.iter().any(|u| u.name == db.owner) {
+            bad(
+                format!("{at}.owner"),
+                format!("owner `{}` is not a declared user", db.owner),
+                "declare it in [[postgres.users]], or use owner = \"postgres\"",
+            );
+        }
+        for (k, ext) in db.extensions.iter().enumerate() {
+            match &known_extensions {
+                Some(known) if !known.contains(&ext.as_str()) => {
+                    let near = super::params::nearest(ext, known.iter().copied(), 3);
+                    bad(
+                        format!("{at}.extensions[{k}]"),
+                        format!("PostgreSQL {} has no extension `{ext}`", pg.version),
+                        &match near {
+                            Some(n) => format!("did you mean `{n}`? (see pg_available_extensions)"),
+                            None => "use an extension from pg_available_extensions \
+                                     (PostgreSQL and contrib)"
+                                .into(),
+                        },
+                    );
+                }
+                Some(_) => {}
+                None => unchecked.push(ext.clone()),
+            }
+        }
+    }
+    if !unchecked.is_empty() {
+        warnings.push(format!(
+            "pgform has no list of PostgreSQL {}'s extensions; the hosts check {} before \
+             anything is made",
+            pg.version,
+            unchecked.join(", ")
+        ));
+    }
+    for (i, user) in pg.users.iter().enumerate() {
+        let at = format!("postgres.users[{i}]");
+        if !is_identifier(&user.name) {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is not a user name pgform accepts", user.name),
+                IDENTIFIER_FIX,
+            );
+        } else if RESERVED_ROLES.contains(&user.name.as_str()) || user.name == pg.replication_user {
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is a role PostgreSQL or pgform already has", user.name),
+                "choose another name (not postgres, public or the replication user)",
+            );
+        }
+        if let Some(j) = pg.users[..i].iter().position(|u| u.name == user.name) {
+            bad(
+                format!("{at}.name"),
+                format!(
+                    "user `{}` is declared twice (also postgres.users[{j}])",
+                    user.name
+                ),
+                "keep one [[postgres.users]] entry per name",
+            );
+        }
+        if user.password_env.is_some() && user.password_file.is_some() {
+            bad(
+                format!("{at}.password_env"),
+                "both password_env and password_file are set".into(),
+                "keep one of them",
+            );
+        }
+        if user.login && user.password_source().is_none() {
+            bad(
+                at.clone(),
+                format!("login user `{}` has no password source", user.name),
+                "set password_env (an environment variable) or password_file, or login = false",
+            );
+        }
+        if user.connection_limit < -1 {
+            bad(
+                format!("{at}.connection_limit"),
+                format!("{} is not a connection limit", user.connection_limit),
+                "use -1 (no limit) or a number of connections",
+            );
+        }
+        for db in user.privileges.keys() {
+            if !pg.databases.iter().any(|d| &d.name == db) {
+                bad(
+                    format!("{at}.privileges.{db}"),
+                    format!("database `{db}` is not declared"),
+                    "declare it in [[postgres.databases]], or remove the privilege",
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The password policy for an application user's password read from `source`.
+pub fn user_password_policy(
+    index: usize,
+    user: &UserSpec,
+    source: &SecretSource,
+    password: &str,
+) -> Option<Problem> {
+    // pgform computes the SCRAM verifier; PostgreSQL normalises non-ASCII passwords
+    // first (SASLprep), which pgform does not.
+    let why = password_problem(&user.name, password).or_else(|| {
+        (!password.is_ascii())
+            .then(|| "has characters other than ASCII, which pgform cannot hash".to_string())
+    })?;
+    let (field, from) = match source {
+        SecretSource::File(path) => ("password_file", format!("in {}", path.display())),
+        SecretSource::Env(var) => ("password_env", format!("in {var}")),
+        SecretSource::Inline(_) => ("password", "written in the file".into()),
+    };
+    Some(problem(
+        &format!("postgres.users[{index}].{field}"),
+        format!("the password of user `{}` {from} {why}", user.name),
+        &format!(
+            "choose an ASCII password of at least {MIN_PASSWORD_CHARS} characters that is \
+             not the user name, on one line"
+        ),
+    ))
+}
 
 fn is_name(s: &str) -> bool {
     (1..=40).contains(&s.len())
@@ -1433,5 +1616,127 @@ admin_cidrs = ["203.0.113.0/24"]"#,
         param(&mut s, "bad-name", ParamValue::Int(1));
         param(&mut s, "cluster_name", text("a\nb"));
         assert_eq!(fields(&s).len(), 3);
+    }
+
+    fn access_spec(toml_tail: &str) -> ClusterSpec {
+        crate::spec::parse_str(
+            &format!(
+                "name = \"t\"\nprovider = \"hosts\"\n[[hosts]]\naddress = \"10.0.0.1\"\n\
+                 role = \"primary\"\n[postgres]\n{toml_tail}"
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .map(|l| l.spec)
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn access_problems(toml_tail: &str) -> Vec<Problem> {
+        let mut spec = access_spec("");
+        let parsed: PostgresSpec = toml::from_str(toml_tail).expect("postgres table");
+        spec.postgres = parsed;
+        check(&spec, &mut Vec::new())
+    }
+
+    #[test]
+    fn databases_and_users_that_are_right_pass() {
+        let spec = access_spec(
+            "[[postgres.databases]]\nname = \"app\"\nowner = \"app\"\nextensions = [\"pgcrypto\"]\n\
+             [[postgres.users]]\nname = \"app\"\npassword_env = \"APP_PW\"\n\
+             privileges = { app = \"readwrite\" }\n\
+             [[postgres.users]]\nname = \"nologin_role\"\nlogin = false\n",
+        );
+        assert_eq!(spec.postgres.users[0].connection_limit, -1);
+        assert!(spec.postgres.users[0].login);
+        assert_eq!(
+            spec.postgres.users[0].privileges["app"],
+            Privilege::Readwrite
+        );
+    }
+
+    #[test]
+    fn database_and_user_problems_name_field_value_and_fix() {
+        let cases: [(&str, &str, &str); 11] = [
+            (
+                "[[databases]]\nname = \"App\"\n",
+                "postgres.databases[0].name",
+                "`App`",
+            ),
+            (
+                "[[databases]]\nname = \"template1\"\n",
+                "postgres.databases[0].name",
+                "PostgreSQL's own",
+            ),
+            (
+                "[[databases]]\nname = \"a\"\n[[databases]]\nname = \"a\"\n",
+                "postgres.databases[1].name",
+                "declared twice",
+            ),
+            (
+                "[[databases]]\nname = \"a\"\nowner = \"bob\"\n",
+                "postgres.databases[0].owner",
+                "owner `bob` is not a declared user",
+            ),
+            (
+                "[[databases]]\nname = \"a\"\nextensions = [\"pgcrypt\"]\n",
+                "postgres.databases[0].extensions[0]",
+                "no extension `pgcrypt`",
+            ),
+            (
+                "[[users]]\nname = \"pg_app\"\npassword_env = \"X\"\n",
+                "postgres.users[0].name",
+                "`pg_app`",
+            ),
+            (
+                "[[users]]\nname = \"replicator\"\npassword_env = \"X\"\n",
+                "postgres.users[0].name",
+                "already has",
+            ),
+            (
+                "[[users]]\nname = \"u\"\npassword_env = \"X\"\n[[users]]\nname = \"u\"\npassword_env = \"X\"\n",
+                "postgres.users[1].name",
+                "declared twice",
+            ),
+            (
+                "[[users]]\nname = \"u\"\n",
+                "postgres.users[0]",
+                "no password source",
+            ),
+            (
+                "[[users]]\nname = \"u\"\npassword_env = \"X\"\nprivileges = { reports = \"readonly\" }\n",
+                "postgres.users[0].privileges.reports",
+                "database `reports` is not declared",
+            ),
+            (
+                "[[users]]\nname = \"u\"\nlogin = false\nconnection_limit = -2\n",
+                "postgres.users[0].connection_limit",
+                "-2",
+            ),
+        ];
+        for (tail, field, message) in cases {
+            let p = access_problems(tail);
+            assert_eq!(p.len(), 1, "{tail}: {p:#?}");
+            assert_eq!(p[0].field, field, "{tail}");
+            assert!(p[0].message.contains(message), "{tail}: {}", p[0].message);
+            assert!(p[0].fix.is_some(), "{tail}");
+        }
+        // A near miss is named.
+        let p = access_problems("[[databases]]\nname = \"a\"\nextensions = [\"pgcrypt\"]\n");
+        assert!(p[0].fix.as_deref().unwrap().contains("`pgcrypto`"), "{p:?}");
+    }
+
+    #[test]
+    fn user_password_policy_names_the_user_and_source() {
+        let user = UserSpec {
+            name: "app".into(),
+            password_env: Some("APP_PW".into()),
+            password_file: None,
+            login: true,
+            connection_limit: -1,
+            privileges: Default::default(),
+        };
+        let p = user_password_policy(2, &user, &SecretSource::Env("APP_PW".into()), "APP").unwrap();
+        assert_eq!(p.field, "postgres.users[2].password_env");
+        assert!(p.message.contains("user `app` in APP_PW"), "{}", p.message);
+        assert!(!p.message.contains("APP\""));
     }
 }

@@ -6,11 +6,12 @@
 
 pub mod conninfo;
 pub mod modules;
+pub mod pg_access;
 pub mod pg_conf;
 pub mod run;
-mod scram;
-pub mod volume;
+pub(crate) mod scram;
 pub mod tls_files;
+pub mod volume;
 
 use std::collections::BTreeMap;
 
@@ -25,9 +26,10 @@ static PLAYBOOKS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/playbooks");
 /// The main task list's file inside `playbooks/`.
 pub const SITE: &str = "site.yml";
 
-/// The template variable that holds the replication password. A task that uses it (in
-/// its condition, arguments or template) must be marked `secret: true`.
-pub const SECRET_VAR: &str = "replication_password";
+/// The template variables that hold secrets: the replication password and the
+/// application users' passwords (a JSON map of name to password). A task that uses one
+/// (in its condition, arguments or template) must be marked `secret: true`.
+pub const SECRET_VARS: [&str; 2] = ["replication_password", "user_passwords"];
 
 /// Which hosts a play runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -141,8 +143,9 @@ impl Playbook {
                 }
                 if !task.secret && run::task_uses_secret(&env, task) {
                     return Err(bad(format!(
-                        "task `{}` uses `{SECRET_VAR}` but is not marked `secret: true`",
-                        task.name
+                        "task `{}` uses `{}` but is not marked `secret: true`",
+                        task.name,
+                        run::secrets_used(&env, task).join("`, `")
                     )));
                 }
                 for h in &task.notify {

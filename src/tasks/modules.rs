@@ -14,6 +14,8 @@ pub struct Change {
     pub summary: String,
     /// A unified diff of a file's content, when the task writes one.
     pub diff: Option<String>,
+    /// Nothing to do: the summary is a note for the plan (e.g. what is kept).
+    pub note_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,14 @@ pub enum Action {
         password: String,
         #[serde(default)]
         replication: bool,
+    },
+    /// The spec's databases, users and privileges (see `pg_access.rs`): `access` is
+    /// the JSON of `pg_access::Desired`, `passwords` a JSON map of user name to
+    /// password (the secret variable `user_passwords`).
+    PgAccess {
+        version: String,
+        access: String,
+        passwords: String,
     },
     /// Exactly these physical replication slots among those starting with `prefix`.
     PgSlots {
@@ -287,12 +297,14 @@ impl Action {
                     return Ok(Some(Change {
                         summary: format!("add block to {path} (which does not exist yet)"),
                         diff: None,
+                        note_only: false,
                     }));
                 };
                 let wanted = with_block(&text, marker, block);
                 Ok((wanted != text).then(|| Change {
                     summary: format!("update block in {path}"),
                     diff: Some(unified(path, &text, &wanted)),
+                    note_only: false,
                 }))
             }
             Action::File { path, state, meta } => match state {
@@ -388,6 +400,24 @@ impl Action {
                         .success(),
                 };
                 Ok((!right).then(|| change(format!("set the password of role {name}"))))
+            }
+            Action::PgAccess {
+                version,
+                access,
+                passwords,
+            } => {
+                let v = version_number(version)?;
+                let (desired, passwords) = access_args(access, passwords)?;
+                if desired.is_empty() && !cluster_online(conn, v).await? {
+                    return Ok(None);
+                }
+                match super::pg_access::query(conn, v, &desired, &passwords).await {
+                    Ok(work) => Ok(super::pg_access::change(&work)),
+                    Err(_) if !cluster_online(conn, v).await? => Ok(Some(change(
+                        "create databases and users (PostgreSQL is not running yet)".into(),
+                    ))),
+                    Err(e) => Err(e),
+                }
             }
             Action::PgSlots {
                 version,
@@ -621,6 +651,16 @@ impl Action {
                 );
                 sql(conn, v, &statement).await?;
             }
+            Action::PgAccess {
+                version,
+                access,
+                passwords,
+            } => {
+                let v = version_number(version)?;
+                let (desired, passwords) = access_args(access, passwords)?;
+                let work = super::pg_access::query(conn, v, &desired, &passwords).await?;
+                super::pg_access::act(conn, v, &work).await?;
+            }
             Action::PgSlots {
                 version,
                 names,
@@ -729,6 +769,7 @@ fn change(summary: String) -> Change {
     Change {
         summary,
         diff: None,
+        note_only: false,
     }
 }
 
@@ -744,6 +785,33 @@ pub(crate) fn ok(out: Output, what: &str) -> Result<Output, ActionError> {
                 .unwrap_or_else(|| "signal".into()),
             detail: out.tail(),
         })
+    }
+}
+
+/// The `pg_access` action's arguments. The passwords' parse error never quotes them.
+fn access_args(
+    access: &str,
+    passwords: &str,
+) -> Result<
+    (
+        super::pg_access::Desired,
+        std::collections::BTreeMap<String, String>,
+    ),
+    ActionError,
+> {
+    let desired = serde_json::from_str(access)
+        .map_err(|e| ActionError::Invalid(format!("pg_access: access: {e}")))?;
+    let passwords = serde_json::from_str(passwords).map_err(|_| {
+        ActionError::Invalid("pg_access: passwords is not a JSON map of names".into())
+    })?;
+    Ok((desired, passwords))
+}
+
+impl Action {
+    /// The action's summaries are built from names only, never from its secret
+    /// arguments: shown even when the task is `secret`.
+    pub fn summary_names_no_secret(&self) -> bool {
+        matches!(self, Action::PgAccess { .. })
     }
 }
 
@@ -883,6 +951,7 @@ fn compare_file(
     let (old_meta, old) = match current {
         None => {
             return Some(Change {
+                note_only: false,
                 summary: format!("create {path}"),
                 diff: Some(unified(path, "", content)),
             });
@@ -899,6 +968,7 @@ fn compare_file(
         return None;
     }
     Some(Change {
+        note_only: false,
         summary: format!("update {path}"),
         diff: (old != content).then(|| unified(path, &old, content)),
     })

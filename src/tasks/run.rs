@@ -10,7 +10,7 @@ use minijinja::Environment;
 use serde::Serialize;
 
 use super::modules::{Action, ActionError, Cx};
-use super::{Hosts, Order, Playbook, SECRET_VAR, Task};
+use super::{Hosts, Order, Playbook, SECRET_VARS, Task};
 use crate::remote::Connection;
 use crate::spec::Role;
 
@@ -112,14 +112,16 @@ impl Recap {
     }
 }
 
-/// Runs `book` on `hosts`. `secret` is the replication password: it may appear only in
-/// tasks marked `secret`, never in a diff, a summary or an error.
+/// Runs `book` on `hosts`. `secrets` are the values of [`SECRET_VARS`] (the replication
+/// password, the users' passwords): they may appear only in tasks marked `secret`,
+/// never in a diff, a summary or an error (each is masked there).
 pub async fn run_playbook(
     book: &Playbook,
     hosts: &[HostRun],
-    secret: &str,
+    secrets: &[String],
     opts: &RunOptions,
 ) -> Recap {
+    let secret = secrets;
     let env = &environment(book);
     let plays_hosts: Vec<Vec<usize>> = book.plays.iter().map(|p| chosen(p, hosts)).collect();
 
@@ -226,7 +228,12 @@ fn batches(order: Order, chosen: Vec<usize>, hosts: &[HostRun]) -> Vec<Vec<usize
 type Answers = Vec<(Result<Asked, ActionError>, f64)>;
 
 /// All of `tasks`' queries on `host` at once.
-async fn ask_all(env: &Environment<'_>, tasks: &[Task], host: &HostRun, secret: &str) -> Answers {
+async fn ask_all(
+    env: &Environment<'_>,
+    tasks: &[Task],
+    host: &HostRun,
+    secret: &[String],
+) -> Answers {
     futures::future::join_all(tasks.iter().map(|task| async move {
         let run = TaskRun {
             env,
@@ -250,7 +257,7 @@ async fn run_host(
     env: &Environment<'_>,
     play: &super::Play,
     host: &HostRun,
-    secret: &str,
+    secret: &[String],
     opts: &RunOptions,
     early: Option<Answers>,
 ) -> Vec<TaskEvent> {
@@ -335,7 +342,7 @@ struct TaskRun<'a> {
     env: &'a Environment<'a>,
     task: &'a Task,
     host: &'a HostRun,
-    secret: &'a str,
+    secret: &'a [String],
 }
 
 impl TaskRun<'_> {
@@ -381,7 +388,7 @@ impl TaskRun<'_> {
             seconds: 0.0,
         };
         let outcome = match asked {
-            Ok(Asked::Changes(action, change)) if !opts.check => {
+            Ok(Asked::Changes(action, change)) if !opts.check && !change.note_only => {
                 let render = |name: &str| self.render(name);
                 let cx = Cx {
                     conn: &self.host.conn,
@@ -397,13 +404,21 @@ impl TaskRun<'_> {
         match outcome {
             Ok(Asked::Skipped) => event.status = TaskStatus::Skipped,
             Ok(Asked::Unchanged) => {}
-            Ok(Asked::Changes(_, change)) => {
+            // Nothing to do, but something to say (what is kept): shown, not changed.
+            Ok(Asked::Changes(action, change)) if change.note_only => {
+                if !self.task.secret || action.summary_names_no_secret() {
+                    event.summary = Some(change.summary);
+                }
+            }
+            Ok(Asked::Changes(action, change)) => {
                 event.status = if opts.check {
                     TaskStatus::WouldChange
                 } else {
                     TaskStatus::Changed
                 };
-                if self.task.secret {
+                if self.task.secret && action.summary_names_no_secret() {
+                    event.summary = Some(change.summary);
+                } else if self.task.secret {
                     event.summary = Some("changed (secret: no details)".into());
                 } else {
                     event.summary = Some(change.summary);
@@ -414,7 +429,9 @@ impl TaskRun<'_> {
                 event.status = TaskStatus::Failed;
                 // Only a task that uses the password can have it in its output.
                 event.error = Some(if self.task.secret {
-                    redact(&e.to_string(), self.secret)
+                    self.secret
+                        .iter()
+                        .fold(e.to_string(), |text, secret| redact(&text, secret))
                 } else {
                     e.to_string()
                 });
@@ -442,7 +459,7 @@ impl TaskRun<'_> {
 fn guard(task: &Task, uses_secret: bool) -> Result<(), ActionError> {
     if uses_secret && !task.secret {
         return Err(ActionError::Invalid(format!(
-            "internal error in pgform's task list: task `{}` uses the replication password \
+            "internal error in pgform's task list: task `{}` uses a password \
              but is not marked secret, so it was not run (please report this bug)",
             task.name
         )));
@@ -450,18 +467,60 @@ fn guard(task: &Task, uses_secret: bool) -> Result<(), ActionError> {
     Ok(())
 }
 
-/// Whether Jinja text uses [`SECRET_VAR`] (text that does not parse uses nothing; it
-/// fails when rendered).
+fn any_secret(names: &std::collections::HashSet<String>) -> bool {
+    SECRET_VARS.iter().any(|v| names.contains(*v))
+}
+
+/// Whether Jinja text uses one of [`SECRET_VARS`] (text that does not parse uses
+/// nothing; it fails when rendered).
 fn text_uses_secret(env: &Environment<'_>, text: &str) -> bool {
     env.template_from_str(text)
-        .is_ok_and(|t| t.undeclared_variables(false).contains(SECRET_VAR))
+        .is_ok_and(|t| any_secret(&t.undeclared_variables(false)))
 }
 
 fn template_uses_secret(template: &minijinja::Template<'_, '_>) -> bool {
-    template.undeclared_variables(false).contains(SECRET_VAR)
+    any_secret(&template.undeclared_variables(false))
 }
 
-/// Whether any string in a task's arguments uses [`SECRET_VAR`].
+/// Which of [`SECRET_VARS`] Jinja text uses (for the parser's message).
+fn text_secrets(env: &Environment<'_>, text: &str) -> Vec<&'static str> {
+    env.template_from_str(text)
+        .map(|t| {
+            let names = t.undeclared_variables(false);
+            SECRET_VARS
+                .into_iter()
+                .filter(|v| names.contains(*v))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The secret variables a task uses, by name (in its arguments, else "a secret").
+pub(super) fn secrets_used(env: &Environment<'_>, task: &Task) -> Vec<&'static str> {
+    fn walk(env: &Environment<'_>, v: &serde_norway::Value, out: &mut Vec<&'static str>) {
+        use serde_norway::Value as Y;
+        match v {
+            Y::String(s) => out.extend(text_secrets(env, s)),
+            Y::Sequence(items) => items.iter().for_each(|i| walk(env, i, out)),
+            Y::Mapping(m) => m.values().for_each(|i| walk(env, i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(env, &task.action, &mut out);
+    if let Some(w) = &task.when {
+        out.extend(text_secrets(env, &format!("{{{{ {w} }}}}")));
+    }
+    if out.is_empty() {
+        // In the template file it names: the first secret variable it renders.
+        out.push(SECRET_VARS[0]);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether any string in a task's arguments uses one of [`SECRET_VARS`].
 fn value_uses_secret(env: &Environment<'_>, v: &serde_norway::Value) -> bool {
     use serde_norway::Value as Y;
     match v {
@@ -477,7 +536,7 @@ fn value_uses_secret(env: &Environment<'_>, v: &serde_norway::Value) -> bool {
 pub(super) fn task_uses_secret(env: &Environment<'_>, task: &Task) -> bool {
     let when = task.when.as_deref().is_some_and(|w| {
         env.compile_expression(w)
-            .is_ok_and(|e| e.undeclared_variables(false).contains(SECRET_VAR))
+            .is_ok_and(|e| any_secret(&e.undeclared_variables(false)))
     });
     let template = Action::parse(&task.action)
         .ok()

@@ -277,6 +277,36 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Asserts that none of `secrets` (e.g. application users' passwords) appears in
+    /// any output so far or in any file of the directory other than `except` (the
+    /// files that hold them on purpose).
+    #[track_caller]
+    pub fn assert_absent_everywhere(&self, secrets: &[&str], except: &[&str]) {
+        let output = self.output.lock().unwrap();
+        for s in secrets {
+            assert!(
+                !output.contains(s),
+                "pgform's output holds a secret ({s:?})"
+            );
+        }
+        for file in files_under(self.dir.path()) {
+            if except.iter().any(|e| file.ends_with(e)) {
+                continue;
+            }
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()).into_owned();
+            for s in secrets {
+                assert!(
+                    !text.contains(s),
+                    "{} holds a secret ({s:?})",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
