@@ -45,7 +45,10 @@ readonly APT_PORT
 readonly HTTP_PID="$RUN_DIR/apt-http.pid"
 readonly HTTP_LOG=/var/log/pgform-apt-http.log
 
-readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client"
+# util-linux (losetup) and e2fsprogs (mkfs.ext2, debugfs): the data-disk tests attach a
+# loop device to a container host as its EBS disk. (The host image has both from
+# debootstrap's minbase: blkid, findmnt, mount, mkfs.ext4.)
+readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client util-linux e2fsprogs"
 
 usage() {
     cat <<EOF

@@ -88,6 +88,14 @@ async fn make_instance(
         "{:?}",
         made.outputs
     );
+    // The host layer finds the data disk by these.
+    let out = |k: &str| made.outputs.get(k).and_then(Value::as_str).unwrap_or("");
+    assert!(
+        out("data_volume_id").starts_with("vol-"),
+        "{:?}",
+        made.outputs
+    );
+    assert_eq!(out("data_volume_device"), "/dev/sdf");
     made.id
 }
 

@@ -362,3 +362,55 @@ pub fn sort_rules(rules: &mut Vec<Value>) {
     rules.sort_by_key(|r| r.to_string());
     rules.dedup();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_nodes_keep_data_and_configuration_on_their_own_volumes() {
+        let spec = crate::spec::parse_str(
+            "name = \"loc\"\nprovider = \"docker\"\n[ssh]\npublic_key_file = \"k.pub\"\n[postgres]\nreplicas = 1\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("valid")
+        .spec;
+        let g = build(&spec, &Lookups::default()).expect("graph");
+        let order: Vec<String> = g.in_order().map(|r| r.address.to_string()).collect();
+        let at = |a: &str| {
+            order
+                .iter()
+                .position(|x| x == a)
+                .unwrap_or_else(|| panic!("no {a} in {order:?}"))
+        };
+        // Made before the container that mounts them.
+        for (volume, container) in [
+            (
+                "docker_volume.replica_conf[0]",
+                "docker_container.replica[0]",
+            ),
+            ("docker_volume.replica[0]", "docker_container.replica[0]"),
+            ("docker_volume.primary", "docker_container.primary"),
+        ] {
+            assert!(at(volume) < at(container), "{order:?}");
+        }
+        let v = g
+            .get(&Address::indexed(Kind::DockerVolume, "replica", 0))
+            .unwrap();
+        assert_eq!(v.attrs["name"], Value::str("loc-replica-0-data"));
+        let labels = v.attrs["labels"].as_map().unwrap();
+        assert_eq!(labels[CLUSTER_TAG], Value::str("loc"));
+        assert_eq!(labels[ADDRESS_TAG], Value::str("docker_volume.replica[0]"));
+        let c = g
+            .get(&Address::new(Kind::DockerContainer, "primary"))
+            .unwrap();
+        assert_eq!(
+            c.attrs["data_volume"],
+            Value::reference(&Address::new(Kind::DockerVolume, "primary"))
+        );
+        assert_eq!(c.attrs["data_mount"], Value::str("/var/lib/postgresql/15"));
+        assert_eq!(c.attrs["conf_mount"], Value::str("/etc/postgresql/15"));
+        // Nothing of a volume changes in place: a new one would be empty.
+        assert!(Kind::DockerVolume.forces_replacement("labels"));
+    }
+}
