@@ -222,3 +222,30 @@ fn tls_by_default_verified_refused_plain_renewed_without_restart() {
         .stdout_has("No changes. The hosts match the spec.");
     work.assert_no_password_anywhere();
 }
+
+/// The Ansible export copies the certificate files from `pgform_tls_dir`; no private key
+/// is written into it.
+#[test]
+fn ansible_export_references_certificates_and_holds_no_key() {
+    let tls = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name = \"t\"\nprovider = \"hosts\"\n[tls]\ndir = {:?}\n\
+         [[hosts]]\naddress = \"10.9.0.11\"\nrole = \"primary\"\n\
+         [[hosts]]\naddress = \"10.9.0.12\"\nrole = \"replica\"\n",
+        tls.path()
+    );
+    let spec = pgform::spec::parse_str(&text, Path::new("t.toml"))
+        .unwrap()
+        .spec;
+    let nodes = pgform::hosts::inventory(&spec, &pgform::state::State::new("t")).unwrap();
+    pgform::hosts::prepare_tls(&spec, &nodes).unwrap();
+    assert!(tls.path().join("replica-0.key").exists());
+    let files =
+        pgform::export::ansible::export(&spec, &pgform::export::ansible::Inventory::Hosts(nodes))
+            .unwrap();
+    let all: String = files.values().cloned().collect::<Vec<_>>().join("\n");
+    assert!(!all.contains("PRIVATE KEY"), "a key in the export");
+    assert!(all.contains("{{ pgform_tls_dir }}/ca.crt"), "{all}");
+    assert!(all.contains("pgform_tls_dir: "), "{all}");
+    assert!(all.contains("hostssl replication"), "{all}");
+}

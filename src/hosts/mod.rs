@@ -623,6 +623,41 @@ mod tests {
     }
 
     #[test]
+    fn pg_hba_takes_only_tls_unless_told_otherwise() {
+        let text = "name = \"t\"\nprovider = \"hosts\"\n[access]\nclient_cidrs = [\"192.0.2.0/24\"]\n\
+                    [[hosts]]\naddress = \"10.0.0.1\"\nrole = \"primary\"\n";
+        let mut spec = crate::spec::parse_str(text, Path::new("t.toml"))
+            .expect("valid")
+            .spec;
+        let nodes = inventory(&spec, &State::new("t")).unwrap();
+        let hba = hba_block(&spec, &nodes);
+        assert!(
+            hba.lines()
+                .skip(1)
+                .filter(|l| !l.starts_with('#'))
+                .all(|l| l.starts_with("hostssl ")),
+            "{hba}"
+        );
+        assert!(
+            settings(&spec, &nodes, &nodes[0])
+                .get("ssl")
+                .is_some_and(|v| v == "on")
+        );
+        spec.tls.allow_plain_in_cluster = true;
+        let hba = hba_block(&spec, &nodes);
+        assert!(
+            hba.contains("host replication \"replicator\" 10.0.0.1/32"),
+            "{hba}"
+        );
+        assert!(hba.contains("hostssl all all 192.0.2.0/24"), "{hba}");
+        spec.tls.enabled = false;
+        let hba = hba_block(&spec, &nodes);
+        assert!(!hba.contains("hostssl"), "{hba}");
+        assert!(!settings(&spec, &nodes, &nodes[0]).contains_key("ssl"));
+        assert_eq!(tls_names(&nodes[0]), ["10.0.0.1", "primary"]);
+    }
+
+    #[test]
     fn the_password_is_the_secret_variable() {
         let spec = crate::spec::parse_str(
             "name = \"t\"\nprovider = \"hosts\"\n[[hosts]]\naddress = \"10.0.0.1\"\nrole = \"primary\"\n",
