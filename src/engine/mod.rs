@@ -317,6 +317,8 @@ fn url_path(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
 /// Which servers an application URL accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Session {

@@ -150,6 +150,7 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
             Y::String(k.into()),
             vars_value(&serde_json::Value::String(v)),
         );
+    }
     for (k, v) in access::variables(spec) {
         main.insert(s(k), vars_value(&v));
     }

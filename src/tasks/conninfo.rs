@@ -41,6 +41,7 @@ impl StandbyTls {
         Ok(self.wanted(conn).await?.map(|_| Change {
             summary: "primary_conninfo: sslmode=verify-full (reload)".into(),
             diff: None,
+            note_only: false,
         }))
     }
 

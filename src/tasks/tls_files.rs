@@ -175,6 +175,7 @@ fn change(summary: String) -> Change {
     Change {
         summary,
         diff: None,
+        note_only: false,
     }
 }
 

@@ -199,6 +199,7 @@ impl DataVolume {
         Ok((!parts.is_empty()).then(|| Change {
             summary: format!("{}: {}", self.what(), parts.join(", ")),
             diff: None,
+            note_only: false,
         }))
     }
 

@@ -668,6 +668,8 @@ pub fn ssh_root(key: &SshKey, ip: &str, cmd: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run ssh ({e}); install openssh-client"))
+}
+
 /// `/usr/bin/psql` on this machine with a conninfo string (password in PGPASSWORD, never
 /// an argument), running `sql`; the output as it is (success or not).
 pub fn psql_here(conninfo: &str, password: &str, sql: &str) -> Output {
