@@ -329,14 +329,21 @@ pub enum Session {
     PreferStandby,
 }
 
-/// The query string of every application URL: the TLS settings go here.
-pub fn connection_options(session: Session) -> String {
+/// The query string of every application URL: with TLS, `verify-full` against the
+/// cluster CA at `ca_file` (a path on the machine that runs pgform).
+pub fn connection_options(session: Session, ca_file: Option<&std::path::Path>) -> String {
     let attrs = match session {
         Session::ReadWrite => "read-write",
         Session::ReadOnly => "read-only",
         Session::PreferStandby => "prefer-standby",
     };
-    format!("target_session_attrs={attrs}")
+    match ca_file {
+        Some(ca) => format!(
+            "target_session_attrs={attrs}&sslmode=verify-full&sslrootcert={}",
+            url_path(&ca.display().to_string())
+        ),
+        None => format!("target_session_attrs={attrs}"),
+    }
 }
 
 /// Per database and user with privileges on it: a read-write URL to the primary (not
@@ -346,6 +353,7 @@ pub fn database_urls(
     spec: &ClusterSpec,
     primary: &str,
     replicas: &[String],
+    ca_file: Option<&std::path::Path>,
 ) -> Vec<serde_json::Value> {
     let hostport = |h: &str| {
         if h.contains(':') {
@@ -369,7 +377,7 @@ pub fn database_urls(
                     u.name,
                     list.join(","),
                     db.name,
-                    connection_options(session)
+                    connection_options(session, ca_file)
                 )
             };
             let primary = [primary.to_string()];
@@ -476,7 +484,12 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
         if let Some(primary_host) = primary_host {
             out.insert(
                 "databases".into(),
-                json!(database_urls(spec, &primary_host, &replica_hosts)),
+                json!(database_urls(
+                    spec,
+                    &primary_host,
+                    &replica_hosts,
+                    ca_file.as_deref()
+                )),
             );
         }
     }

@@ -367,13 +367,19 @@ pub fn tls_files(version: u32) -> (String, String, String) {
 }
 
 /// The names a node's certificate carries: its addresses (IP SANs, or DNS names for
-/// listed hosts given by name) and its node name.
+/// listed hosts given by name), its node name, and the loopback names, so that a client
+/// on the node itself (verify) can check the certificate with `verify-full` too.
 pub fn tls_names(node: &Node) -> Vec<String> {
     let mut names = vec![node.private_address.clone()];
     if node.connect_address != node.private_address {
         names.push(node.connect_address.clone());
     }
     names.push(node.name.clone());
+    for local in ["127.0.0.1", "localhost"] {
+        if !names.iter().any(|n| n == local) {
+            names.push(local.to_string());
+        }
+    }
     names.retain(|n| !n.is_empty());
     names
 }
@@ -654,7 +660,10 @@ mod tests {
         let hba = hba_block(&spec, &nodes);
         assert!(!hba.contains("hostssl"), "{hba}");
         assert!(!settings(&spec, &nodes, &nodes[0]).contains_key("ssl"));
-        assert_eq!(tls_names(&nodes[0]), ["10.0.0.1", "primary"]);
+        assert_eq!(
+            tls_names(&nodes[0]),
+            ["10.0.0.1", "primary", "127.0.0.1", "localhost"]
+        );
     }
 
     #[test]

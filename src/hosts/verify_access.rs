@@ -12,12 +12,20 @@ use crate::spec::{ClusterSpec, Privilege};
 use crate::tasks::modules::{ident, literal, ok};
 
 /// Where verification connects on a node, and with which conninfo options: the one
-/// place that says how an application reaches the server (TLS settings go here).
+/// place that says how an application reaches the server.
 /// Loopback over TCP: the cluster's own pg_hba lines admit only the replication user
 /// between members, and a client network may not include them; Debian's default
-/// admits local TCP logins with a password (scram-sha-256).
-pub fn connection(_node: &Node) -> (String, String) {
-    ("127.0.0.1".into(), String::new())
+/// admits local TCP logins with a password (scram-sha-256). With TLS on, the
+/// connection must be encrypted and the server's certificate (which names the loopback
+/// address) must verify against the cluster CA on the host.
+pub fn connection(spec: &ClusterSpec) -> (String, String) {
+    let options = if spec.tls.enabled {
+        let (ca, _, _) = super::tls_files(spec.postgres.version);
+        format!("sslmode=verify-full sslrootcert={}", shell::conninfo_value(&ca))
+    } else {
+        String::new()
+    };
+    ("127.0.0.1".into(), options)
 }
 
 /// Who verified what, for the report.
@@ -87,7 +95,7 @@ pub(super) async fn verify_as_application(
     ok(out, "psql").map_err(|e| fail(format!("primary: preparing pgform.verify_access: {e}")))?;
 
     let as_user = |i: usize, user: &str, sql: String| {
-        let (host, options) = connection(&nodes[i]);
+        let (host, options) = connection(spec);
         let cmd = shell::psql_as_user(v, &host, user, &db, &options);
         let input = format!("{}\n{sql}", passwords[user]);
         let conn = &conns[i];
