@@ -49,7 +49,15 @@ const READER: &str = "[[postgres.users]]\nname = \"reader\"\npassword_env = \"RE
                       connection_limit = 5\n\
                       privileges = { app = \"readonly\", reports = \"readonly\" }\n";
 
-/// psql from this machine over TCP as `user`; the password in the child's environment.
+/// The cluster CA pgform made beside the state (TLS is on by default).
+fn ca_file() -> String {
+    CA.get().expect("the CA is known once the work folder exists").clone()
+}
+
+static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// psql from this machine over TCP and TLS as `user`, checking the server's certificate
+/// against the cluster CA (`verify-full`); the password in the child's environment.
 fn psql(host: &Host, user: &str, password: &str, db: &str, sql: &str) -> (bool, String) {
     let out = Command::new("psql")
         .args([
@@ -59,8 +67,10 @@ fn psql(host: &Host, user: &str, password: &str, db: &str, sql: &str) -> (bool, 
             "-v",
             "ON_ERROR_STOP=1",
             &format!(
-                "host={} user={user} dbname={db} connect_timeout=10",
-                host.ip()
+                "host={} user={user} dbname={db} connect_timeout=10 \
+                 sslmode=verify-full sslrootcert={}",
+                host.ip(),
+                ca_file()
             ),
             "-c",
             sql,
@@ -101,6 +111,7 @@ fn databases_users_and_privileges_on_container_hosts() {
         "users",
         vec![("READER_PW".to_string(), READER_PW.to_string())],
     );
+    let _ = CA.set(work.path("users.tls/ca.crt").display().to_string());
     work.write("app.pw", &format!("{APP_PW}\n"));
     work.write("cluster.toml", &spec(&net, &key, &hosts, READER));
 
@@ -190,15 +201,19 @@ fn databases_users_and_privileges_on_container_hosts() {
     assert_eq!(
         app["read_write_url"],
         format!(
-            "postgresql://app@{}:5432/app?target_session_attrs=read-write",
-            primary.ip()
+            "postgresql://app@{}:5432/app?target_session_attrs=read-write\
+             &sslmode=verify-full&sslrootcert={}",
+            primary.ip(),
+            ca_file()
         )
     );
     assert_eq!(
         app["read_only_url"],
         format!(
-            "postgresql://app@{}:5432/app?target_session_attrs=read-only",
-            replica.ip()
+            "postgresql://app@{}:5432/app?target_session_attrs=read-only\
+             &sslmode=verify-full&sslrootcert={}",
+            replica.ip(),
+            ca_file()
         )
     );
     let reader = dbs

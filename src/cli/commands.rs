@@ -107,11 +107,21 @@ fn load_spec(g: &Global) -> Result<ClusterSpec> {
     Ok(with_tls_dir(g, loaded.spec))
 }
 
-/// The spec with its TLS folder: the one it names, else `<cluster>.tls` beside the state.
+/// The spec with its TLS folder as an absolute path (outputs hand it to clients that
+/// run elsewhere): the one it names, relative to the spec file, else `<cluster>.tls`
+/// beside the state.
 fn with_tls_dir(g: &Global, mut spec: ClusterSpec) -> ClusterSpec {
-    if spec.tls.dir.is_none() {
-        spec.tls.dir = Some(crate::tls::default_dir(&g.state_path(), &spec.name));
-    }
+    let dir = match spec.tls.dir.take() {
+        Some(d) => {
+            let d = crate::spec::expand_home(&d);
+            match g.file.parent() {
+                Some(base) if d.is_relative() => base.join(d),
+                _ => d,
+            }
+        }
+        None => crate::tls::default_dir(&g.state_path(), &spec.name),
+    };
+    spec.tls.dir = Some(std::path::absolute(&dir).unwrap_or(dir));
     spec
 }
 
