@@ -147,7 +147,11 @@ async fn exported_users_log_in_and_pgform_finds_nothing_to_change() {
     let secrets = tempfile::tempdir().unwrap();
     let pw = secrets.path().join("app.pw");
     std::fs::write(&pw, format!("{APP_PW}\n")).unwrap();
-    let spec = spec_for(&addrs, Some(&key.private), Some(&net), &pw);
+    let mut spec = spec_for(&addrs, Some(&key.private), Some(&net), &pw);
+    // TLS is on by default: the playbook copies the certificates from pgform's folder.
+    spec.tls.dir = Some(secrets.path().join("t.tls"));
+    let known = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    cluster::prepare_tls(&spec, &known).expect("certificates");
     let dir = tempfile::tempdir().unwrap();
     export_to(&spec, dir.path());
     let key_arg = key.private.to_string_lossy().into_owned();
