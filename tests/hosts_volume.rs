@@ -33,9 +33,12 @@ fn spec(net: &Network, host: &Host, key: &SshKey, data_device: Option<&str>) -> 
         net.apt_mirror(),
         host.ip()
     );
-    parse_str(&text, Path::new("t.toml"))
+    let mut spec = parse_str(&text, Path::new("t.toml"))
         .expect("valid spec")
-        .spec
+        .spec;
+    // TLS is on by default: the certificates live beside the test's key.
+    spec.tls.dir = Some(key.dir().join("t.tls"));
+    spec
 }
 
 /// The link EC2's udev rules make for an NVMe EBS disk (a container's /dev is made
@@ -313,6 +316,7 @@ async fn exported_playbook_mounts_the_data_disk_the_same_way() {
     let host = Host::start_with_disk(&net, "pg0", 11, &key, &disk.path);
     let spec = spec(&net, &host, &key, Some(&disk.path));
     let nodes = cluster::inventory(&spec, &State::new("t")).expect("inventory");
+    cluster::prepare_tls(&spec, &nodes).expect("certificates");
     let files = pgform::export::ansible::export(
         &spec,
         &pgform::export::ansible::Inventory::Hosts(nodes.clone()),

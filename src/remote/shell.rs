@@ -352,6 +352,15 @@ pub fn psql_as_user(version: u32, host: &str, user: &str, database: &str, option
     .as_user("postgres")
 }
 
+/// pg_controldata's report on `data_dir`, in English (`name: value` lines).
+pub fn control_data(version: u32, data_dir: &str) -> Sh {
+    let bin = pg_bin(version, "pg_controldata");
+    Sh(format!(
+        "LC_ALL=C {}",
+        Sh::argv([bin.as_str(), data_dir]).as_user("postgres").0
+    ))
+}
+
 /// The system identifier in a data directory's control file (empty if there is none).
 pub fn control_system_identifier(version: u32, data_dir: &str) -> Sh {
     let bin = pg_bin(version, "pg_controldata");

@@ -252,6 +252,69 @@ pub async fn write(
     Ok(())
 }
 
+/// pg_controldata's names for the limits a standby must hold at least as high as its
+/// primary, with the parameters they record.
+const CONTROL_LIMITS: [(&str, &str); 5] = [
+    ("max_connections setting", "max_connections"),
+    ("max_worker_processes setting", "max_worker_processes"),
+    ("max_wal_senders setting", "max_wal_senders"),
+    ("max_prepared_xacts setting", "max_prepared_transactions"),
+    ("max_locks_per_xact setting", "max_locks_per_transaction"),
+];
+
+/// Before a standby restarts with a lower limit: waits (up to a minute) until it has
+/// replayed its primary's record of the lowered value, which its control file then
+/// holds. A standby restarted before that refuses to start ("recovery aborted because of
+/// insufficient parameter settings"): it checks its settings against the primary's last
+/// recorded ones, and the primary's restart (done first when a limit is lowered) writes
+/// the new ones only to WAL that the standby may not have received yet.
+async fn standby_ready_for(conn: &Connection, version: u32, running: &Running) {
+    let lowered: Vec<(&str, i64)> = running
+        .lines
+        .iter()
+        .filter(|l| l.pending_restart)
+        .filter_map(|l| {
+            let (control, _) = CONTROL_LIMITS.iter().find(|(_, p)| *p == l.name)?;
+            Some((*control, l.file_value.trim().parse().ok()?))
+        })
+        .collect();
+    if lowered.is_empty() {
+        return;
+    }
+    let Ok(dir) = sql(
+        conn,
+        version,
+        "SELECT current_setting('data_directory') WHERE pg_is_in_recovery();",
+    )
+    .await
+    else {
+        return;
+    };
+    let dir = dir.trim();
+    if dir.is_empty() {
+        return; // not a standby
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Ok(out) = conn.run(shell::control_data(version, dir), None).await else {
+            return;
+        };
+        let recorded = |name: &str| {
+            out.stdout.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().parse::<i64>().ok())?
+            })
+        };
+        let waiting = lowered
+            .iter()
+            .any(|(name, new)| recorded(name).is_some_and(|old| old > *new));
+        if !waiting || Instant::now() > deadline {
+            return; // ready; or let the restart say what is wrong
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Makes the running server run `dest`: reload, then restart if a changed parameter
 /// needs it, checking after each that PostgreSQL took every line. On any refusal the
 /// previous file goes back and the server returns to it; the error names the parameter
@@ -314,6 +377,7 @@ pub async fn settle(
     let running = if restart.is_empty() {
         running
     } else {
+        standby_ready_for(conn, v, &running).await;
         let out = conn.run(shell::pg_ctlcluster(v, "restart"), None).await?;
         let after = if out.success() {
             loaded(conn, v, dest).await.map_err(|e| e.to_string())
