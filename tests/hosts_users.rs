@@ -51,7 +51,9 @@ const READER: &str = "[[postgres.users]]\nname = \"reader\"\npassword_env = \"RE
 
 /// The cluster CA pgform made beside the state (TLS is on by default).
 fn ca_file() -> String {
-    CA.get().expect("the CA is known once the work folder exists").clone()
+    CA.get()
+        .expect("the CA is known once the work folder exists")
+        .clone()
 }
 
 static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -21,7 +21,10 @@ use crate::tasks::modules::{ident, literal, ok};
 pub fn connection(spec: &ClusterSpec) -> (String, String) {
     let options = if spec.tls.enabled {
         let (ca, _, _) = super::tls_files(spec.postgres.version);
-        format!("sslmode=verify-full sslrootcert={}", shell::conninfo_value(&ca))
+        format!(
+            "sslmode=verify-full sslrootcert={}",
+            shell::conninfo_value(&ca)
+        )
     } else {
         String::new()
     };

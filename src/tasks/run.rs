@@ -334,7 +334,7 @@ enum Asked {
     Skipped,
     Unchanged,
     /// The action to take (unless in check mode) and what it changes.
-    Changes(Action, super::modules::Change),
+    Changes(Box<Action>, super::modules::Change),
 }
 
 /// One task on one host.
@@ -365,7 +365,7 @@ impl TaskRun<'_> {
         };
         Ok(match action.query(&cx).await? {
             None => Asked::Unchanged,
-            Some(change) => Asked::Changes(action, change),
+            Some(change) => Asked::Changes(Box::new(action), change),
         })
     }
 
