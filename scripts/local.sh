@@ -27,6 +27,11 @@ chmod 700 "$secrets"
 if [ ! -s "$secrets/replication-password" ]; then
     (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' >"$secrets/replication-password")
 fi
+for user in app reporting; do
+    if [ ! -s "$secrets/$user-password" ]; then
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' >"$secrets/$user-password")
+    fi
+done
 PGFORM_REPLICATION_PASSWORD=$(head -n 1 "$secrets/replication-password")
 export PGFORM_REPLICATION_PASSWORD
 
@@ -40,11 +45,24 @@ step plan;                     "$pgform" -f "$spec" plan
 step apply --auto-approve;     "$pgform" -f "$spec" apply --auto-approve
 step plan --detailed-exitcode; "$pgform" -f "$spec" plan --detailed-exitcode && echo "(exit 0: converged)"
 step status;                   "$pgform" -f "$spec" status
+step output;                   "$pgform" -f "$spec" output
+
+# Connect as the application does: its read-write URL, TLS checked against the
+# cluster's CA (verify-full), the password from the environment.
+url=$("$pgform" -f "$spec" output --json | python3 -c '
+import json, sys
+dbs = json.load(sys.stdin)["databases"]
+print(next(d["read_write_url"] for d in dbs if d["user"] == "app"))')
+printf '\n\033[1m==> psql as app over TLS (verify-full)\033[0m\n'
+PGPASSWORD=$(head -n 1 "$secrets/app-password") psql "$url" -XAtc \
+    "SELECT 'connected as ' || current_user || ', ssl ' || ssl || ', ' || version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 cat <<TXT
 
 The cluster runs: primary at 10.231.0.11, replicas at .12 and .13 (user replicator,
-password in $secrets/replication-password). Try:
+password in $secrets/replication-password; application users app and reporting, their
+passwords beside it). Try:
   $pgform -f $spec status
+  $pgform -f $spec output
   ssh -i $secrets/id_ed25519 root@10.231.0.11
   bash scripts/local.sh destroy
 TXT

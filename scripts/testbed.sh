@@ -47,8 +47,9 @@ readonly HTTP_LOG=/var/log/pgform-apt-http.log
 
 # util-linux (losetup) and e2fsprogs (mkfs.ext2, debugfs): the data-disk tests attach a
 # loop device to a container host as its EBS disk. (The host image has both from
-# debootstrap's minbase: blkid, findmnt, mount, mkfs.ext4.)
-readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client util-linux e2fsprogs"
+# debootstrap's minbase: blkid, findmnt, mount, mkfs.ext4.) postgresql-client-15: the
+# tests connect from this machine as applications do (TLS with verify-full).
+readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client util-linux e2fsprogs postgresql-client-15"
 
 usage() {
     cat <<EOF
