@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -144,7 +143,7 @@ work_mem = "8MB"
 
 /// `SHOW max_connections` on the host at `ip`, over SSH as root with the test's key.
 fn show_max_connections(key: &SshKey, ip: &str) -> String {
-    let out = ssh(
+    let out = hosts::ssh_root(
         key,
         ip,
         "cd /tmp && sudo -u postgres psql -tAc 'SHOW max_connections'",
@@ -167,7 +166,7 @@ fn show_postgres_logs(work: &Work, key: &SshKey) {
     let mut nodes = vec![v["primary"].clone()];
     nodes.extend(v["replicas"].as_array().cloned().unwrap_or_default());
     for ip in nodes.iter().filter_map(|n| n["private_ip"].as_str()) {
-        let log = ssh(
+        let log = hosts::ssh_root(
             key,
             ip,
             "tail -n 40 /var/log/postgresql/postgresql-15-main.log",
@@ -178,32 +177,6 @@ fn show_postgres_logs(work: &Work, key: &SshKey) {
             String::from_utf8_lossy(&log.stderr)
         );
     }
-}
-
-/// Runs `cmd` on the host at `ip` over SSH as root with the test's key.
-fn ssh(key: &SshKey, ip: &str, cmd: &str) -> std::process::Output {
-    Command::new("ssh")
-        .arg("-i")
-        .arg(&key.private)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg(format!("root@{ip}"))
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ssh: {e}"))
 }
 
 /// `pgform status --json` shows one primary and two replicas streaming from it.
@@ -414,7 +387,7 @@ fn local_cluster_applies_converges_checks_changes_and_destroys() {
     // The same machines as a `hosts` list, reached as a user with passwordless sudo
     // instead of root: every command goes through sudo, and the cluster is converged.
     for ip in &ips {
-        let setup = ssh(
+        let setup = hosts::ssh_root(
             &key,
             ip,
             "id ops >/dev/null 2>&1 || useradd -m -s /bin/sh ops; \
