@@ -18,6 +18,8 @@
 //! - [`tls`]: the cluster CA and node certificates kept beside the state (set
 //!   `spec.tls.dir` before [`hosts::configure`] when TLS is on; the CLI does).
 //! - [`remote`]: SSH sessions and the one place that builds shell text.
+//! - [`cost`]: the monthly cost of a graph, a state or a plan, from the embedded AWS
+//!   price table (or a refreshed price file). Pure.
 //! - [`cli`]: the command line, a thin layer over [`engine`] and [`hosts`].
 //!
 //! # Embedding
@@ -66,6 +68,7 @@
 //! and host, a recap at the end), and `hosts::verify` proves that every replica streams.
 
 pub mod cli;
+pub mod cost;
 pub mod engine;
 pub mod export;
 pub mod graph;

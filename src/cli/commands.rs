@@ -41,6 +41,10 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         }
         Command::State(cmd) => state_command(g, cmd).await,
         Command::Export(cmd) => export(g, cmd),
+        Command::Cost(args) => super::cost::cost(g, &load_spec(g)?, args),
+        Command::Pricing(super::PricingCommand::Refresh { from, out }) => {
+            super::cost::refresh(&from, &out)
+        }
         Command::ForceUnlock => {
             match state::force_unlock(&g.state_path())? {
                 Some(holder) => println!("Removed the lock held by {holder}."),
@@ -101,7 +105,7 @@ fn validate(g: &Global, json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn load_spec(g: &Global) -> Result<ClusterSpec> {
+pub(super) fn load_spec(g: &Global) -> Result<ClusterSpec> {
     let loaded = spec::load_file(&g.file)?;
     print_warnings(&loaded.warnings);
     Ok(with_tls_dir(g, loaded.spec))
@@ -180,15 +184,23 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     } else {
         Some(super::hosts::plan_hosts(&spec, &state, &g.state_path()).await)
     };
+    // The monthly cost before and after (cloud providers only; spec and state only).
+    let cost = super::cost::plan_cost(g, &spec, &plan)?;
     if args.json {
         let mut doc = serde_json::to_value(&plan)?;
         if let Some(h) = &hosts {
             doc["hosts"] = h.to_json();
         }
+        if let Some(c) = &cost {
+            doc["cost"] = serde_json::to_value(c)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         if args.only != Some(Layer::Hosts) {
             print!("{}", plan::render(&plan));
+            if let Some(c) = &cost {
+                print!("{}", crate::cost::render_plan_cost(c));
+            }
         }
         if let Some(h) = &hosts {
             print!("{}", h.render());

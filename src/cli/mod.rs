@@ -2,6 +2,7 @@
 //! engine's operations. Errors become messages and exit codes here, and only here.
 
 mod commands;
+mod cost;
 mod hosts;
 mod report;
 
@@ -100,6 +101,35 @@ pub enum Command {
     State(StateCommand),
     /// Remove the state lock left by a process that is gone.
     ForceUnlock,
+    /// What the spec's cluster costs per month: one line per billed item, from public
+    /// on-demand prices (embedded, or a refreshed price file). No cloud call is made.
+    Cost(CostArgs),
+    /// Price files for `cost` and the plan.
+    #[command(subcommand)]
+    Pricing(PricingCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Print the estimate as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A price file (from `pgform pricing refresh`) overriding the embedded prices;
+    /// replaces the spec's `[cost] prices`.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingCommand {
+    /// Write a price file from AWS Price List bulk files: DIR holds <region>/index.csv
+    /// (AmazonEC2's offers/v1.0/aws/AmazonEC2/current folder).
+    Refresh {
+        #[arg(long = "from", value_name = "DIR")]
+        from: PathBuf,
+        #[arg(long, value_name = "FILE", default_value = "aws-prices.tsv")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -41,6 +41,18 @@ pub struct ClusterSpec {
     // TLS (issue 11): the cluster CA and per-node certificates.
     #[serde(default)]
     pub tls: TlsSpec,
+    // Cost (issue 14): where prices come from.
+    #[serde(default)]
+    pub cost: CostSpec,
+}
+
+/// Prices for `pgform cost` and the plan's cost section.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostSpec {
+    /// A price file (from `pgform pricing refresh`) that overrides the embedded AWS
+    /// prices entry by entry; relative to this file. `--prices` overrides it.
+    pub prices: Option<PathBuf>,
 }
 
 /// TLS for client and replication connections (on by default).
