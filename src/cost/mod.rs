@@ -370,7 +370,10 @@ pub struct Estimate {
 pub fn estimate(resources: &[Priced<'_>], region: &str, prices: &PriceTable) -> Estimate {
     let mut lines = Vec::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for r in resources {
+    // By address (primary, then replicas in order), not in dependency order.
+    let mut resources = resources.to_vec();
+    resources.sort_by(|a, b| a.address.cmp(b.address));
+    for r in &resources {
         *counts.entry(r.address.kind.to_string()).or_default() += 1;
         lines.extend(resource_lines(*r, region, prices));
     }
@@ -462,10 +465,21 @@ pub fn render(e: &Estimate, cluster: &str) -> String {
             e = w[4]
         );
     }
+    // A note shared by several resources (replication traffic) is printed once.
+    let mut notes: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for l in &e.lines {
         if let Some(note) = &l.note {
-            let _ = writeln!(out, "  note: {} {}: {note}", l.address, l.item);
+            match notes
+                .iter_mut()
+                .find(|(i, n, _)| *i == l.item && *n == note)
+            {
+                Some((_, _, addresses)) => addresses.push(l.address.to_string()),
+                None => notes.push((&l.item, note, vec![l.address.to_string()])),
+            }
         }
+    }
+    for (item, note, addresses) in notes {
+        let _ = writeln!(out, "  note: {item} of {}: {note}", addresses.join(", "));
     }
     let t = &e.totals;
     let _ = writeln!(out);
@@ -476,7 +490,7 @@ pub fn render(e: &Estimate, cluster: &str) -> String {
     ] {
         let _ = writeln!(out, "  {name:<11} {:>10}", money(v));
     }
-    let _ = writeln!(out, "  {:<11} {:>10}", "Total", money(t.total));
+    let _ = writeln!(out, "  {:<11} {:>10}", "Total", t.total_text());
     if t.unknown_items > 0 {
         let _ = writeln!(
             out,
