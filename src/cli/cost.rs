@@ -25,7 +25,7 @@ fn prices(g: &Global, spec: &ClusterSpec, flag: Option<&Path>) -> Result<PriceTa
         }
         (None, None) => None,
     };
-    PriceTable::load(file.as_deref())
+    PriceTable::load(&spec.region, file.as_deref())
         .context("cannot load prices (spec field `cost.prices` or --prices)")
 }
 

@@ -162,18 +162,31 @@ fn priced_line(
     }
 }
 
+/// An EBS volume as it is billed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Volume<'a> {
+    pub volume_type: &'a str,
+    pub size_gb: i64,
+    /// Provisioned IOPS and MB/s, when set (gp3 includes 3,000 and 125).
+    pub iops: Option<i64>,
+    pub throughput: Option<i64>,
+}
+
 /// The lines of one EBS volume: its GB-months and what it provisions above what the
 /// type includes (gp3: IOPS above 3,000 and MB/s above 125; io1/io2: every IOPS).
 pub fn volume_lines(
     address: &Address,
     label: &str,
-    volume_type: &str,
-    size_gb: i64,
-    iops: Option<i64>,
-    throughput: Option<i64>,
+    v: Volume<'_>,
     region: &str,
     prices: &PriceTable,
 ) -> Vec<Line> {
+    let Volume {
+        volume_type,
+        size_gb,
+        iops,
+        throughput,
+    } = v;
     let missing = |what: &str| {
         let what = what.to_string();
         let region = region.to_string();
@@ -251,17 +264,13 @@ pub fn resource_lines(r: Priced<'_>, region: &str, prices: &PriceTable) -> Vec<L
         ("data volume", "data_volume"),
     ] {
         if let Some(size) = int(&format!("{prefix}_size")) {
-            let vt = text(&format!("{prefix}_type")).unwrap_or("gp3");
-            out.extend(volume_lines(
-                r.address,
-                label,
-                vt,
-                size,
-                int(&format!("{prefix}_iops")),
-                int(&format!("{prefix}_throughput")),
-                region,
-                prices,
-            ));
+            let volume = Volume {
+                volume_type: text(&format!("{prefix}_type")).unwrap_or("gp3"),
+                size_gb: size,
+                iops: int(&format!("{prefix}_iops")),
+                throughput: int(&format!("{prefix}_throughput")),
+            };
+            out.extend(volume_lines(r.address, label, volume, region, prices));
         }
     }
     // A launch setting in the graph; in the state, the address the instance has.
@@ -765,10 +774,12 @@ mod tests {
         let lines = volume_lines(
             &a,
             "data volume",
-            "gp3",
-            100,
-            Some(4000),
-            Some(125),
+            Volume {
+                volume_type: "gp3",
+                size_gb: 100,
+                iops: Some(4000),
+                throughput: Some(125),
+            },
             "us-east-1",
             &p,
         );
@@ -779,10 +790,12 @@ mod tests {
         let lines = volume_lines(
             &a,
             "data volume",
-            "gp3",
-            100,
-            Some(3000),
-            Some(250),
+            Volume {
+                volume_type: "gp3",
+                size_gb: 100,
+                iops: Some(3000),
+                throughput: Some(250),
+            },
             "us-east-1",
             &p,
         );
@@ -793,10 +806,12 @@ mod tests {
         let lines = volume_lines(
             &a,
             "data volume",
-            "io1",
-            100,
-            Some(1000),
-            None,
+            Volume {
+                volume_type: "io1",
+                size_gb: 100,
+                iops: Some(1000),
+                throughput: None,
+            },
             "us-east-1",
             &p,
         );

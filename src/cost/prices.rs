@@ -103,9 +103,24 @@ impl PriceTable {
         t
     }
 
-    /// The embedded table, overridden by the entries of `file` when given.
-    pub fn load(file: Option<&Path>) -> Result<PriceTable, PriceError> {
-        let mut t = PriceTable::embedded();
+    /// The embedded table's prices for one region (all of it is checked by the unit
+    /// tests; parsing only the region keeps every plan quick).
+    pub fn embedded_for(region: &str) -> PriceTable {
+        let tab = format!("\t{region}\t");
+        let lines: String = EMBEDDED
+            .lines()
+            .filter(|l| l.contains(&tab))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let mut t = PriceTable::default();
+        t.merge_text(&lines, "embedded aws.tsv")
+            .expect("the embedded price table parses");
+        t
+    }
+
+    /// The embedded table for `region`, overridden by the entries of `file` when given.
+    pub fn load(region: &str, file: Option<&Path>) -> Result<PriceTable, PriceError> {
+        let mut t = PriceTable::embedded_for(region);
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
                 path: path.to_path_buf(),
@@ -234,6 +249,19 @@ mod tests {
         let t = PriceTable::embedded();
         assert!(t.prices.values().all(|p| *p > 0.0));
         assert_eq!(t.instance_hour("eu-west-1", "t3.medium"), Some(0.0456));
+    }
+
+    #[test]
+    fn one_region_of_the_embedded_table_is_the_same_prices() {
+        let all = PriceTable::embedded();
+        let one = PriceTable::embedded_for("eu-west-1");
+        assert!(one.len() > 100);
+        for ((kind, region, name), price) in &one.prices {
+            assert_eq!(region, "eu-west-1");
+            assert_eq!(all.get(*kind, region, name), Some(*price));
+        }
+        let n = all.prices.keys().filter(|k| k.1 == "eu-west-1").count();
+        assert_eq!(one.len(), n);
     }
 
     #[test]
