@@ -98,6 +98,7 @@ impl FlatPayload {
             },
             postgres,
             tls: TlsSpec::default(),
+            ha: super::ha::HaSpec::default(),
         }
     }
 }

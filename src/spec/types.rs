@@ -41,6 +41,9 @@ pub struct ClusterSpec {
     // TLS (issue 11): the cluster CA and per-node certificates.
     #[serde(default)]
     pub tls: TlsSpec,
+    /// High availability: `plain` streaming replication, or Patroni + etcd (issue 12).
+    #[serde(default)]
+    pub ha: super::ha::HaSpec,
 }
 
 /// TLS for client and replication connections (on by default).
