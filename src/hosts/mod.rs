@@ -2,6 +2,7 @@
 //! spec's `hosts` list), the variables the task list renders for each, and the run that
 //! configures them and then verifies that every replica streams.
 
+pub mod ha;
 mod verify;
 pub mod verify_access;
 
@@ -563,6 +564,9 @@ pub async fn configure(
     password: &str,
     opts: &RunOptions,
 ) -> Result<Recap, HostsError> {
+    if spec.ha.patroni() {
+        return ha::configure(spec, nodes, conns, password, opts).await;
+    }
     let mut book = Playbook::embedded()?;
     if spec.tls.enabled {
         let dir = tls_dir(spec)?;
