@@ -40,7 +40,9 @@ pub fn daemon_state(name: &str, config: &str) -> Sh {
 }
 
 /// Starts daemon `name`: its systemd unit, or else `argv` as `user` in a new session
-/// (with the `KEY=value` lines of `env_file` exported, if it exists), output appended to
+/// from `/` (the daemon's user may not enter the login's folder; Patroni's
+/// multiprocessing changes back to it), with the `KEY=value` lines of `env_file`
+/// exported if it exists, output appended to
 /// `log`, its pid written from inside (runuser forks, so `$!` would be runuser's). Fails
 /// with the log's tail unless the process still runs a second later.
 pub fn daemon_start(name: &str, user: &str, argv: &[String], env_file: &str, log: &str) -> Sh {
@@ -53,7 +55,7 @@ pub fn daemon_start(name: &str, user: &str, argv: &[String], env_file: &str, log
         "install -d -m 755 {RUN_DIR} && touch {stamp} && \
          if test -d /run/systemd/system; then systemctl enable -q {n} 2>/dev/null; systemctl start {n}; \
          else install -m 644 -o {u} /dev/null {pid} && \
-         (set -a; if test -f {env}; then . {env}; fi; set +a; \
+         (cd / && set -a && if test -f {env}; then . {env}; fi; set +a; \
           exec setsid -f runuser -u {u} -- sh -c 'echo $$ > \"$0\" && exec \"$@\"' {pid} {argv}) \
           </dev/null >>{log} 2>&1; \
          i=0; until {check}; do i=$((i+1)); if test $i -gt 50; then break; fi; sleep 0.1; done; \

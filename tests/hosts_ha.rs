@@ -1,0 +1,278 @@
+//! The HA mode (`[ha] mode = "patroni"`) on real hosts: three Debian containers with
+//! sshd, PostgreSQL, Patroni and etcd from the local apt repository (the testbed of
+//! `scripts/testbed.sh`), configured through the library with the `hosts` provider.
+//! One cluster goes through the scenarios in the order a cluster's life would.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::hosts::{self, Host, Network, SshKey};
+use pgform::hosts::{self as cluster, ha};
+use pgform::spec::{ClusterSpec, parse_str};
+use pgform::state::State;
+use pgform::tasks::modules::sql;
+use pgform::tasks::{Recap, RunOptions, TaskEvent, TaskStatus};
+
+const PASSWORD: &str = "repl 'pw' $(id) :x";
+const REST_PASSWORD: &str = "rest \"pw\" `id` 1";
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An HA spec for `hosts` (listed in order; the first is listed as primary, which
+/// Patroni may or may not make the leader). Passwords come from files in the key's
+/// folder.
+fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> ClusterSpec {
+    let dir = key.dir();
+    for (file, pw) in [
+        ("rest.pw", REST_PASSWORD),
+        ("su.pw", "superuser pw 1"),
+        ("rewind.pw", "rewind pw 12"),
+    ] {
+        std::fs::write(dir.join(file), format!("{pw}\n")).unwrap();
+    }
+    let mut text = format!(
+        "name = \"ha\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [tls]\ndir = {:?}\n\
+         [ha]\nmode = \"patroni\"\nrest_password_file = {:?}\n\
+         superuser_password_file = {:?}\nrewind_password_file = {:?}\n{extra_ha}\n",
+        key.private,
+        net.apt_mirror(),
+        dir.join("ha.tls"),
+        dir.join("rest.pw"),
+        dir.join("su.pw"),
+        dir.join("rewind.pw"),
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[hosts]]\naddress = \"{}\"\nrole = \"{role}\"\n",
+            h.ip()
+        ));
+    }
+    parse_str(&text, Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec
+}
+
+struct Cluster {
+    spec: ClusterSpec,
+    nodes: Vec<cluster::Node>,
+    conns: Vec<pgform::remote::Connection>,
+}
+
+struct Run {
+    recap: Recap,
+    events: Vec<TaskEvent>,
+}
+
+impl Run {
+    fn changed(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.status, TaskStatus::Changed | TaskStatus::WouldChange))
+            .map(|e| format!("{} {}: {:?}", e.host, e.task, e.summary))
+            .collect()
+    }
+}
+
+impl Cluster {
+    async fn connect(spec: ClusterSpec, key: &SshKey) -> Cluster {
+        let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
+        let known = key.dir().join("known_hosts");
+        let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
+        Cluster { spec, nodes, conns }
+    }
+
+    async fn run(&self, check: bool) -> Run {
+        self.try_run(check).await.expect("task list runs")
+    }
+
+    async fn try_run(&self, check: bool) -> Result<Run, cluster::HostsError> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let events: pgform::tasks::Sink = Arc::new(move |e: &TaskEvent| {
+            eprintln!(
+                "{:>10} {:?} {} {}{}",
+                e.host,
+                e.status,
+                e.task,
+                e.summary.clone().unwrap_or_default(),
+                e.error.clone().unwrap_or_default()
+            );
+            let text = format!("{e:?}");
+            for secret in [PASSWORD, REST_PASSWORD, "superuser pw 1", "rewind pw 12"] {
+                assert!(!text.contains(secret), "a password in an event: {e:?}");
+            }
+            sink.lock().unwrap().push(e.clone());
+        });
+        let opts = RunOptions {
+            check,
+            events: Some(events),
+        };
+        let recap =
+            cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts).await?;
+        let events = std::mem::take(&mut *seen.lock().unwrap());
+        Ok(Run { recap, events })
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    async fn query(&self, name: &str, statement: &str) -> Result<String, String> {
+        sql(&self.conns[self.index(name)], 15, statement)
+            .await
+            .map(|s| s.trim().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn view(&self) -> ha::ClusterView {
+        ha::cluster(&self.nodes, &self.conns)
+            .await
+            .expect("Patroni's /cluster answers")
+    }
+
+    async fn leader(&self) -> String {
+        self.view()
+            .await
+            .leader()
+            .expect("a running leader")
+            .to_string()
+    }
+
+    /// Waits until the leader's pg_stat_replication shows every other node streaming.
+    async fn streaming(&self, leader: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self
+                .query(
+                    leader,
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1;",
+                )
+                .await
+                .unwrap_or_default();
+            let names: Vec<String> = rows.lines().map(str::to_string).collect();
+            if names.len() == self.nodes.len() - 1 || Instant::now() > deadline {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// A row written on `leader` read on every other node (within 30 s).
+    async fn row_reaches_replicas(&self, leader: &str, token: &str) {
+        self.query(
+            leader,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS ha_check (token text PRIMARY KEY); \
+                 INSERT INTO ha_check VALUES ('{token}');"
+            ),
+        )
+        .await
+        .expect("the leader accepts writes");
+        for n in self.nodes.iter().filter(|n| n.name != leader) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = self
+                    .query(
+                        &n.name,
+                        &format!("SELECT count(*) FROM ha_check WHERE token = '{token}';"),
+                    )
+                    .await;
+                if got.as_deref() == Ok("1") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: the row written on {leader} did not arrive: {got:?}",
+                    n.name
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_cluster_bootstraps_converges_and_switches_over() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("ha");
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&net, &format!("ha{i}"), 11 + i, &key))
+        .collect();
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let c = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
+
+    // Bootstrap: a leader and two streaming replicas.
+    let first = c.try_run(false).await;
+    if !matches!(&first, Ok(r) if !r.recap.failed()) {
+        for h in &hosts {
+            eprintln!(
+                "--- {}:\n{}",
+                h.name,
+                String::from_utf8_lossy(&h.ssh("head -n 40 /var/log/pgform-patroni.log; tail -n 20 /var/log/pgform-patroni.log").stdout)
+            );
+        }
+    }
+    let first = first.expect("task list runs");
+    assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
+    let verified = cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified");
+    assert_eq!(verified.replicas.len(), 2, "{verified:?}");
+    let leader = c.leader().await;
+    let mut streaming = c.streaming(&leader, VERIFY_TIMEOUT).await;
+    let mut others: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .collect();
+    others.sort();
+    streaming.sort();
+    assert_eq!(streaming, others, "leader {leader}");
+    c.row_reaches_replicas(&leader, "bootstrap").await;
+    // Debian's own cluster was never made; the config holding passwords is private.
+    for h in &hosts {
+        let out = h.ssh_ok(
+            "test ! -e /etc/postgresql/15/main && stat -c '%U %G %a' /etc/patroni/config.yml",
+        );
+        assert_eq!(out.trim(), "root postgres 640", "{}", h.name);
+        // No password in any process's arguments.
+        let ps = h.ssh_ok("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '");
+        for secret in [PASSWORD, REST_PASSWORD, "superuser pw 1", "rewind pw 12"] {
+            assert!(
+                !ps.contains(secret),
+                "{}: a password in a command line",
+                h.name
+            );
+        }
+    }
+    // The REST API refuses a change without the credentials.
+    let l = c.index(&leader);
+    let (code, _) = pgform::tasks::patroni::rest(
+        &c.conns[l],
+        "PATCH",
+        &format!("{}/config", ha::rest_url(&c.nodes[l])),
+        None,
+        "{\"ttl\": 31}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 401, "an unauthenticated PATCH /config");
+
+    // A converged rerun changes nothing, and neither does check mode find anything.
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    let check = c.run(true).await;
+    assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
+}
