@@ -275,4 +275,136 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
     assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
     let check = c.run(true).await;
     assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
+    let view = c.view().await;
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    assert!(
+        view.members.iter().all(|m| m.timeline == Some(1)),
+        "{view:?}"
+    );
+
+    // Switchovers that cannot be are refused with the reason, and nothing moves.
+    let refused = ha::switchover(&c.spec, &c.nodes, &c.conns, Some(&leader))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("leads already"), "{refused}");
+    let refused = ha::switchover(&c.spec, &c.nodes, &c.conns, Some("nope"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not a member"), "{refused}");
+    let refused = ha::failover(&c.spec, &c.nodes, &c.conns, &others[0])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("use `pgform switchover"), "{refused}");
+    assert_eq!(c.leader().await, leader);
+
+    // Switchover: the new leader is read back, takes writes, and the old one streams
+    // from it; a rerun keeps it the leader and changes nothing.
+    let target = others[0].clone();
+    let started = Instant::now();
+    let (old, new) = ha::switchover(&c.spec, &c.nodes, &c.conns, Some(&target))
+        .await
+        .expect("switchover");
+    eprintln!(
+        "switchover to {new}: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (old.as_str(), new.as_str()),
+        (leader.as_str(), target.as_str())
+    );
+    assert_eq!(c.leader().await, target);
+    let mut streaming = c.streaming(&target, VERIFY_TIMEOUT).await;
+    streaming.sort();
+    let mut want: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != target)
+        .collect();
+    want.sort();
+    assert_eq!(
+        streaming, want,
+        "the old leader {leader} streams from {target}"
+    );
+    c.row_reaches_replicas(&target, "after-switchover").await;
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    assert_eq!(
+        c.leader().await,
+        target,
+        "apply does not move the leader back"
+    );
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified with the new leader as primary");
+
+    // The leader's host dies: another member leads within about the TTL and takes
+    // writes. (Asked on the live hosts only: a dead host's SSH would hang.)
+    let dead = c.index(&target);
+    hosts[dead].stop();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    let live_nodes: Vec<_> = alive.iter().map(|&i| c.nodes[i].clone()).collect();
+    let live_conns: Vec<_> = alive.iter().map(|&i| c.conns[i].clone()).collect();
+    let started = Instant::now();
+    // Until the leader key expires the survivors still name the dead leader.
+    let new_leader = loop {
+        let now = ha::cluster(&live_nodes, &live_conns).await;
+        if let Some(l) = now.as_ref().and_then(|v| v.leader())
+            && l != target
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no new leader after the old one died: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "failover to {new_leader}: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_ne!(new_leader, target);
+    let token = "after-failover";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let wrote = c
+            .query(
+                &new_leader,
+                &format!("INSERT INTO ha_check VALUES ('{token}');"),
+            )
+            .await;
+        if wrote.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader takes no writes: {wrote:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The dead host comes back (nothing starts on it: no init system): apply starts
+    // etcd and Patroni, which rejoins it as a replica; the plan is converged after.
+    hosts[dead].start_again();
+    let c = Cluster::connect(c.spec.clone(), &key).await;
+    let back = c.run(false).await;
+    assert!(!back.recap.failed(), "{:#?}", back.recap.failures);
+    assert_eq!(
+        c.leader().await,
+        new_leader,
+        "the leader stays where Patroni put it"
+    );
+    let mut streaming = c.streaming(&new_leader, VERIFY_TIMEOUT).await;
+    streaming.sort();
+    assert!(
+        streaming.contains(&target),
+        "{target} rejoined: {streaming:?}"
+    );
+    c.row_reaches_replicas(&new_leader, "after-rejoin").await;
+    let check = c.run(true).await;
+    assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
 }

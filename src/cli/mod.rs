@@ -2,6 +2,7 @@
 //! engine's operations. Errors become messages and exit codes here, and only here.
 
 mod commands;
+mod ha;
 mod hosts;
 mod report;
 
@@ -100,6 +101,24 @@ pub enum Command {
     State(StateCommand),
     /// Remove the state lock left by a process that is gone.
     ForceUnlock,
+    /// HA mode: the leader hands over to another member (checked by reading the new
+    /// leader); refused with the reason when the target is not eligible.
+    Switchover {
+        /// The member to take over [default: an eligible replica].
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// HA mode: promote NODE in a cluster without a healthy leader.
+    Failover {
+        #[arg(long, value_name = "NODE")]
+        to: String,
+    },
+    /// HA mode: restart PostgreSQL through Patroni, replicas first, the leader last.
+    Restart {
+        /// Only members with a pending restart (a changed parameter that needs one).
+        #[arg(long)]
+        pending: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -393,6 +393,302 @@ pub async fn leader_roles(
     }
 }
 
+/// How long a switchover, failover or restart gets to show its result.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Refusals and failures of the operations, with the reason.
+fn op_error(message: String) -> HostsError {
+    HostsError::Verify(message)
+}
+
+fn member<'a>(view: &'a ClusterView, name: &str) -> Option<&'a Member> {
+    view.members.iter().find(|m| m.name == name)
+}
+
+/// A replica a switchover or failover may promote: running and streaming, not
+/// lagging past `maximum_lag_on_failover`; in synchronous mode, the sync standby.
+fn eligible(spec: &ClusterSpec, m: &Member) -> Result<(), String> {
+    if matches!(m.role.as_str(), "leader" | "master") {
+        return Err(format!("{} leads already", m.name));
+    }
+    if !matches!(m.state.as_str(), "running" | "streaming") {
+        return Err(format!("{} is {}, not running", m.name, m.state));
+    }
+    if m.lag
+        .is_some_and(|l| l > spec.ha.maximum_lag_on_failover.bytes)
+    {
+        return Err(format!(
+            "{} is {} bytes behind, more than ha.maximum_lag_on_failover",
+            m.name,
+            m.lag.unwrap_or(0)
+        ));
+    }
+    if spec.ha.synchronous_mode != SyncMode::Off && m.role != "sync_standby" {
+        return Err(format!(
+            "{} is not the synchronous standby (synchronous_mode = \"{}\"): promoting it could lose commits",
+            m.name,
+            spec.ha.synchronous_mode.name()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until `name` leads (read from `/cluster`, not from an exit code).
+async fn wait_leader_is(
+    nodes: &[Node],
+    conns: &[Connection],
+    name: &str,
+) -> Result<(), HostsError> {
+    let deadline = Instant::now() + OPERATION_TIMEOUT;
+    loop {
+        let view = cluster(nodes, conns).await;
+        if view.as_ref().and_then(ClusterView::leader) == Some(name) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(op_error(format!(
+                "{name} does not lead after {}s; Patroni reports leader {}",
+                OPERATION_TIMEOUT.as_secs(),
+                view.as_ref()
+                    .and_then(ClusterView::leader)
+                    .unwrap_or("none")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A POST to Patroni's REST API on `node` with the REST credentials; its answer unless
+/// the API refused (the refusal is the error, in Patroni's words).
+async fn post(
+    spec: &ClusterSpec,
+    node: &Node,
+    conn: &Connection,
+    path: &str,
+    body: &Value,
+) -> Result<String, HostsError> {
+    let ha = Passwords::resolve(spec)?;
+    let (code, answer) = rest(
+        conn,
+        "POST",
+        &format!("{}{path}", rest_url(node)),
+        Some((&spec.ha.rest_user, &ha.rest)),
+        &body.to_string(),
+    )
+    .await
+    .map_err(|e| op_error(format!("{}: {e}", node.name)))?;
+    if !(200..300).contains(&code) {
+        return Err(op_error(format!(
+            "Patroni on {} refused POST {path} ({code}): {}",
+            node.name,
+            answer.trim()
+        )));
+    }
+    Ok(answer)
+}
+
+/// `pgform switchover [--to NODE]`: the leader hands over to `to` (or to an eligible
+/// replica), checked by reading the new leader. Returns (old, new) leader.
+pub async fn switchover(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    to: Option<&str>,
+) -> Result<(String, String), HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    let leader = view.leader().map(str::to_string).ok_or_else(|| {
+        op_error("the cluster has no running leader: use `pgform failover --to NODE`".into())
+    })?;
+    let candidate = match to {
+        Some(name) => {
+            let m = member(&view, name).ok_or_else(|| {
+                op_error(format!(
+                    "{name} is not a member; the members are {}",
+                    view.members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            eligible(spec, m)
+                .map_err(|why| op_error(format!("cannot switch over to {name}: {why}")))?;
+            name.to_string()
+        }
+        None => view
+            .members
+            .iter()
+            .find(|m| eligible(spec, m).is_ok())
+            .map(|m| m.name.clone())
+            .ok_or_else(|| op_error("no replica is eligible to take over".into()))?,
+    };
+    let li = nodes
+        .iter()
+        .position(|n| n.name == leader)
+        .ok_or_else(|| op_error(format!("the leader {leader} is not in the inventory")))?;
+    post(
+        spec,
+        &nodes[li],
+        &conns[li],
+        "/switchover",
+        &json!({"leader": leader, "candidate": candidate}),
+    )
+    .await?;
+    wait_leader_is(nodes, conns, &candidate).await?;
+    Ok((leader, candidate))
+}
+
+/// `pgform failover --to NODE`: promotes `to` in a cluster without a healthy leader
+/// (with one, use switchover). Checked by reading the new leader.
+pub async fn failover(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    to: &str,
+) -> Result<String, HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    if let Some(leader) = view.leader() {
+        return Err(op_error(format!(
+            "{leader} leads and runs: use `pgform switchover --to {to}`, which loses nothing"
+        )));
+    }
+    let m = member(&view, to).ok_or_else(|| op_error(format!("{to} is not a member")))?;
+    if !matches!(m.state.as_str(), "running" | "streaming") {
+        return Err(op_error(format!(
+            "cannot fail over to {to}: it is {}",
+            m.state
+        )));
+    }
+    let i = nodes
+        .iter()
+        .position(|n| n.name == to)
+        .ok_or_else(|| op_error(format!("{to} is not in the inventory")))?;
+    post(
+        spec,
+        &nodes[i],
+        &conns[i],
+        "/failover",
+        &json!({"candidate": to}),
+    )
+    .await?;
+    wait_leader_is(nodes, conns, to).await?;
+    Ok(to.to_string())
+}
+
+/// `pgform restart [--pending]`: every member (or those with a pending restart),
+/// replicas first, each through its own REST API; waits until each runs again with
+/// nothing pending. Returns the members restarted.
+pub async fn restart(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    pending_only: bool,
+) -> Result<Vec<String>, HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    let mut order: Vec<&Member> = view
+        .members
+        .iter()
+        .filter(|m| !pending_only || m.pending_restart)
+        .collect();
+    // Replicas first, the leader last.
+    order.sort_by_key(|m| matches!(m.role.as_str(), "leader" | "master"));
+    let mut done = Vec::new();
+    for m in order {
+        let i = nodes
+            .iter()
+            .position(|n| n.name == m.name)
+            .ok_or_else(|| op_error(format!("{} is not in the inventory", m.name)))?;
+        let body = if pending_only {
+            json!({"restart_pending": true})
+        } else {
+            json!({})
+        };
+        post(spec, &nodes[i], &conns[i], "/restart", &body).await?;
+        let deadline = Instant::now() + OPERATION_TIMEOUT;
+        loop {
+            let now = cluster(nodes, conns).await;
+            let back = now
+                .as_ref()
+                .and_then(|v| member(v, &m.name))
+                .is_some_and(|x| {
+                    matches!(x.state.as_str(), "running" | "streaming") && !x.pending_restart
+                });
+            if back {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(op_error(format!(
+                    "{} is not running again after {}s",
+                    m.name,
+                    OPERATION_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        done.push(m.name.clone());
+    }
+    Ok(done)
+}
+
+/// etcd's health as one member sees the whole DCS (`endpoint health --cluster`): one
+/// line per member.
+pub async fn etcd_health(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> Vec<String> {
+    for (n, c) in nodes.iter().zip(conns) {
+        if !etcd_members(spec, nodes).iter().any(|m| m.name == n.name) {
+            continue;
+        }
+        if let Ok(out) = c.run(crate::remote::shell::ha::etcd_health(), None).await
+            && !out.stdout.trim().is_empty()
+        {
+            return out.stdout.lines().map(str::to_string).collect();
+        }
+    }
+    vec!["no etcd member answers".into()]
+}
+
+/// The HA outputs: a read-write URL over every node that follows the leader (libpq
+/// tries each; only the leader accepts `target_session_attrs=read-write`), and the REST
+/// health endpoints a load balancer checks (200 only on the leader, only on replicas).
+pub fn outputs(spec: &ClusterSpec, state: &crate::state::State) -> Option<Value> {
+    if !spec.ha.patroni() {
+        return None;
+    }
+    let nodes = super::inventory(spec, state).ok()?;
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}:5432", n.connect_address))
+        .collect();
+    let ca = spec
+        .tls
+        .enabled
+        .then(|| spec.tls.dir.as_deref().map(crate::tls::ca_cert))
+        .flatten();
+    let url = format!(
+        "postgresql://{}/postgres?{}",
+        hosts.join(","),
+        crate::engine::connection_options(crate::engine::Session::ReadWrite, ca.as_deref())
+    );
+    let health: serde_json::Map<String, Value> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                json!({
+                    "leader": format!("{}/leader", rest_url(n)),
+                    "replica": format!("{}/replica", rest_url(n)),
+                }),
+            )
+        })
+        .collect();
+    Some(json!({"read_write_url": url, "rest_health": health}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
