@@ -24,6 +24,13 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Patroni may or may not make the leader). Passwords come from files in the key's
 /// folder.
 fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> ClusterSpec {
+    parse_str(&spec_text(net, hosts, key, extra_ha), Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec
+}
+
+/// The spec's text (see [`spec`]).
+fn spec_text(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> String {
     let dir = key.dir();
     for (file, pw) in [
         ("rest.pw", REST_PASSWORD),
@@ -52,9 +59,7 @@ fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> Cluster
             h.ip()
         ));
     }
-    parse_str(&text, Path::new("ha.toml"))
-        .expect("valid spec")
-        .spec
+    text
 }
 
 struct Cluster {
@@ -271,7 +276,9 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
     assert_eq!(code, 401, "an unauthenticated PATCH /config");
 
     // A converged rerun changes nothing, and neither does check mode find anything.
+    let started = Instant::now();
     let again = c.run(false).await;
+    eprintln!("converged rerun: {:.2}s", started.elapsed().as_secs_f64());
     assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
     let check = c.run(true).await;
     assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
@@ -407,4 +414,39 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
     c.row_reaches_replicas(&new_leader, "after-rejoin").await;
     let check = c.run(true).await;
     assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
+
+    // The binary: status shows Patroni's view and etcd's health, output a URL over
+    // every node that only the leader answers read-write, switchover read back.
+    let work = common::cli::Work::new("pgform-ha", vec![]);
+    work.write("ha.toml", &spec_text(&net, &refs, &key, ""));
+    let status = work.pgform(&["-f", "ha.toml", "status", "--json"]);
+    status.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(v["leader"], new_leader.as_str(), "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(
+        v["etcd"].to_string().matches("is healthy").count(),
+        3,
+        "{v}"
+    );
+    let out = work.pgform(&["-f", "ha.toml", "output", "ha", "--json"]);
+    out.expect(0);
+    let o: serde_json::Value = serde_json::from_str(&out.stdout).expect("output JSON");
+    let url = o["read_write_url"].as_str().unwrap_or_default();
+    for h in &hosts {
+        assert!(url.contains(&format!("{}:5432", h.ip())), "{url}");
+    }
+    assert!(url.contains("target_session_attrs=read-write"), "{url}");
+    let health = o["rest_health"][new_leader.as_str()]["leader"].to_string();
+    assert!(health.ends_with(":8008/leader\""), "{o}");
+    work.pgform(&["-f", "ha.toml", "switchover", "--to", &target])
+        .expect(0)
+        .stdout_has(&format!("{target} leads"));
+    assert_eq!(c.leader().await, target);
+    work.pgform(&["-f", "ha.toml", "switchover", "--to", &target])
+        .expect(1)
+        .stderr_has("leads already");
+    work.pgform(&["-f", "ha.toml", "restart", "--pending"])
+        .expect(0)
+        .stdout_has("Nothing to restart.");
 }

@@ -756,7 +756,7 @@ mod tests {
         };
         let v = vars(&s, &n, &n[1], "repl-pw-1", &BTreeMap::new(), &pw);
         assert_eq!(v.get_attr("node_name").unwrap().as_str(), Some("replica-0"));
-        assert_eq!(v.get_attr("etcd_member").unwrap().is_true(), true);
+        assert!(v.get_attr("etcd_member").unwrap().is_true());
         assert_eq!(
             v.get_attr("etcd_initial_cluster").unwrap().as_str(),
             Some(
