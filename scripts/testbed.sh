@@ -38,7 +38,8 @@ readonly IMAGE_PACKAGES=openssh-server,sudo,python3,python3-apt,iproute2,procps,
 readonly REPO_DIR=/var/cache/pgform/apt-repo
 # What hosts install from the local repository (with all their dependencies).
 # python3-psycopg2 and acl: Ansible's postgresql modules and become_user need them.
-readonly REPO_PACKAGES="postgresql-15 postgresql-client-15 python3-psycopg2 acl"
+# patroni, etcd-server, etcd-client, python3-etcd: the HA mode (`[ha] mode = "patroni"`).
+readonly REPO_PACKAGES="postgresql-15 postgresql-client-15 python3-psycopg2 acl patroni etcd-server etcd-client python3-etcd"
 
 APT_PORT="${PGFORM_APT_PORT:-8765}"
 readonly APT_PORT

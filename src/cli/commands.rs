@@ -40,6 +40,12 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::State(cmd) => state_command(g, cmd).await,
+        op @ (Command::Switchover { .. } | Command::Failover { .. } | Command::Restart { .. }) => {
+            let spec = load_spec(g)?;
+            let state = read_state(&g.state_path(), &spec.name)?;
+            super::ha::operation(&spec, &state, &g.state_path(), op).await?;
+            Ok(Outcome::Ok)
+        }
         Command::Export(cmd) => export(g, cmd),
         Command::Cost(args) => super::cost::cost(g, &load_spec(g)?, args),
         Command::Pricing(super::PricingCommand::Refresh { from, out }) => {

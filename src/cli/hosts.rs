@@ -16,7 +16,7 @@ use crate::tasks::{RunOptions, TaskEvent, TaskStatus};
 /// How long replicas get to show up streaming and to receive the check row.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn open(
+pub(super) async fn open(
     spec: &ClusterSpec,
     state: &State,
     state_path: &Path,
@@ -324,6 +324,9 @@ pub async fn status(
     state_path: &Path,
     json: bool,
 ) -> Result<()> {
+    if spec.ha.patroni() {
+        return super::ha::status(spec, state, state_path, json).await;
+    }
     let (nodes, conns) = open(spec, state, state_path).await?;
     let rows = hosts::status(spec, &nodes, &conns).await;
     for c in conns {

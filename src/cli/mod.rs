@@ -3,6 +3,7 @@
 
 mod commands;
 mod cost;
+mod ha;
 mod hosts;
 mod report;
 
@@ -101,6 +102,24 @@ pub enum Command {
     State(StateCommand),
     /// Remove the state lock left by a process that is gone.
     ForceUnlock,
+    /// HA mode: the leader hands over to another member (checked by reading the new
+    /// leader); refused with the reason when the target is not eligible.
+    Switchover {
+        /// The member to take over [default: an eligible replica].
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+    },
+    /// HA mode: promote NODE in a cluster without a healthy leader.
+    Failover {
+        #[arg(long, value_name = "NODE")]
+        to: String,
+    },
+    /// HA mode: restart PostgreSQL through Patroni, replicas first, the leader last.
+    Restart {
+        /// Only members with a pending restart (a changed parameter that needs one).
+        #[arg(long)]
+        pending: bool,
+    },
     /// What the spec's cluster costs per month: one line per billed item, from public
     /// on-demand prices (embedded, or a refreshed price file). No cloud call is made.
     Cost(CostArgs),

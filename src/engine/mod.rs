@@ -505,6 +505,10 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
             out.insert(key.into(), json!(id));
         }
     }
+    // HA: a URL that follows the leader, and the REST health endpoints.
+    if let Some(ha) = spec.and_then(|s| crate::hosts::ha::outputs(s, state)) {
+        out.insert("ha".into(), ha);
+    }
     out
 }
 

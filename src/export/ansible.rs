@@ -109,7 +109,14 @@ pub fn choose_inventory(
 }
 
 /// The cluster as an Ansible project: inventory, playbook, templates, variables. Pure.
+/// The HA mode's task list has no Ansible translation yet.
+const HA_NOT_EXPORTED: &str = "ha.mode = \"patroni\" cannot be exported to Ansible yet; \
+     export with ha.mode = \"plain\", or run `pgform apply`";
+
 pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, ExportError> {
+    if spec.ha.patroni() {
+        return Err(ExportError::Input(HA_NOT_EXPORTED.into()));
+    }
     let nodes = inventory.nodes();
     check_nodes(nodes, matches!(inventory, Inventory::Hosts(_)))?;
     let book = Playbook::embedded().map_err(|e| ExportError::Input(e.to_string()))?;
@@ -1167,6 +1174,9 @@ impl Translator {
                     out.push(task);
                 }
                 notifying = vec![0, 1, 2];
+            }
+            Action::Daemon(_) | Action::PatroniConfig(_) => {
+                return Err(ExportError::Input(HA_NOT_EXPORTED.into()));
             }
             Action::StandbyTls(t) => {
                 // Standbys seeded by the export's base backup already verify the

@@ -343,6 +343,12 @@ fn ingress_rules(spec: &ClusterSpec, vpc_cidr: Option<&str>) -> Vec<Value> {
         Value::Map(m)
     };
     let mut rules = vec![rule(5432, ("self", Value::Bool(true)))];
+    // HA: etcd's clients and peers and Patroni's REST API, between members only.
+    if spec.ha.patroni() {
+        for port in [2379, 2380, 8008] {
+            rules.push(rule(port, ("self", Value::Bool(true))));
+        }
+    }
     for c in &spec.access.admin_cidrs {
         rules.push(rule(22, ("cidr", Value::str(c.to_string()))));
     }
@@ -366,6 +372,38 @@ pub fn sort_rules(rules: &mut Vec<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ha_opens_etcd_and_rest_between_members_only() {
+        let text = "name = \"ha\"\nregion = \"us-east-1\"\n[ssh]\nkey_name = \"k\"\n\
+                    [postgres]\nreplicas = 2\n[ha]\nmode = \"patroni\"\n";
+        let spec = crate::spec::parse_str(text, std::path::Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .spec;
+        let rules: Vec<String> = ingress_rules(&spec, None)
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        for port in [2379, 2380, 8008, 5432] {
+            let self_only = rules
+                .iter()
+                .filter(|r| r.contains(&format!("{port}")))
+                .all(|r| r.contains("self"));
+            assert!(
+                self_only && rules.iter().any(|r| r.contains(&format!("{port}"))),
+                "{port}: {rules:?}"
+            );
+        }
+        let plain = text.replace("mode = \"patroni\"", "mode = \"plain\"");
+        let spec = crate::spec::parse_str(&plain, std::path::Path::new("t.toml"))
+            .unwrap()
+            .spec;
+        assert!(
+            !ingress_rules(&spec, None)
+                .iter()
+                .any(|r| r.to_string().contains("8008"))
+        );
+    }
 
     #[test]
     fn docker_nodes_keep_data_and_configuration_on_their_own_volumes() {

@@ -2,6 +2,7 @@
 //! spec's `hosts` list), the variables the task list renders for each, and the run that
 //! configures them and then verifies that every replica streams.
 
+pub mod ha;
 mod verify;
 pub mod verify_access;
 
@@ -464,7 +465,7 @@ pub fn vars(
         data_volume_id => node.data_disk.volume_id.clone(),
         data_device => node.data_disk.device.clone(),
         data_mount => format!("/var/lib/postgresql/{v}"),
-        // TLS (issue 11): the local folder and the files on the host.
+        // TLS: the local folder and the files on the host.
         tls_enabled => spec.tls.enabled,
         tls_local_dir => spec.tls.dir.as_deref().map(crate::spec::expand_home).unwrap_or_default().display().to_string(),
         tls_names => tls_names(node),
@@ -563,6 +564,9 @@ pub async fn configure(
     password: &str,
     opts: &RunOptions,
 ) -> Result<Recap, HostsError> {
+    if spec.ha.patroni() {
+        return ha::configure(spec, nodes, conns, password, opts).await;
+    }
     let mut book = Playbook::embedded()?;
     if spec.tls.enabled {
         let dir = tls_dir(spec)?;

@@ -33,6 +33,14 @@ pub async fn verify(
     timeout: Duration,
 ) -> Result<Verified, HostsError> {
     let fail = HostsError::Verify;
+    // Under Patroni the primary is the node that leads now.
+    let led;
+    let nodes = if spec.ha.patroni() {
+        led = super::ha::leader_roles(nodes, conns, timeout).await?;
+        &led[..]
+    } else {
+        nodes
+    };
     let (pi, _) = nodes
         .iter()
         .enumerate()
@@ -46,7 +54,12 @@ pub async fn verify(
     let v = spec.postgres.version;
 
     let file = super::settings_file(v);
-    let asked = futures::future::join_all(conns.iter().map(|c| Running::read(c, v, &file))).await;
+    // (Under Patroni there is no settings file: the dynamic configuration task checks the DCS.)
+    let asked = if spec.ha.patroni() {
+        Vec::new()
+    } else {
+        futures::future::join_all(conns.iter().map(|c| Running::read(c, v, &file))).await
+    };
     let mut wrong = Vec::new();
     for (node, running) in nodes.iter().zip(asked) {
         match running {
@@ -234,7 +247,7 @@ pub struct NodeStatus {
     /// Replica: bytes of WAL not yet replayed.
     pub lag_bytes: Option<i64>,
     pub error: Option<String>,
-    /// TLS (issue 11): whether the server has `ssl` on; when its certificate (pgform's
+    /// TLS: whether the server has `ssl` on; when its certificate (pgform's
     /// copy) expires; for a replica, whether it streams over TLS.
     pub tls: Option<bool>,
     pub cert_expires: Option<String>,

@@ -20,7 +20,7 @@ use crate::tasks::modules::{ident, literal, ok};
 /// address) must verify against the cluster CA on the host.
 pub fn connection(spec: &ClusterSpec) -> (String, String) {
     let options = if spec.tls.enabled {
-        let (ca, _, _) = super::tls_files(spec.postgres.version);
+        let (ca, _, _) = super::ha::tls_files(spec);
         format!(
             "sslmode=verify-full sslrootcert={}",
             shell::conninfo_value(&ca)

@@ -3,6 +3,8 @@
 //! for a command by name here, so this is the one place to audit. Secrets never appear
 //! in a command: they travel on the command's standard input.
 
+pub mod ha;
+
 /// Quotes one word for a POSIX shell: `'...'` with embedded quotes as `'\''`.
 pub fn quote(word: &str) -> String {
     if !word.is_empty()

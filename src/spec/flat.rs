@@ -99,6 +99,7 @@ impl FlatPayload {
             postgres,
             tls: TlsSpec::default(),
             cost: Default::default(),
+            ha: super::ha::HaSpec::default(),
         }
     }
 }

@@ -51,6 +51,9 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
     for user in &mut loaded.spec.postgres.users {
         relative_to_file(&mut user.password_file);
     }
+    for file in loaded.spec.ha.files_mut() {
+        relative_to_file(file);
+    }
     // A key that cannot be read is a spec problem: found here, before any cloud call.
     if let Some(key) = &loaded.spec.ssh.public_key_file {
         let key = expand_home(key);
@@ -85,8 +88,18 @@ pub fn load_file(path: &Path) -> Result<Loaded, SpecError> {
             problems: vec![problem],
         });
     }
-    // The same for application users' passwords.
+    // The same for application users' passwords, and the HA mode's.
     let mut problems = Vec::new();
+    if loaded.spec.ha.patroni() {
+        for secret in loaded.spec.ha.secrets() {
+            if let Ok(password) = secret.resolve()
+                && let Some(mut problem) = super::ha::password_policy(&secret, password.expose())
+            {
+                problem.location = locate(&text, &problem.field, loaded.format);
+                problems.push(problem);
+            }
+        }
+    }
     for (i, user) in loaded.spec.postgres.users.iter().enumerate() {
         if let Some(source) = user.password_source()
             && let Ok(password) = source.resolve()

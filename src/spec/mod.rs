@@ -4,6 +4,7 @@
 mod error;
 mod flat;
 mod guc;
+pub mod ha;
 mod load;
 pub mod params;
 mod secret;
@@ -11,6 +12,7 @@ mod types;
 mod validate;
 
 pub use error::{Location, Problem, SpecError};
+pub use ha::{HaMode, HaSpec, SyncMode};
 pub use load::{Format, Loaded, expand_home, load_file, parse_str};
 pub use secret::{Secret, SecretSource};
 pub use types::*;

@@ -38,10 +38,13 @@ pub struct ClusterSpec {
     pub access: AccessSpec,
     #[serde(default)]
     pub postgres: PostgresSpec,
-    // TLS (issue 11): the cluster CA and per-node certificates.
+    // TLS: the cluster CA and per-node certificates.
     #[serde(default)]
     pub tls: TlsSpec,
-    // Cost (issue 14): where prices come from.
+    /// High availability: `plain` streaming replication, or Patroni + etcd.
+    #[serde(default)]
+    pub ha: super::ha::HaSpec,
+    // Cost: where prices come from.
     #[serde(default)]
     pub cost: CostSpec,
 }

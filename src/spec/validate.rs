@@ -345,6 +345,7 @@ pub fn check(spec: &ClusterSpec, warnings: &mut Vec<String>) -> Vec<Problem> {
     out.extend(data_devices(spec));
     out.extend(tls(&spec.tls, warnings));
     out.extend(access(pg, warnings));
+    out.extend(super::ha::check(spec));
     out
 }
 

@@ -5,7 +5,9 @@
 //! never prints: the runner sends [`TaskEvent`]s to a sink.
 
 pub mod conninfo;
+pub mod daemon;
 pub mod modules;
+pub mod patroni;
 pub mod pg_access;
 pub mod pg_conf;
 pub mod run;
@@ -26,10 +28,15 @@ static PLAYBOOKS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/playbooks");
 /// The main task list's file inside `playbooks/`.
 pub const SITE: &str = "site.yml";
 
-/// The template variables that hold secrets: the replication password and the
-/// application users' passwords (a JSON map of name to password). A task that uses one
-/// (in its condition, arguments or template) must be marked `secret: true`.
-pub const SECRET_VARS: [&str; 2] = ["replication_password", "user_passwords"];
+/// The task list of the HA mode (`[ha] mode = "patroni"`): etcd and Patroni own
+/// PostgreSQL there, so the plain mode's plays (settings files, seeding) do not apply.
+pub const PATRONI: &str = "patroni.yml";
+
+/// The template variables that hold secrets: the replication password, the
+/// application users' passwords (a JSON map of name to password) and the HA mode's
+/// (`rest`, `superuser`, `rewind`). A task that uses one (in its condition, arguments
+/// or template) must be marked `secret: true`.
+pub const SECRET_VARS: [&str; 3] = ["replication_password", "user_passwords", "ha_passwords"];
 
 /// Which hosts a play runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -102,10 +109,15 @@ impl Playbook {
     /// The task list compiled into this binary, checked: every action parses and every
     /// template it names exists.
     pub fn embedded() -> Result<Playbook, PlaybookError> {
+        Playbook::embedded_file(SITE)
+    }
+
+    /// One of the embedded task lists ([`SITE`], [`PATRONI`]), checked the same way.
+    pub fn embedded_file(file: &str) -> Result<Playbook, PlaybookError> {
         let site = PLAYBOOKS
-            .get_file(SITE)
+            .get_file(file)
             .and_then(|f| f.contents_utf8())
-            .ok_or_else(|| PlaybookError::Missing(SITE.into()))?;
+            .ok_or_else(|| PlaybookError::Missing(file.into()))?;
         let mut templates = BTreeMap::new();
         if let Some(dir) = PLAYBOOKS.get_dir("templates") {
             for f in dir.files() {
@@ -118,15 +130,23 @@ impl Playbook {
                 templates.insert(name, f.contents_utf8().unwrap_or_default().to_string());
             }
         }
-        Playbook::parse(site, templates)
+        Playbook::parse_file(file, site, templates)
     }
 
     pub fn parse(
         site: &str,
         templates: BTreeMap<String, String>,
     ) -> Result<Playbook, PlaybookError> {
+        Playbook::parse_file(SITE, site, templates)
+    }
+
+    fn parse_file(
+        file: &str,
+        site: &str,
+        templates: BTreeMap<String, String>,
+    ) -> Result<Playbook, PlaybookError> {
         let bad = |message: String| PlaybookError::Parse {
-            file: SITE.into(),
+            file: file.into(),
             message,
         };
         let plays: Vec<Play> = serde_norway::from_str(site).map_err(|e| bad(e.to_string()))?;
@@ -186,6 +206,8 @@ mod tests {
         let book = Playbook::embedded().expect("embedded playbook is valid");
         assert!(book.plays.len() >= 3);
         assert!(book.templates.contains_key("pgform.conf.j2"));
+        let ha = Playbook::embedded_file(PATRONI).expect("the HA task list is valid");
+        assert!(ha.templates.contains_key("patroni.yml.j2"));
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub enum Action {
     TlsFiles(Box<super::tls_files::TlsFiles>),
     /// A standby's primary_conninfo with `sslmode=verify-full`.
     StandbyTls(super::conninfo::StandbyTls),
+    /// etcd or Patroni running with its current settings (`daemon.rs`).
+    Daemon(Box<super::daemon::Daemon>),
+    /// Patroni's dynamic configuration as the spec says (`patroni.rs`).
+    PatroniConfig(Box<super::patroni::PatroniConfig>),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -503,6 +507,8 @@ impl Action {
             Action::DataVolume(v) => v.query(conn).await,
             Action::TlsFiles(t) => t.query(conn).await,
             Action::StandbyTls(t) => t.query(conn).await,
+            Action::Daemon(d) => d.query(conn).await,
+            Action::PatroniConfig(c) => c.query(conn).await,
         }
     }
 
@@ -715,6 +721,8 @@ impl Action {
             Action::DataVolume(v) => v.act(conn).await?,
             Action::TlsFiles(t) => t.act(conn).await?,
             Action::StandbyTls(t) => t.act(conn).await?,
+            Action::Daemon(d) => d.act(conn).await?,
+            Action::PatroniConfig(c) => c.act(conn).await?,
         }
         Ok(())
     }
@@ -811,7 +819,7 @@ impl Action {
     /// The action's summaries are built from names only, never from its secret
     /// arguments: shown even when the task is `secret`.
     pub fn summary_names_no_secret(&self) -> bool {
-        matches!(self, Action::PgAccess { .. })
+        matches!(self, Action::PgAccess { .. } | Action::PatroniConfig(_))
     }
 }
 

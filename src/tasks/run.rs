@@ -183,7 +183,7 @@ fn environment(book: &Playbook) -> Environment<'static> {
     template_environment(&book.templates)
 }
 
-pub(super) fn template_environment(templates: &BTreeMap<String, String>) -> Environment<'static> {
+pub(crate) fn template_environment(templates: &BTreeMap<String, String>) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()

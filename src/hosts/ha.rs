@@ -1,0 +1,810 @@
+//! The HA mode's hosts layer (`[ha] mode = "patroni"`): the variables of
+//! `playbooks/patroni.yml`, the run in two parts (every node, then the node Patroni
+//! reports as leader), and Patroni's view of the cluster for verify and status.
+//!
+//! pgform never fights Patroni: the primary is whichever node leads now, whatever the
+//! spec's node order says, and PostgreSQL's parameters live in the DCS.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{HostsError, Node};
+use crate::remote::Connection;
+use crate::spec::{ClusterSpec, Role, SyncMode};
+use crate::tasks::patroni::{REST_PORT, rest};
+use crate::tasks::run::HostRun;
+use crate::tasks::{Hosts, PATRONI, Playbook, Recap, RunOptions};
+
+/// How long a first bootstrap gets to elect a leader (TESTBED: 3.9 s here).
+const LEADER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Parameters Patroni sets on each node itself.
+const SET_BY_PATRONI: [&str; 4] = [
+    "listen_addresses",
+    "port",
+    "cluster_name",
+    "synchronous_standby_names",
+];
+
+/// The HA mode's passwords, read from their sources now.
+pub struct Passwords {
+    pub rest: String,
+    pub superuser: String,
+    pub rewind: String,
+}
+
+impl Passwords {
+    /// The error names the field and the source, never a value.
+    pub fn resolve(spec: &ClusterSpec) -> Result<Passwords, HostsError> {
+        let [rest, superuser, rewind] = spec.ha.secrets();
+        let get = |s: crate::spec::ha::HaSecret| {
+            s.resolve()
+                .map(|v| v.expose().to_string())
+                .map_err(HostsError::Password)
+        };
+        Ok(Passwords {
+            rest: get(rest)?,
+            superuser: get(superuser)?,
+            rewind: get(rewind)?,
+        })
+    }
+
+    fn all(&self) -> [String; 3] {
+        [
+            self.rest.clone(),
+            self.superuser.clone(),
+            self.rewind.clone(),
+        ]
+    }
+}
+
+/// Where PostgreSQL reads the CA, the node's certificate and key: beside Patroni's
+/// settings in HA mode (Debian's configuration folder exists only in plain mode).
+pub fn tls_files(spec: &ClusterSpec) -> (String, String, String) {
+    if !spec.ha.patroni() {
+        return super::tls_files(spec.postgres.version);
+    }
+    (
+        "/etc/patroni/pgform-ca.crt".into(),
+        "/etc/patroni/pgform-server.crt".into(),
+        "/etc/patroni/pgform-server.key".into(),
+    )
+}
+
+/// The nodes that run etcd: the first `ha.etcd_members`.
+pub fn etcd_members<'a>(spec: &ClusterSpec, nodes: &'a [Node]) -> &'a [Node] {
+    let n = (spec.ha.etcd_members as usize).min(nodes.len());
+    &nodes[..n]
+}
+
+/// The dynamic configuration: Patroni's timings and synchronous mode, and the
+/// parameters pgform would write in plain mode, less those Patroni sets per node.
+pub fn dcs(spec: &ClusterSpec, nodes: &[Node]) -> Value {
+    let mut params = serde_json::Map::new();
+    if let Some(first) = nodes.first() {
+        for (k, v) in super::settings(spec, nodes, first) {
+            if !SET_BY_PATRONI.contains(&k.as_str()) {
+                params.insert(k, Value::String(super::conf_unquote(&v)));
+            }
+        }
+    }
+    // pg_rewind needs hint bits WAL-logged (checksums, from initdb, cover it too).
+    params.insert("wal_log_hints".into(), "on".into());
+    if spec.tls.enabled {
+        let (ca, cert, key) = tls_files(spec);
+        params.insert("ssl_ca_file".into(), ca.into());
+        params.insert("ssl_cert_file".into(), cert.into());
+        params.insert("ssl_key_file".into(), key.into());
+    }
+    let ha = &spec.ha;
+    json!({
+        "ttl": ha.ttl,
+        "loop_wait": ha.loop_wait,
+        "retry_timeout": ha.retry_timeout,
+        "maximum_lag_on_failover": ha.maximum_lag_on_failover.bytes,
+        "synchronous_mode": ha.synchronous_mode != SyncMode::Off,
+        "synchronous_mode_strict": ha.synchronous_mode == SyncMode::Strict,
+        "postgresql": {
+            "use_pg_rewind": true,
+            "use_slots": true,
+            "parameters": params,
+        },
+    })
+}
+
+/// pg_hba.conf lines Patroni writes: the plain mode's, plus the local socket (Patroni's
+/// superuser connections), loopback (verify; a replica's own replication connection,
+/// which the timeline check pg_rewind relies on needs) and the rewind role from members.
+pub fn hba(spec: &ClusterSpec, nodes: &[Node]) -> Vec<String> {
+    let repl = format!("\"{}\"", spec.postgres.replication_user);
+    let rewind = format!("\"{}\"", spec.ha.rewind_user);
+    let members = if spec.tls.enabled && !spec.tls.allow_plain_in_cluster {
+        "hostssl"
+    } else {
+        "host"
+    };
+    let mut lines = vec![
+        "local all all peer".to_string(),
+        "host all all 127.0.0.1/32 scram-sha-256".into(),
+        format!("host replication {repl} 127.0.0.1/32 scram-sha-256"),
+    ];
+    for n in nodes {
+        lines.push(format!(
+            "{members} all {rewind} {}/32 scram-sha-256",
+            n.private_address
+        ));
+    }
+    lines.extend(
+        super::hba_block(spec, nodes)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string),
+    );
+    lines
+}
+
+/// The variables of `playbooks/patroni.yml` for `node`: the plain mode's, and the HA
+/// mode's own.
+pub fn vars(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    node: &Node,
+    password: &str,
+    users: &BTreeMap<String, String>,
+    ha: &Passwords,
+) -> minijinja::Value {
+    let base = super::vars(spec, nodes, node, password, users);
+    let members = etcd_members(spec, nodes);
+    let (ca, cert, key) = tls_files(spec);
+    minijinja::context! {
+        private_address => node.private_address.clone(),
+        ha_scope => spec.name.clone(),
+        etcd_member => members.iter().any(|m| m.name == node.name),
+        etcd_data_dir => "/var/lib/etcd/pgform",
+        etcd_initial_cluster => members
+            .iter()
+            .map(|m| format!("{}=http://{}:2380", m.name, m.private_address))
+            .collect::<Vec<_>>()
+            .join(","),
+        etcd_hosts => members
+            .iter()
+            .map(|m| format!("{}:2379", m.private_address))
+            .collect::<Vec<_>>(),
+        rest_user => spec.ha.rest_user.clone(),
+        rewind_user => spec.ha.rewind_user.clone(),
+        ha_passwords => minijinja::context! {
+            rest => ha.rest.clone(),
+            superuser => ha.superuser.clone(),
+            rewind => ha.rewind.clone(),
+        },
+        // JSON is YAML: written as it is into Patroni's settings.
+        patroni_dcs => dcs(spec, nodes).to_string(),
+        patroni_hba => Value::from(hba(spec, nodes)).to_string(),
+        tls_ca_file => ca.clone(),
+        tls_cert_file => cert,
+        tls_key_file => key,
+        tls_sslrootcert => if spec.tls.enabled { ca } else { String::new() },
+        ..base
+    }
+}
+
+/// Runs `playbooks/patroni.yml`: the plays for every node, then, once Patroni names a
+/// leader (a first bootstrap elects one), the plays for the primary on that node.
+pub async fn configure(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    password: &str,
+    opts: &RunOptions,
+) -> Result<Recap, HostsError> {
+    let book = Playbook::embedded_file(PATRONI)?;
+    if spec.tls.enabled && !opts.check {
+        let dir = super::tls_dir(spec)?;
+        crate::tls::ensure_ca(&dir, &spec.name).map_err(|e| HostsError::Tls(e.to_string()))?;
+    }
+    let users = super::user_passwords(spec)?;
+    let ha = Passwords::resolve(spec)?;
+    let secrets: Vec<String> = std::iter::once(password.to_string())
+        .chain(users.values().cloned())
+        .chain(ha.all())
+        .collect();
+    let (every, primary): (Vec<_>, Vec<_>) =
+        book.plays.into_iter().partition(|p| p.hosts == Hosts::All);
+    let runs = |nodes: &[Node]| -> Vec<HostRun> {
+        nodes
+            .iter()
+            .zip(conns)
+            .map(|(n, c)| HostRun {
+                conn: c.clone(),
+                role: n.role,
+                vars: vars(spec, nodes, n, password, &users, &ha),
+            })
+            .collect()
+    };
+    let part = |plays| Playbook {
+        plays,
+        templates: book.templates.clone(),
+    };
+    let mut recap = crate::tasks::run_playbook(&part(every), &runs(nodes), &secrets, opts).await;
+    if recap.failed() {
+        return Ok(recap);
+    }
+    let wait = if opts.check {
+        Duration::ZERO
+    } else {
+        LEADER_TIMEOUT
+    };
+    let Some(leader) = wait_for_leader(nodes, conns, wait).await? else {
+        if opts.check {
+            // Nothing runs yet: the leader's plays come after the bootstrap.
+            return Ok(recap);
+        }
+        return Err(HostsError::Verify(format!(
+            "Patroni elected no leader within {}s; see /var/log/pgform-patroni.log on the hosts",
+            LEADER_TIMEOUT.as_secs()
+        )));
+    };
+    let led = with_leader(nodes, &leader);
+    let second = crate::tasks::run_playbook(&part(primary), &runs(&led), &secrets, opts).await;
+    merge(&mut recap, second);
+    Ok(recap)
+}
+
+fn merge(into: &mut Recap, other: Recap) {
+    for (host, c) in other.hosts {
+        let h = into.hosts.entry(host).or_default();
+        h.ok += c.ok;
+        h.changed += c.changed;
+        h.skipped += c.skipped;
+        h.failed += c.failed;
+    }
+    into.failures.extend(other.failures);
+    for (task, s) in other.task_seconds {
+        *into.task_seconds.entry(task).or_default() += s;
+    }
+}
+
+/// `nodes` with the roles Patroni gives them: `leader` is the primary.
+pub fn with_leader(nodes: &[Node], leader: &str) -> Vec<Node> {
+    nodes
+        .iter()
+        .map(|n| Node {
+            role: if n.name == leader {
+                Role::Primary
+            } else {
+                Role::Replica
+            },
+            ..n.clone()
+        })
+        .collect()
+}
+
+/// One member as Patroni's `/cluster` shows it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub host: String,
+    /// `leader`, `replica`, `sync_standby`, ...
+    pub role: String,
+    /// `running`, `streaming`, `starting`, `stopped`, ...
+    pub state: String,
+    pub timeline: Option<u64>,
+    /// Bytes behind the leader (replicas).
+    pub lag: Option<u64>,
+    pub pending_restart: bool,
+}
+
+/// Patroni's view: the members from `/cluster`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterView {
+    pub members: Vec<Member>,
+}
+
+impl ClusterView {
+    pub fn parse(body: &str) -> Option<ClusterView> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        let members = v
+            .get("members")?
+            .as_array()?
+            .iter()
+            .map(|m| {
+                let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                Member {
+                    name: s("name"),
+                    host: s("host"),
+                    role: s("role"),
+                    state: s("state"),
+                    timeline: m.get("timeline").and_then(Value::as_u64),
+                    lag: m.get("lag").and_then(Value::as_u64),
+                    pending_restart: m
+                        .get("pending_restart")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                }
+            })
+            .collect();
+        Some(ClusterView { members })
+    }
+
+    /// The running leader's name.
+    pub fn leader(&self) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| matches!(m.role.as_str(), "leader" | "master") && m.state == "running")
+            .map(|m| m.name.as_str())
+    }
+}
+
+/// The REST API's base URL on `node` (its private address: the API listens there only).
+pub fn rest_url(node: &Node) -> String {
+    format!("http://{}:{REST_PORT}", node.private_address)
+}
+
+/// Patroni's `/cluster`, from the first node that answers.
+pub async fn cluster(nodes: &[Node], conns: &[Connection]) -> Option<ClusterView> {
+    let asks = nodes.iter().zip(conns).map(|(n, c)| async move {
+        match rest(c, "GET", &format!("{}/cluster", rest_url(n)), None, "").await {
+            Ok((200, body)) => ClusterView::parse(&body),
+            _ => None,
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .max_by_key(|v| v.leader().is_some())
+}
+
+/// The leader's name, asked until one runs or `wait` is over (`None` then).
+pub async fn wait_for_leader(
+    nodes: &[Node],
+    conns: &[Connection],
+    wait: Duration,
+) -> Result<Option<String>, HostsError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(view) = cluster(nodes, conns).await
+            && let Some(l) = view.leader()
+        {
+            return Ok(Some(l.to_string()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `nodes` with the leader as primary, waiting up to `wait` for one (verify).
+pub async fn leader_roles(
+    nodes: &[Node],
+    conns: &[Connection],
+    wait: Duration,
+) -> Result<Vec<Node>, HostsError> {
+    match wait_for_leader(nodes, conns, wait).await? {
+        Some(l) => Ok(with_leader(nodes, &l)),
+        None => Err(HostsError::Verify(format!(
+            "Patroni reports no running leader (waited {}s)",
+            wait.as_secs()
+        ))),
+    }
+}
+
+/// How long a switchover, failover or restart gets to show its result.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Refusals and failures of the operations, with the reason.
+fn op_error(message: String) -> HostsError {
+    HostsError::Verify(message)
+}
+
+fn member<'a>(view: &'a ClusterView, name: &str) -> Option<&'a Member> {
+    view.members.iter().find(|m| m.name == name)
+}
+
+/// A replica a switchover or failover may promote: running and streaming, not
+/// lagging past `maximum_lag_on_failover`; in synchronous mode, the sync standby.
+fn eligible(spec: &ClusterSpec, m: &Member) -> Result<(), String> {
+    if matches!(m.role.as_str(), "leader" | "master") {
+        return Err(format!("{} leads already", m.name));
+    }
+    if !matches!(m.state.as_str(), "running" | "streaming") {
+        return Err(format!("{} is {}, not running", m.name, m.state));
+    }
+    if m.lag
+        .is_some_and(|l| l > spec.ha.maximum_lag_on_failover.bytes)
+    {
+        return Err(format!(
+            "{} is {} bytes behind, more than ha.maximum_lag_on_failover",
+            m.name,
+            m.lag.unwrap_or(0)
+        ));
+    }
+    if spec.ha.synchronous_mode != SyncMode::Off && m.role != "sync_standby" {
+        return Err(format!(
+            "{} is not the synchronous standby (synchronous_mode = \"{}\"): promoting it could lose commits",
+            m.name,
+            spec.ha.synchronous_mode.name()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until `name` leads (read from `/cluster`, not from an exit code).
+async fn wait_leader_is(
+    nodes: &[Node],
+    conns: &[Connection],
+    name: &str,
+) -> Result<(), HostsError> {
+    let deadline = Instant::now() + OPERATION_TIMEOUT;
+    loop {
+        let view = cluster(nodes, conns).await;
+        if view.as_ref().and_then(ClusterView::leader) == Some(name) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(op_error(format!(
+                "{name} does not lead after {}s; Patroni reports leader {}",
+                OPERATION_TIMEOUT.as_secs(),
+                view.as_ref()
+                    .and_then(ClusterView::leader)
+                    .unwrap_or("none")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A POST to Patroni's REST API on `node` with the REST credentials; its answer unless
+/// the API refused (the refusal is the error, in Patroni's words).
+async fn post(
+    spec: &ClusterSpec,
+    node: &Node,
+    conn: &Connection,
+    path: &str,
+    body: &Value,
+) -> Result<String, HostsError> {
+    let ha = Passwords::resolve(spec)?;
+    let (code, answer) = rest(
+        conn,
+        "POST",
+        &format!("{}{path}", rest_url(node)),
+        Some((&spec.ha.rest_user, &ha.rest)),
+        &body.to_string(),
+    )
+    .await
+    .map_err(|e| op_error(format!("{}: {e}", node.name)))?;
+    if !(200..300).contains(&code) {
+        return Err(op_error(format!(
+            "Patroni on {} refused POST {path} ({code}): {}",
+            node.name,
+            answer.trim()
+        )));
+    }
+    Ok(answer)
+}
+
+/// `pgform switchover [--to NODE]`: the leader hands over to `to` (or to an eligible
+/// replica), checked by reading the new leader. Returns (old, new) leader.
+pub async fn switchover(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    to: Option<&str>,
+) -> Result<(String, String), HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    let leader = view.leader().map(str::to_string).ok_or_else(|| {
+        op_error("the cluster has no running leader: use `pgform failover --to NODE`".into())
+    })?;
+    let candidate = match to {
+        Some(name) => {
+            let m = member(&view, name).ok_or_else(|| {
+                op_error(format!(
+                    "{name} is not a member; the members are {}",
+                    view.members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            eligible(spec, m)
+                .map_err(|why| op_error(format!("cannot switch over to {name}: {why}")))?;
+            name.to_string()
+        }
+        None => view
+            .members
+            .iter()
+            .find(|m| eligible(spec, m).is_ok())
+            .map(|m| m.name.clone())
+            .ok_or_else(|| op_error("no replica is eligible to take over".into()))?,
+    };
+    let li = nodes
+        .iter()
+        .position(|n| n.name == leader)
+        .ok_or_else(|| op_error(format!("the leader {leader} is not in the inventory")))?;
+    post(
+        spec,
+        &nodes[li],
+        &conns[li],
+        "/switchover",
+        &json!({"leader": leader, "candidate": candidate}),
+    )
+    .await?;
+    wait_leader_is(nodes, conns, &candidate).await?;
+    Ok((leader, candidate))
+}
+
+/// `pgform failover --to NODE`: promotes `to` in a cluster without a healthy leader
+/// (with one, use switchover). Checked by reading the new leader.
+pub async fn failover(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    to: &str,
+) -> Result<String, HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    if let Some(leader) = view.leader() {
+        return Err(op_error(format!(
+            "{leader} leads and runs: use `pgform switchover --to {to}`, which loses nothing"
+        )));
+    }
+    let m = member(&view, to).ok_or_else(|| op_error(format!("{to} is not a member")))?;
+    if !matches!(m.state.as_str(), "running" | "streaming") {
+        return Err(op_error(format!(
+            "cannot fail over to {to}: it is {}",
+            m.state
+        )));
+    }
+    let i = nodes
+        .iter()
+        .position(|n| n.name == to)
+        .ok_or_else(|| op_error(format!("{to} is not in the inventory")))?;
+    post(
+        spec,
+        &nodes[i],
+        &conns[i],
+        "/failover",
+        &json!({"candidate": to}),
+    )
+    .await?;
+    wait_leader_is(nodes, conns, to).await?;
+    Ok(to.to_string())
+}
+
+/// `pgform restart [--pending]`: every member (or those with a pending restart),
+/// replicas first, each through its own REST API; waits until each runs again with
+/// nothing pending. Returns the members restarted.
+pub async fn restart(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    pending_only: bool,
+) -> Result<Vec<String>, HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    let mut order: Vec<&Member> = view
+        .members
+        .iter()
+        .filter(|m| !pending_only || m.pending_restart)
+        .collect();
+    // Replicas first, the leader last.
+    order.sort_by_key(|m| matches!(m.role.as_str(), "leader" | "master"));
+    let mut done = Vec::new();
+    for m in order {
+        let i = nodes
+            .iter()
+            .position(|n| n.name == m.name)
+            .ok_or_else(|| op_error(format!("{} is not in the inventory", m.name)))?;
+        let body = if pending_only {
+            json!({"restart_pending": true})
+        } else {
+            json!({})
+        };
+        post(spec, &nodes[i], &conns[i], "/restart", &body).await?;
+        let deadline = Instant::now() + OPERATION_TIMEOUT;
+        loop {
+            let now = cluster(nodes, conns).await;
+            let back = now
+                .as_ref()
+                .and_then(|v| member(v, &m.name))
+                .is_some_and(|x| {
+                    matches!(x.state.as_str(), "running" | "streaming") && !x.pending_restart
+                });
+            if back {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(op_error(format!(
+                    "{} is not running again after {}s",
+                    m.name,
+                    OPERATION_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        done.push(m.name.clone());
+    }
+    Ok(done)
+}
+
+/// etcd's health as one member sees the whole DCS (`endpoint health --cluster`): one
+/// line per member.
+pub async fn etcd_health(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> Vec<String> {
+    for (n, c) in nodes.iter().zip(conns) {
+        if !etcd_members(spec, nodes).iter().any(|m| m.name == n.name) {
+            continue;
+        }
+        if let Ok(out) = c.run(crate::remote::shell::ha::etcd_health(), None).await
+            && !out.stdout.trim().is_empty()
+        {
+            return out.stdout.lines().map(str::to_string).collect();
+        }
+    }
+    vec!["no etcd member answers".into()]
+}
+
+/// The HA outputs: a read-write URL over every node that follows the leader (libpq
+/// tries each; only the leader accepts `target_session_attrs=read-write`), and the REST
+/// health endpoints a load balancer checks (200 only on the leader, only on replicas).
+pub fn outputs(spec: &ClusterSpec, state: &crate::state::State) -> Option<Value> {
+    if !spec.ha.patroni() {
+        return None;
+    }
+    let nodes = super::inventory(spec, state).ok()?;
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}:5432", n.connect_address))
+        .collect();
+    let ca = spec
+        .tls
+        .enabled
+        .then(|| spec.tls.dir.as_deref().map(crate::tls::ca_cert))
+        .flatten();
+    let url = format!(
+        "postgresql://{}/postgres?{}",
+        hosts.join(","),
+        crate::engine::connection_options(crate::engine::Session::ReadWrite, ca.as_deref())
+    );
+    let health: serde_json::Map<String, Value> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                json!({
+                    "leader": format!("{}/leader", rest_url(n)),
+                    "replica": format!("{}/replica", rest_url(n)),
+                }),
+            )
+        })
+        .collect();
+    Some(json!({"read_write_url": url, "rest_health": health}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(tail: &str) -> ClusterSpec {
+        let text = format!(
+            "name = \"t\"\nprovider = \"hosts\"\n\
+             [[hosts]]\naddress = \"10.0.0.1\"\nrole = \"primary\"\n\
+             [[hosts]]\naddress = \"10.0.0.2\"\nrole = \"replica\"\n\
+             [[hosts]]\naddress = \"10.0.0.3\"\nrole = \"replica\"\n\
+             [ha]\nmode = \"patroni\"\n{tail}"
+        );
+        crate::spec::parse_str(&text, Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .spec
+    }
+
+    fn nodes(spec: &ClusterSpec) -> Vec<Node> {
+        super::super::inventory(spec, &crate::state::State::new("t")).unwrap()
+    }
+
+    #[test]
+    fn the_dcs_holds_the_spec_s_settings_but_what_patroni_sets() {
+        let s = spec("synchronous_mode = \"strict\"\nttl = 40\n");
+        let d = dcs(&s, &nodes(&s));
+        assert_eq!(d["ttl"], 40);
+        assert_eq!(d["synchronous_mode"], true);
+        assert_eq!(d["synchronous_mode_strict"], true);
+        assert_eq!(d["maximum_lag_on_failover"], 1048576);
+        let p = &d["postgresql"]["parameters"];
+        assert_eq!(p["wal_log_hints"], "on");
+        assert_eq!(p["max_connections"], "100");
+        assert_eq!(p["ssl"], "on");
+        assert_eq!(p["ssl_key_file"], "/etc/patroni/pgform-server.key");
+        for owned in SET_BY_PATRONI {
+            assert!(p.get(owned).is_none(), "{owned}");
+        }
+    }
+
+    #[test]
+    fn pg_hba_lets_replicas_reach_their_own_loopback() {
+        let s = spec("");
+        let h = hba(&s, &nodes(&s));
+        assert!(
+            h.contains(&"host replication \"replicator\" 127.0.0.1/32 scram-sha-256".to_string()),
+            "{h:?}"
+        );
+        assert!(
+            h.contains(&"hostssl all \"rewind\" 10.0.0.3/32 scram-sha-256".to_string()),
+            "{h:?}"
+        );
+        assert!(h.iter().all(|l| !l.starts_with('#')));
+    }
+
+    #[test]
+    fn etcd_runs_on_the_first_members_and_vars_render() {
+        let s = spec("");
+        let n = nodes(&s);
+        assert_eq!(etcd_members(&s, &n).len(), 3);
+        let pw = Passwords {
+            rest: "rest-pw-1".into(),
+            superuser: "su-pw-123".into(),
+            rewind: "rw-pw-123".into(),
+        };
+        let v = vars(&s, &n, &n[1], "repl-pw-1", &BTreeMap::new(), &pw);
+        assert_eq!(v.get_attr("node_name").unwrap().as_str(), Some("replica-0"));
+        assert!(v.get_attr("etcd_member").unwrap().is_true());
+        assert_eq!(
+            v.get_attr("etcd_initial_cluster").unwrap().as_str(),
+            Some(
+                "primary=http://10.0.0.1:2380,replica-0=http://10.0.0.2:2380,replica-1=http://10.0.0.3:2380"
+            )
+        );
+        // The HA task list renders with them, and only secret tasks use the passwords.
+        let book = Playbook::embedded_file(PATRONI).unwrap();
+        let env = crate::tasks::run::template_environment(&book.templates);
+        let text = env
+            .get_template("patroni.yml.j2")
+            .unwrap()
+            .render(&v)
+            .unwrap();
+        let yaml: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(
+            yaml["restapi"]["authentication"]["password"].as_str(),
+            Some("rest-pw-1")
+        );
+        assert_eq!(yaml["bootstrap"]["dcs"]["ttl"].as_u64(), Some(30));
+        assert_eq!(
+            yaml["postgresql"]["listen"].as_str(),
+            Some("10.0.0.2,127.0.0.1:5432")
+        );
+        assert_eq!(
+            yaml["postgresql"]["authentication"]["replication"]["sslmode"].as_str(),
+            Some("verify-full")
+        );
+    }
+
+    #[test]
+    fn the_leader_is_the_running_leader_of_cluster() {
+        let body = r#"{"members": [
+            {"name": "primary", "role": "replica", "state": "streaming", "host": "10.0.0.1", "timeline": 2, "lag": 0},
+            {"name": "replica-0", "role": "leader", "state": "running", "host": "10.0.0.2", "timeline": 2},
+            {"name": "replica-1", "role": "replica", "state": "running", "host": "10.0.0.3", "timeline": 2, "lag": 16, "pending_restart": true}
+        ], "scope": "t"}"#;
+        let view = ClusterView::parse(body).unwrap();
+        assert_eq!(view.leader(), Some("replica-0"));
+        assert!(view.members[2].pending_restart);
+        let s = spec("");
+        let led = with_leader(&nodes(&s), "replica-0");
+        let roles: Vec<Role> = led.iter().map(|n| n.role).collect();
+        assert_eq!(roles, [Role::Replica, Role::Primary, Role::Replica]);
+        let stopped = body.replace(
+            "\"running\", \"host\": \"10.0.0.2\"",
+            "\"stopped\", \"host\": \"10.0.0.2\"",
+        );
+        assert_eq!(ClusterView::parse(&stopped).unwrap().leader(), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! Shell text for the HA mode: daemons without Debian's cluster wrapper (etcd,
+//! Patroni) and requests to Patroni's REST API. Part of `shell.rs`: fixed text plus
+//! quoted words; secrets only on standard input.
+
+use super::{Sh, quote};
+
+/// Where pgform keeps its daemons' pid files and start stamps on a host without systemd.
+const RUN_DIR: &str = "/run/pgform";
+
+fn pid_file(name: &str) -> String {
+    quote(&format!("{RUN_DIR}/{name}.pid"))
+}
+
+fn stamp(name: &str) -> String {
+    quote(&format!("{RUN_DIR}/{name}.stamp"))
+}
+
+/// Sets `r=1` when daemon `name` runs: systemd's unit, or else the pid in pgform's pid
+/// file whose process is still `name` (a reused pid after a reboot is another program).
+fn running_test(name: &str) -> String {
+    let n = quote(name);
+    format!(
+        "r=; if test -d /run/systemd/system; then systemctl is-active --quiet {n} && r=1; \
+         else pid=$(cat {pid} 2>/dev/null); test -n \"$pid\" && \
+         test \"$(cat /proc/$pid/comm 2>/dev/null)\" = {n} && r=1; fi",
+        pid = pid_file(name)
+    )
+}
+
+/// Prints `stopped`, `stale` (runs, but `config` changed since pgform started or
+/// reloaded it) or `running`.
+pub fn daemon_state(name: &str, config: &str) -> Sh {
+    Sh(format!(
+        "{}; if test -z \"$r\"; then echo stopped; elif test {} -nt {}; then echo stale; \
+         else echo running; fi",
+        running_test(name),
+        quote(config),
+        stamp(name)
+    ))
+}
+
+/// Starts daemon `name`: its systemd unit, or else `argv` as `user` in a new session
+/// from `/` (the daemon's user may not enter the login's folder; Patroni's
+/// multiprocessing changes back to it), with the `KEY=value` lines of `env_file`
+/// exported if it exists, output appended to
+/// `log`, its pid written from inside (runuser forks, so `$!` would be runuser's). Fails
+/// with the log's tail unless the process still runs a second later.
+pub fn daemon_start(name: &str, user: &str, argv: &[String], env_file: &str, log: &str) -> Sh {
+    let n = quote(name);
+    let pid = pid_file(name);
+    let check = format!(
+        "p=$(cat {pid}); test -n \"$p\" && test \"$(cat /proc/$p/comm 2>/dev/null)\" = {n}"
+    );
+    Sh(format!(
+        "install -d -m 755 {RUN_DIR} && touch {stamp} && \
+         if test -d /run/systemd/system; then systemctl enable -q {n} 2>/dev/null; systemctl start {n}; \
+         else install -m 644 -o {u} /dev/null {pid} && \
+         (cd / && set -a && if test -f {env}; then . {env}; fi; set +a; \
+          exec setsid -f runuser -u {u} -- sh -c 'echo $$ > \"$0\" && exec \"$@\"' {pid} {argv}) \
+          </dev/null >>{log} 2>&1; \
+         i=0; until {check}; do i=$((i+1)); if test $i -gt 50; then break; fi; sleep 0.1; done; \
+         sleep 1; if {check}; then exit 0; fi; \
+         echo {n} did not stay up, see {log}: >&2; tail -n 15 {log} >&2; exit 1; fi",
+        stamp = stamp(name),
+        u = quote(user),
+        env = quote(env_file),
+        argv = Sh::argv(argv).0,
+        log = quote(log),
+    ))
+}
+
+/// Stops daemon `name` and waits (up to 60 s) until its process is gone.
+pub fn daemon_stop(name: &str) -> Sh {
+    let n = quote(name);
+    Sh(format!(
+        "if test -d /run/systemd/system; then systemctl stop {n}; \
+         else {}; if test -n \"$r\"; then kill \"$pid\"; i=0; \
+         while test -e /proc/$pid && test $i -lt 600; do sleep 0.1; i=$((i+1)); done; \
+         test ! -e /proc/$pid; fi; fi",
+        running_test(name)
+    ))
+}
+
+/// Asks daemon `name` to read its settings again (SIGHUP; the unit's reload).
+pub fn daemon_reload(name: &str) -> Sh {
+    let n = quote(name);
+    Sh(format!(
+        "touch {} && if test -d /run/systemd/system; then systemctl reload {n}; \
+         else {}; test -n \"$r\" && kill -HUP \"$pid\"; fi",
+        stamp(name),
+        running_test(name)
+    ))
+}
+
+/// A request to Patroni's REST API from the host itself (python3 is on every Debian
+/// host; Patroni needs it). Standard input: the first line `user:password` (or an empty
+/// line: no authentication), then the body. Prints the status code on the first line,
+/// then the response; `000` and the reason when the API does not answer.
+pub fn rest(method: &str, url: &str) -> Sh {
+    const SCRIPT: &str = r#"import sys, base64, urllib.request, urllib.error
+m, u = sys.argv[1], sys.argv[2]
+auth, _, body = sys.stdin.buffer.read().partition(b"\n")
+r = urllib.request.Request(u, data=body if m != "GET" else None, method=m)
+r.add_header("Content-Type", "application/json")
+if auth:
+    r.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
+try:
+    with urllib.request.urlopen(r, timeout=30) as s:
+        c, t = s.status, s.read()
+except urllib.error.HTTPError as e:
+    c, t = e.code, e.read()
+except Exception as e:
+    c, t = 0, str(e).encode()
+sys.stdout.write("%03d\n" % c + t.decode("utf-8", "replace"))
+"#;
+    Sh::argv(["python3", "-c", SCRIPT, method, url])
+}
+
+/// etcd's health as the local member sees the cluster: one line per member endpoint.
+pub fn etcd_health() -> Sh {
+    Sh(
+        "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=3s \
+         endpoint health --cluster 2>&1; true"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_are_named_by_quoted_words() {
+        let s = daemon_start(
+            "etcd",
+            "etcd",
+            &["etcd".to_string()],
+            "/etc/default/etcd",
+            "/var/log/pgform-etcd.log",
+        );
+        assert!(s.text().contains("runuser -u etcd"), "{}", s.text());
+        assert!(s.text().contains("/run/pgform/etcd.pid"), "{}", s.text());
+        let st = daemon_state("patroni", "/etc/patroni/config.yml");
+        assert!(
+            st.text().contains("-nt /run/pgform/patroni.stamp"),
+            "{}",
+            st.text()
+        );
+    }
+
+    #[test]
+    fn the_rest_script_takes_no_secret_argument() {
+        let s = rest("PATCH", "http://10.0.0.1:8008/config");
+        assert!(s.text().starts_with("python3 -c "));
+        assert!(
+            s.text().ends_with(" PATCH http://10.0.0.1:8008/config"),
+            "{}",
+            s.text()
+        );
+        // The script itself is valid Python.
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import ast,sys; ast.parse(sys.stdin.read())"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                let text = s.text().to_string();
+                let start = text.find('\'').unwrap() + 1;
+                let end = text.rfind('\'').unwrap();
+                let script = text[start..end].replace(r"'\''", "'");
+                c.stdin.take().unwrap().write_all(script.as_bytes())?;
+                c.wait()
+            });
+        if let Ok(status) = out {
+            assert!(status.success());
+        }
+    }
+}

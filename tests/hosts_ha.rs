@@ -1,0 +1,452 @@
+//! The HA mode (`[ha] mode = "patroni"`) on real hosts: three Debian containers with
+//! sshd, PostgreSQL, Patroni and etcd from the local apt repository (the testbed of
+//! `scripts/testbed.sh`), configured through the library with the `hosts` provider.
+//! One cluster goes through the scenarios in the order a cluster's life would.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::hosts::{self, Host, Network, SshKey};
+use pgform::hosts::{self as cluster, ha};
+use pgform::spec::{ClusterSpec, parse_str};
+use pgform::state::State;
+use pgform::tasks::modules::sql;
+use pgform::tasks::{Recap, RunOptions, TaskEvent, TaskStatus};
+
+const PASSWORD: &str = "repl 'pw' $(id) :x";
+const REST_PASSWORD: &str = "rest \"pw\" `id` 1";
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An HA spec for `hosts` (listed in order; the first is listed as primary, which
+/// Patroni may or may not make the leader). Passwords come from files in the key's
+/// folder.
+fn spec(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> ClusterSpec {
+    parse_str(&spec_text(net, hosts, key, extra_ha), Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec
+}
+
+/// The spec's text (see [`spec`]).
+fn spec_text(net: &Network, hosts: &[&Host], key: &SshKey, extra_ha: &str) -> String {
+    let dir = key.dir();
+    for (file, pw) in [
+        ("rest.pw", REST_PASSWORD),
+        ("su.pw", "superuser pw 1"),
+        ("rewind.pw", "rewind pw 12"),
+    ] {
+        std::fs::write(dir.join(file), format!("{pw}\n")).unwrap();
+    }
+    let mut text = format!(
+        "name = \"ha\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [tls]\ndir = {:?}\n\
+         [ha]\nmode = \"patroni\"\nrest_password_file = {:?}\n\
+         superuser_password_file = {:?}\nrewind_password_file = {:?}\n{extra_ha}\n",
+        key.private,
+        net.apt_mirror(),
+        dir.join("ha.tls"),
+        dir.join("rest.pw"),
+        dir.join("su.pw"),
+        dir.join("rewind.pw"),
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[hosts]]\naddress = \"{}\"\nrole = \"{role}\"\n",
+            h.ip()
+        ));
+    }
+    text
+}
+
+struct Cluster {
+    spec: ClusterSpec,
+    nodes: Vec<cluster::Node>,
+    conns: Vec<pgform::remote::Connection>,
+}
+
+struct Run {
+    recap: Recap,
+    events: Vec<TaskEvent>,
+}
+
+impl Run {
+    fn changed(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| matches!(e.status, TaskStatus::Changed | TaskStatus::WouldChange))
+            .map(|e| format!("{} {}: {:?}", e.host, e.task, e.summary))
+            .collect()
+    }
+}
+
+impl Cluster {
+    async fn connect(spec: ClusterSpec, key: &SshKey) -> Cluster {
+        let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
+        let known = key.dir().join("known_hosts");
+        let conns = cluster::connect(&spec, &nodes, &known).await.expect("ssh");
+        Cluster { spec, nodes, conns }
+    }
+
+    async fn run(&self, check: bool) -> Run {
+        self.try_run(check).await.expect("task list runs")
+    }
+
+    async fn try_run(&self, check: bool) -> Result<Run, cluster::HostsError> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let events: pgform::tasks::Sink = Arc::new(move |e: &TaskEvent| {
+            eprintln!(
+                "{:>10} {:?} {} {}{}",
+                e.host,
+                e.status,
+                e.task,
+                e.summary.clone().unwrap_or_default(),
+                e.error.clone().unwrap_or_default()
+            );
+            let text = format!("{e:?}");
+            for secret in [PASSWORD, REST_PASSWORD, "superuser pw 1", "rewind pw 12"] {
+                assert!(!text.contains(secret), "a password in an event: {e:?}");
+            }
+            sink.lock().unwrap().push(e.clone());
+        });
+        let opts = RunOptions {
+            check,
+            events: Some(events),
+        };
+        let recap =
+            cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts).await?;
+        let events = std::mem::take(&mut *seen.lock().unwrap());
+        Ok(Run { recap, events })
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    async fn query(&self, name: &str, statement: &str) -> Result<String, String> {
+        sql(&self.conns[self.index(name)], 15, statement)
+            .await
+            .map(|s| s.trim().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn view(&self) -> ha::ClusterView {
+        ha::cluster(&self.nodes, &self.conns)
+            .await
+            .expect("Patroni's /cluster answers")
+    }
+
+    async fn leader(&self) -> String {
+        self.view()
+            .await
+            .leader()
+            .expect("a running leader")
+            .to_string()
+    }
+
+    /// Waits until the leader's pg_stat_replication shows every other node streaming.
+    async fn streaming(&self, leader: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self
+                .query(
+                    leader,
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1;",
+                )
+                .await
+                .unwrap_or_default();
+            let names: Vec<String> = rows.lines().map(str::to_string).collect();
+            if names.len() == self.nodes.len() - 1 || Instant::now() > deadline {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// A row written on `leader` read on every other node (within 30 s).
+    async fn row_reaches_replicas(&self, leader: &str, token: &str) {
+        self.query(
+            leader,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS ha_check (token text PRIMARY KEY); \
+                 INSERT INTO ha_check VALUES ('{token}');"
+            ),
+        )
+        .await
+        .expect("the leader accepts writes");
+        for n in self.nodes.iter().filter(|n| n.name != leader) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = self
+                    .query(
+                        &n.name,
+                        &format!("SELECT count(*) FROM ha_check WHERE token = '{token}';"),
+                    )
+                    .await;
+                if got.as_deref() == Ok("1") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: the row written on {leader} did not arrive: {got:?}",
+                    n.name
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_cluster_bootstraps_converges_and_switches_over() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("ha");
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&net, &format!("ha{i}"), 11 + i, &key))
+        .collect();
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let c = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
+
+    // Bootstrap: a leader and two streaming replicas.
+    let first = c.try_run(false).await;
+    if !matches!(&first, Ok(r) if !r.recap.failed()) {
+        for h in &hosts {
+            eprintln!(
+                "--- {}:\n{}",
+                h.name,
+                String::from_utf8_lossy(&h.ssh("head -n 40 /var/log/pgform-patroni.log; tail -n 20 /var/log/pgform-patroni.log").stdout)
+            );
+        }
+    }
+    let first = first.expect("task list runs");
+    assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
+    let verified = cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified");
+    assert_eq!(verified.replicas.len(), 2, "{verified:?}");
+    let leader = c.leader().await;
+    let mut streaming = c.streaming(&leader, VERIFY_TIMEOUT).await;
+    let mut others: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .collect();
+    others.sort();
+    streaming.sort();
+    assert_eq!(streaming, others, "leader {leader}");
+    c.row_reaches_replicas(&leader, "bootstrap").await;
+    // Debian's own cluster was never made; the config holding passwords is private.
+    for h in &hosts {
+        let out = h.ssh_ok(
+            "test ! -e /etc/postgresql/15/main && stat -c '%U %G %a' /etc/patroni/config.yml",
+        );
+        assert_eq!(out.trim(), "root postgres 640", "{}", h.name);
+        // No password in any process's arguments.
+        let ps = h.ssh_ok("cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '");
+        for secret in [PASSWORD, REST_PASSWORD, "superuser pw 1", "rewind pw 12"] {
+            assert!(
+                !ps.contains(secret),
+                "{}: a password in a command line",
+                h.name
+            );
+        }
+    }
+    // The REST API refuses a change without the credentials.
+    let l = c.index(&leader);
+    let (code, _) = pgform::tasks::patroni::rest(
+        &c.conns[l],
+        "PATCH",
+        &format!("{}/config", ha::rest_url(&c.nodes[l])),
+        None,
+        "{\"ttl\": 31}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 401, "an unauthenticated PATCH /config");
+
+    // A converged rerun changes nothing, and neither does check mode find anything.
+    let started = Instant::now();
+    let again = c.run(false).await;
+    eprintln!("converged rerun: {:.2}s", started.elapsed().as_secs_f64());
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    let check = c.run(true).await;
+    assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
+    let view = c.view().await;
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    assert!(
+        view.members.iter().all(|m| m.timeline == Some(1)),
+        "{view:?}"
+    );
+
+    // Switchovers that cannot be are refused with the reason, and nothing moves.
+    let refused = ha::switchover(&c.spec, &c.nodes, &c.conns, Some(&leader))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("leads already"), "{refused}");
+    let refused = ha::switchover(&c.spec, &c.nodes, &c.conns, Some("nope"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not a member"), "{refused}");
+    let refused = ha::failover(&c.spec, &c.nodes, &c.conns, &others[0])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("use `pgform switchover"), "{refused}");
+    assert_eq!(c.leader().await, leader);
+
+    // Switchover: the new leader is read back, takes writes, and the old one streams
+    // from it; a rerun keeps it the leader and changes nothing.
+    let target = others[0].clone();
+    let started = Instant::now();
+    let (old, new) = ha::switchover(&c.spec, &c.nodes, &c.conns, Some(&target))
+        .await
+        .expect("switchover");
+    eprintln!(
+        "switchover to {new}: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (old.as_str(), new.as_str()),
+        (leader.as_str(), target.as_str())
+    );
+    assert_eq!(c.leader().await, target);
+    let mut streaming = c.streaming(&target, VERIFY_TIMEOUT).await;
+    streaming.sort();
+    let mut want: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != target)
+        .collect();
+    want.sort();
+    assert_eq!(
+        streaming, want,
+        "the old leader {leader} streams from {target}"
+    );
+    c.row_reaches_replicas(&target, "after-switchover").await;
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    assert_eq!(
+        c.leader().await,
+        target,
+        "apply does not move the leader back"
+    );
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified with the new leader as primary");
+
+    // The leader's host dies: another member leads within about the TTL and takes
+    // writes. (Asked on the live hosts only: a dead host's SSH would hang.)
+    let dead = c.index(&target);
+    hosts[dead].stop();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    let live_nodes: Vec<_> = alive.iter().map(|&i| c.nodes[i].clone()).collect();
+    let live_conns: Vec<_> = alive.iter().map(|&i| c.conns[i].clone()).collect();
+    let started = Instant::now();
+    // Until the leader key expires the survivors still name the dead leader.
+    let new_leader = loop {
+        let now = ha::cluster(&live_nodes, &live_conns).await;
+        if let Some(l) = now.as_ref().and_then(|v| v.leader())
+            && l != target
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no new leader after the old one died: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "failover to {new_leader}: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_ne!(new_leader, target);
+    let token = "after-failover";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let wrote = c
+            .query(
+                &new_leader,
+                &format!("INSERT INTO ha_check VALUES ('{token}');"),
+            )
+            .await;
+        if wrote.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader takes no writes: {wrote:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The dead host comes back (nothing starts on it: no init system): apply starts
+    // etcd and Patroni, which rejoins it as a replica; the plan is converged after.
+    hosts[dead].start_again();
+    let c = Cluster::connect(c.spec.clone(), &key).await;
+    let back = c.run(false).await;
+    assert!(!back.recap.failed(), "{:#?}", back.recap.failures);
+    assert_eq!(
+        c.leader().await,
+        new_leader,
+        "the leader stays where Patroni put it"
+    );
+    let mut streaming = c.streaming(&new_leader, VERIFY_TIMEOUT).await;
+    streaming.sort();
+    assert!(
+        streaming.contains(&target),
+        "{target} rejoined: {streaming:?}"
+    );
+    c.row_reaches_replicas(&new_leader, "after-rejoin").await;
+    let check = c.run(true).await;
+    assert_eq!(check.recap.changed(), 0, "{:#?}", check.changed());
+
+    // The binary: status shows Patroni's view and etcd's health, output a URL over
+    // every node that only the leader answers read-write, switchover read back.
+    let work = common::cli::Work::new("pgform-ha", vec![]);
+    work.write("ha.toml", &spec_text(&net, &refs, &key, ""));
+    let status = work.pgform(&["-f", "ha.toml", "status", "--json"]);
+    status.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(v["leader"], new_leader.as_str(), "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(
+        v["etcd"].to_string().matches("is healthy").count(),
+        3,
+        "{v}"
+    );
+    let out = work.pgform(&["-f", "ha.toml", "output", "ha", "--json"]);
+    out.expect(0);
+    let o: serde_json::Value = serde_json::from_str(&out.stdout).expect("output JSON");
+    let url = o["read_write_url"].as_str().unwrap_or_default();
+    for h in &hosts {
+        assert!(url.contains(&format!("{}:5432", h.ip())), "{url}");
+    }
+    assert!(url.contains("target_session_attrs=read-write"), "{url}");
+    let health = o["rest_health"][new_leader.as_str()]["leader"].to_string();
+    assert!(health.ends_with(":8008/leader\""), "{o}");
+    work.pgform(&["-f", "ha.toml", "switchover", "--to", &target])
+        .expect(0)
+        .stdout_has(&format!("{target} leads"));
+    assert_eq!(c.leader().await, target);
+    work.pgform(&["-f", "ha.toml", "switchover", "--to", &target])
+        .expect(1)
+        .stderr_has("leads already");
+    work.pgform(&["-f", "ha.toml", "restart", "--pending"])
+        .expect(0)
+        .stdout_has("Nothing to restart.");
+}
