@@ -79,6 +79,10 @@ pub struct Task {
     /// The task handles the replication password: no diff, no content in any output.
     #[serde(default)]
     pub secret: bool,
+    /// At most this many hosts act on the task at once (Jinja, as Ansible's `throttle`):
+    /// a limit of the primary's, such as WAL senders, that the hosts share.
+    #[serde(default)]
+    pub throttle: Option<String>,
     #[serde(flatten)]
     pub action: serde_norway::Value,
 }
@@ -140,6 +144,11 @@ impl Playbook {
                     && !templates.contains_key(src)
                 {
                     return Err(bad(format!("task `{}`: no template `{src}`", task.name)));
+                }
+                if let Some(t) = &task.throttle
+                    && let Err(e) = env.template_from_str(t)
+                {
+                    return Err(bad(format!("task `{}`: throttle: {e}", task.name)));
                 }
                 if !task.secret && run::task_uses_secret(&env, task) {
                     return Err(bad(format!(
