@@ -47,6 +47,17 @@ pub struct Global {
     /// The state file [default: beside the spec, <spec name>.pgstate.json].
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// Keep each host's SSH master this many idle seconds after the command, for the next
+    /// one to reuse (in a private directory: $XDG_RUNTIME_DIR/pgform-ssh or
+    /// /tmp/pgform-ssh-<uid>); 0 closes them at the end of each command.
+    #[arg(
+        long,
+        global = true,
+        env = "PGFORM_SSH_PERSIST",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    pub ssh_persist: u64,
 }
 
 impl Global {
@@ -214,6 +225,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging();
+    crate::remote::set_keep_masters(
+        (cli.global.ssh_persist > 0).then(|| std::time::Duration::from_secs(cli.global.ssh_persist)),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

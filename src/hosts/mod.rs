@@ -232,6 +232,7 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
                 .clone()
                 .unwrap_or_else(|| known_hosts.to_path_buf()),
         ),
+        keep_master: crate::remote::keep_masters(),
     }
 }
 
