@@ -226,7 +226,8 @@ pub fn main() -> ExitCode {
     };
     init_logging();
     crate::remote::set_keep_masters(
-        (cli.global.ssh_persist > 0).then(|| std::time::Duration::from_secs(cli.global.ssh_persist)),
+        (cli.global.ssh_persist > 0)
+            .then(|| std::time::Duration::from_secs(cli.global.ssh_persist)),
     );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -289,6 +290,15 @@ mod tests {
             cli.command,
             Command::Plan(PlanArgs { out: Some(_), .. })
         ));
+    }
+
+    #[test]
+    fn ssh_persist_takes_seconds_and_zero_turns_it_off() {
+        let cli = Cli::try_parse_from(["pgform", "plan", "--ssh-persist", "0"]).unwrap();
+        assert_eq!(cli.global.ssh_persist, 0);
+        let cli = Cli::try_parse_from(["pgform", "--ssh-persist=5", "plan"]).unwrap();
+        assert_eq!(cli.global.ssh_persist, 5);
+        assert!(Cli::try_parse_from(["pgform", "plan", "--ssh-persist", "soon"]).is_err());
     }
 
     #[test]

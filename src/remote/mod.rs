@@ -356,7 +356,11 @@ fn master_path(dir: &Path, target: &Target) -> PathBuf {
         "{address}\n{}\n{}\n{}\n",
         target.user,
         target.strict_host_keys,
-        target.known_hosts_file.as_deref().unwrap_or(Path::new("")).display()
+        target
+            .known_hosts_file
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display()
     );
     let keys = target
         .private_key
@@ -519,4 +523,87 @@ fn error_text(e: &openssh::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(dir: &Path) -> Target {
+        Target {
+            name: "primary".into(),
+            address: "10.0.0.11".into(),
+            port: 22,
+            user: "admin".into(),
+            private_key: Some(dir.join("id")),
+            jump: Vec::new(),
+            strict_host_keys: false,
+            known_hosts_file: Some(dir.join("known_hosts")),
+            keep_master: Some(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn a_master_is_named_after_what_makes_the_host_that_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("id"), "key one").unwrap();
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAother\n",
+        )
+        .unwrap();
+        let base = target(dir);
+        let name = master_path(Path::new("/m"), &base);
+        assert_eq!(name, master_path(Path::new("/m"), &base.clone()), "stable");
+        // "/tmp/pgform-ssh-<uid>/" + the name + "/master" fits a unix socket's ~108 bytes.
+        assert_eq!(name.file_name().unwrap().len(), 8 + 1 + 16);
+
+        let changed = |f: &dyn Fn(&mut Target)| {
+            let mut t = base.clone();
+            f(&mut t);
+            master_path(Path::new("/m"), &t)
+        };
+        assert_ne!(name, changed(&|t| t.port = 2222));
+        assert_ne!(name, changed(&|t| t.user = "root".into()));
+        assert_ne!(name, changed(&|t| t.strict_host_keys = true));
+        assert_ne!(name, changed(&|t| t.private_key = None));
+        assert_ne!(
+            name,
+            changed(&|t| t.jump = vec![Hop {
+                host: "bastion".into(),
+                port: None,
+                user: None,
+                private_key: None,
+            }])
+        );
+        // The same address's other masters share the prefix close_kept_masters looks for.
+        let other_user = changed(&|t| t.user = "root".into());
+        let prefix = |p: &Path| p.file_name().unwrap().to_string_lossy()[..9].to_string();
+        assert_eq!(prefix(&name), prefix(&other_user));
+        assert_ne!(
+            prefix(&name),
+            prefix(&changed(&|t| t.address = "10.0.0.12".into()))
+        );
+
+        // Another host's line does not matter; this host's does.
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAnew\n",
+        )
+        .unwrap();
+        assert_eq!(name, master_path(Path::new("/m"), &base));
+        std::fs::write(dir.join("known_hosts"), "10.0.0.11 ssh-ed25519 AAAAtwo\n").unwrap();
+        assert_ne!(name, master_path(Path::new("/m"), &base));
+
+        // A new key written at the same path is another identity.
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAother\n",
+        )
+        .unwrap();
+        assert_eq!(name, master_path(Path::new("/m"), &base));
+        std::fs::write(dir.join("id"), "key number two").unwrap();
+        assert_ne!(name, master_path(Path::new("/m"), &base));
+    }
 }

@@ -793,7 +793,8 @@ mod tests {
             assert!(seeds >= 3, "{nodes} nodes: {seeds} seeds at once");
             // Worst case: every other replica streaming (one sender), the seeds taking
             // two each, and the spare.
-            let peak = (replicas - seeds.min(replicas)) + 2 * seeds.min(replicas) + SPARE_WAL_SENDERS;
+            let peak =
+                (replicas - seeds.min(replicas)) + 2 * seeds.min(replicas) + SPARE_WAL_SENDERS;
             assert!(peak <= wal_senders(nodes), "{nodes} nodes: {peak} senders");
         }
         // 1 + 9 all seeded at once needed 18 of 14 (the first run that failed).
