@@ -174,7 +174,10 @@ fn setup(tool: Tool, nodes: u8) -> Setup {
                 .arg("--data")
                 .arg(format!("members_cidr={cidr}"))
                 .arg(dir.join("inventory.py"))
-                .arg(peers_dir().join("pyinfra/deploy.py"))
+                .args(
+                    ["deploy.py", "primary.py", "replicas.py", "verify.py"]
+                        .map(|f| peers_dir().join("pyinfra").join(f)),
+                )
                 .env("PEER_REPLICATION_PASSWORD", PASSWORD);
             c
         }
@@ -246,12 +249,22 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("commit {commit}, load average before: {}", load());
-    let tools = [Tool::Pgform, Tool::Ansible, Tool::Pyinfra];
+    // Tool names among the arguments pick some (`-- 3 pyinfra`); all by default.
+    let all = [Tool::Pgform, Tool::Ansible, Tool::Pyinfra];
+    let picked: Vec<Tool> = all
+        .into_iter()
+        .filter(|t| std::env::args().any(|a| a.eq_ignore_ascii_case(t.name())))
+        .collect();
+    let tools = if picked.is_empty() {
+        all.to_vec()
+    } else {
+        picked
+    };
     let mut table = Vec::new();
     for &nodes in &sizes {
         println!("{nodes} nodes (1 primary + {} replicas):", nodes - 1);
         let mut row = Vec::new();
-        for tool in tools {
+        for &tool in &tools {
             let mut s = setup(tool, nodes);
             let first = timed(tool, "first run", &mut s.command);
             let reruns = (0..RERUNS)
@@ -264,17 +277,26 @@ fn main() {
     println!("\nload average after: {}", load());
     println!("\n| nodes | run | pgform | Ansible | pyinfra |\n| --- | --- | --- | --- | --- |");
     for (nodes, row) in &table {
-        let (pf, pc) = row[0];
-        let cell = |t: f64, base: f64| format!("{t:.2} s ({:.1}x)", t / base);
-        println!(
-            "| {nodes} | first run | {pf:.2} s | {} | {} |",
-            cell(row[1].0, pf),
-            cell(row[2].0, pf)
-        );
-        println!(
-            "| {nodes} | converged (median of {RERUNS}) | {pc:.2} s | {} | {} |",
-            cell(row[1].1, pc),
-            cell(row[2].1, pc)
-        );
+        // Ratios against pgform when it ran; "-" for a tool not run.
+        let get = |tool: Tool| tools.iter().position(|&t| t == tool).map(|i| row[i]);
+        let base = get(Tool::Pgform);
+        for (label, pick) in [
+            ("first run", (|r: (f64, f64)| r.0) as fn((f64, f64)) -> f64),
+            ("converged (median of 3)", |r| r.1),
+        ] {
+            let cell = |tool: Tool| match (get(tool), base) {
+                (Some(r), Some(b)) if tool != Tool::Pgform => {
+                    format!("{:.2} s ({:.1}x)", pick(r), pick(r) / pick(b))
+                }
+                (Some(r), _) => format!("{:.2} s", pick(r)),
+                (None, _) => "-".into(),
+            };
+            println!(
+                "| {nodes} | {label} | {} | {} | {} |",
+                cell(Tool::Pgform),
+                cell(Tool::Ansible),
+                cell(Tool::Pyinfra)
+            );
+        }
     }
 }

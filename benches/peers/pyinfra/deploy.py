@@ -1,5 +1,7 @@
 """The same lean replication deploy as ../ansible/site.yml, for pyinfra 3.10: the
-baseline `cargo bench --bench peers` measures pgform against. Data (--data):
+baseline `cargo bench --bench peers` measures pgform against. Four files run in order
+(pyinfra orders one file's operations per host, so a step that needs another host's
+step is in a later file): this one (every host), primary.py, replicas.py, verify.py. Data (--data):
 apt_mirror, members_cidr, replication_password (given through the environment by the
 bench: PEER_REPLICATION_PASSWORD). Hosts have no init system: pg_ctlcluster starts the
 cluster.
@@ -61,65 +63,14 @@ files.put(
     mode="600",
 )
 
-if is_primary:
-    server.shell(
-        name="Primary restarted for its settings",
-        commands=["pg_ctlcluster 15 main restart"],
-        _if=any_changed(settings, hba),
-    )
-    server.shell(
-        name="Primary running",
-        commands=["pg_ctlcluster 15 main status >/dev/null || pg_ctlcluster 15 main start"],
-    )
-    server.shell(
-        name="Replication role",
-        # The password from the environment (\getenv), never in an argument list.
-        commands=[
-            "cd /tmp && [ \"$(runuser -u postgres -- psql -XAtc \"SELECT 1 FROM pg_roles "
-            "WHERE rolname = 'replicator'\")\" = 1 ] || printf '%s\\n' '\\getenv pw PW' "
-            "\"CREATE ROLE replicator REPLICATION LOGIN PASSWORD :'pw';\" "
-            "| runuser -u postgres -- psql -Xq -v ON_ERROR_STOP=1"
-        ],
-        _env={"PW": password},
-    )
-    slots = ",".join(r.name.replace("-", "_").replace(".", "_") for r in replicas)
-    server.shell(
-        name="Replication slots",
-        commands=[
-            "cd /tmp && runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -c "
-            f"\"SELECT pg_create_physical_replication_slot(s, true) FROM "
-            f"unnest(string_to_array('{slots}', ',')) s WHERE s NOT IN "
-            f"(SELECT slot_name FROM pg_replication_slots)\""
-        ],
-    )
-else:
-    slot = host.name.replace("-", "_").replace(".", "_")
-    server.shell(
-        name="Seeded from the primary",
-        commands=[
-            "cd /tmp && test -e /var/lib/postgresql/15/main/standby.signal || { "
-            "pg_ctlcluster 15 main stop 2>/dev/null; rm -rf /var/lib/postgresql/15/main && "
-            "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_basebackup "
-            f"-h {primary.data.get('ssh_hostname') or primary.name} -U replicator "
-            f"-D /var/lib/postgresql/15/main -R -X stream -S {slot} --checkpoint=fast -w; }}"
-        ],
-    )
-    server.shell(
-        name="Replica restarted for its settings",
-        commands=["pg_ctlcluster 15 main restart"],
-        _if=any_changed(settings, hba),
-    )
-    server.shell(
-        name="Replica running",
-        commands=["pg_ctlcluster 15 main status >/dev/null || pg_ctlcluster 15 main start"],
-    )
 
-if is_primary:
-    server.shell(
-        name="Every replica streams",
-        commands=[
-            "cd /tmp && for i in $(seq 60); do "
-            "[ \"$(runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_replication "
-            f"WHERE state = 'streaming'\")\" = {len(replicas)} ] && exit 0; sleep 1; done; exit 1"
-        ],
-    )
+# A standby restarts only once seeded (replicas.py starts it after the seed).
+server.shell(
+    name="Restarted for its settings",
+    commands=[
+        "pg_ctlcluster 15 main restart"
+        if is_primary
+        else "test ! -e /var/lib/postgresql/15/main/standby.signal || pg_ctlcluster 15 main restart"
+    ],
+    _if=any_changed(settings, hba),
+)
