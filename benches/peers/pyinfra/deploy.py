@@ -1,7 +1,6 @@
 """The same lean replication deploy as ../ansible/site.yml, for pyinfra 3.10: the
-baseline `cargo bench --bench peers` measures pgform against. Four files run in order
-(pyinfra orders one file's operations per host, so a step that needs another host's
-step is in a later file): this one (every host), primary.py, replicas.py, verify.py. Data (--data):
+baseline `cargo bench --bench peers` measures pgform against. Four files run in order:
+this one (every host), primary.py, replicas.py, verify.py. Data (--data):
 apt_mirror, members_cidr, replication_password (given through the environment by the
 bench: PEER_REPLICATION_PASSWORD). Hosts have no init system: pg_ctlcluster starts the
 cluster.
@@ -17,8 +16,6 @@ from pyinfra.operations.util import any_changed
 CONF = "/etc/postgresql/15/main"
 password = os.environ["PEER_REPLICATION_PASSWORD"]
 members = len(inventory)
-replicas = inventory.get_group("replicas")
-primary = inventory.get_group("primary")[0]
 is_primary = "primary" in host.groups
 
 files.put(
