@@ -299,6 +299,8 @@ async fn resume(dir: &Path, target: &Target) -> Option<Session> {
     let path = master_path(dir, target);
     let socket = path.join("master");
     if !socket.exists() {
+        // Nothing to resume; a directory left without its socket would block the name.
+        let _ = std::fs::remove_dir_all(&path);
         return None;
     }
     let session = Session::resume_mux(socket.into(), None);
