@@ -198,6 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn seeds_are_throttled_and_a_bad_throttle_is_refused() {
+        let book = Playbook::embedded().unwrap();
+        let seed = book
+            .plays
+            .iter()
+            .flat_map(|p| &p.tasks)
+            .find(|t| t.name == "seed from the primary")
+            .expect("the seed task");
+        assert_eq!(seed.throttle.as_deref(), Some("{{ seeds_at_once }}"));
+        let throttle = |n: &str| {
+            let env = run::template_environment(&BTreeMap::new());
+            let vars = minijinja::context! { seeds_at_once => 3 };
+            let task = Task {
+                throttle: Some(n.into()),
+                ..seed.clone()
+            };
+            run::throttle(&env, &task, Some(&vars))
+        };
+        assert_eq!(throttle("{{ seeds_at_once }}"), Some(3));
+        assert_eq!(throttle("0"), None);
+        assert_eq!(throttle("many"), None);
+        let err = Playbook::parse(
+            "- name: p\n  hosts: all\n  tasks:\n    - name: t\n      throttle: \"{{ x\"\n      file: {path: /x, state: absent}\n",
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("throttle"), "{err}");
+    }
+
+    #[test]
     fn unknown_module_and_missing_handler_are_refused() {
         let err = Playbook::parse(
             "- name: p\n  hosts: all\n  tasks:\n    - name: t\n      frobnicate: {}\n",

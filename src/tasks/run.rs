@@ -226,7 +226,11 @@ pub(super) fn template_environment(templates: &BTreeMap<String, String>) -> Envi
 
 /// A task's `throttle`, rendered (none when it is absent, does not render to a positive
 /// number, or the play has no host).
-fn throttle(env: &Environment<'_>, task: &Task, vars: Option<&minijinja::Value>) -> Option<usize> {
+pub(super) fn throttle(
+    env: &Environment<'_>,
+    task: &Task,
+    vars: Option<&minijinja::Value>,
+) -> Option<usize> {
     let text = env.render_str(task.throttle.as_deref()?, vars?).ok()?;
     text.trim().parse().ok().filter(|&n| n > 0)
 }
