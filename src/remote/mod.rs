@@ -132,6 +132,10 @@ pub struct Connection {
     channels: Arc<Semaphore>,
     /// The master is kept after the run ([`Target::keep_master`]).
     kept: bool,
+    /// For a kept master: a session held open for as long as the connection lives, so
+    /// that the master's idle timeout cannot end it in the middle of a run (a host idle
+    /// while others install for more than the timeout). It ends with the last clone.
+    _hold: Option<Arc<openssh::Child<Arc<Session>>>>,
 }
 
 impl Connection {
@@ -142,11 +146,11 @@ impl Connection {
         if let Some(dir) = &dir
             && let Some(session) = resume(dir, target).await
         {
-            return Ok(Connection::new(target, session, true));
+            return Ok(Connection::new(target, session, true).await);
         }
         let session = connect(target, dir.as_deref()).await?;
         let Some(dir) = dir else {
-            return Ok(Connection::new(target, session, false));
+            return Ok(Connection::new(target, session, false).await);
         };
         // Named now, after the connection: accept-new has just added the host's key. A
         // name already taken (another run's master, made meanwhile) is left alone: this
@@ -157,19 +161,31 @@ impl Connection {
             .parent()
             .is_some_and(|from| std::fs::rename(from, &kept).is_ok());
         if !moved {
-            return Ok(Connection::new(target, session, false));
+            return Ok(Connection::new(target, session, false).await);
         }
         let _ = session.detach();
         let session = Session::resume_mux(kept.join("master").into(), None);
-        Ok(Connection::new(target, session, true))
+        Ok(Connection::new(target, session, true).await)
     }
 
-    fn new(target: &Target, session: Session, kept: bool) -> Connection {
+    async fn new(target: &Target, session: Session, kept: bool) -> Connection {
+        let session = Arc::new(session);
+        let hold = if kept {
+            // `cat` ends when its standard input closes: when the hold is dropped.
+            let mut cmd = Session::to_raw_command(session.clone(), "cat");
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd.spawn().await.ok().map(Arc::new)
+        } else {
+            None
+        };
         Connection {
             target: Arc::new(target.clone()),
-            session: Arc::new(session),
+            session,
             channels: Arc::new(Semaphore::new(CHANNELS_PER_HOST)),
             kept,
+            _hold: hold,
         }
     }
 
