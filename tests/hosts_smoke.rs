@@ -68,6 +68,7 @@ async fn many_commands_at_once_on_one_connection_all_run() {
         jump: Vec::new(),
         strict_host_keys: false,
         known_hosts_file: Some(key.dir().join("known_hosts")),
+        keep_master: None,
     };
     let conn = pgform::remote::Connection::open(&target)
         .await

@@ -277,7 +277,7 @@ async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
     }
     if args.only != Some(Layer::Infra) {
         let state = read_state(&g.state_path(), &spec.name)?;
-        super::hosts::forget_replaced_hosts(&spec, &before, &state, &g.state_path());
+        super::hosts::forget_replaced_hosts(&spec, &before, &state, &g.state_path()).await;
         super::hosts::configure(&spec, &state, &g.state_path(), args.check, args.run.json).await?;
     }
     Ok(Outcome::Ok)

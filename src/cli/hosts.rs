@@ -275,17 +275,18 @@ impl HostPlan {
 /// earlier host had: drop those addresses from pgform's known-hosts file so that
 /// accept-new trusts the new keys (a changed key on a host pgform did not make is still
 /// refused).
-pub fn forget_replaced_hosts(spec: &ClusterSpec, before: &State, after: &State, state_path: &Path) {
-    if spec.ssh.known_hosts_file.is_some() {
-        return; // the user's own file: not ours to edit
-    }
-    let file = hosts::default_known_hosts(state_path, &spec.name);
-    if !file.exists() {
-        return;
-    }
+pub async fn forget_replaced_hosts(
+    spec: &ClusterSpec,
+    before: &State,
+    after: &State,
+    state_path: &Path,
+) {
     let Ok(nodes) = hosts::inventory(spec, after) else {
         return;
     };
+    let file = hosts::default_known_hosts(state_path, &spec.name);
+    // The user's own known-hosts file is not ours to edit.
+    let ours = spec.ssh.known_hosts_file.is_none() && file.exists();
     for (address, r) in &after.resources {
         if !matches!(address.kind, Kind::Instance | Kind::DockerContainer) {
             continue;
@@ -298,6 +299,11 @@ pub fn forget_replaced_hosts(spec: &ClusterSpec, before: &State, after: &State, 
             Some(i) => format!("replica-{i}"),
         };
         for n in nodes.iter().filter(|n| n.name == name) {
+            // A kept SSH master of the old host must not serve its successor.
+            crate::remote::close_kept_masters(&n.connect_address, spec.ssh.port).await;
+            if !ours {
+                continue;
+            }
             let host = if spec.ssh.port == 22 {
                 n.connect_address.clone()
             } else {
@@ -314,7 +320,9 @@ pub fn forget_replaced_hosts(spec: &ClusterSpec, before: &State, after: &State, 
         }
     }
     // ssh-keygen -R keeps the previous file as `.old`: pgform keeps none.
-    let _ = std::fs::remove_file(file.with_extension("known_hosts.old"));
+    if ours {
+        let _ = std::fs::remove_file(file.with_extension("known_hosts.old"));
+    }
 }
 
 /// `pgform status`: each node's role, WAL position, replication state and lag.

@@ -49,6 +49,17 @@ pub struct Global {
     /// The state file [default: beside the spec, <spec name>.pgstate.json].
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// Keep each host's SSH master this many idle seconds after the command, for the next
+    /// one to reuse (in a private directory: $XDG_RUNTIME_DIR/pgform-ssh or
+    /// /tmp/pgform-ssh-<uid>); 0 closes them at the end of each command.
+    #[arg(
+        long,
+        global = true,
+        env = "PGFORM_SSH_PERSIST",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    pub ssh_persist: u64,
 }
 
 impl Global {
@@ -263,6 +274,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging();
+    crate::remote::set_keep_masters(
+        (cli.global.ssh_persist > 0)
+            .then(|| std::time::Duration::from_secs(cli.global.ssh_persist)),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -324,6 +339,15 @@ mod tests {
             cli.command,
             Command::Plan(PlanArgs { out: Some(_), .. })
         ));
+    }
+
+    #[test]
+    fn ssh_persist_takes_seconds_and_zero_turns_it_off() {
+        let cli = Cli::try_parse_from(["pgform", "plan", "--ssh-persist", "0"]).unwrap();
+        assert_eq!(cli.global.ssh_persist, 0);
+        let cli = Cli::try_parse_from(["pgform", "--ssh-persist=5", "plan"]).unwrap();
+        assert_eq!(cli.global.ssh_persist, 5);
+        assert!(Cli::try_parse_from(["pgform", "plan", "--ssh-persist", "soon"]).is_err());
     }
 
     #[test]

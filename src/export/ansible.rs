@@ -1279,6 +1279,9 @@ impl Translator {
             if task.secret {
                 t.0.insert(s("no_log"), Y::Bool(true));
             }
+            if let Some(n) = &task.throttle {
+                t.0.insert(s("throttle"), s(n));
+            }
             if handler {
                 t.0.insert(s("listen"), list(std::slice::from_ref(&task.name)));
             }

@@ -233,6 +233,7 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
                 .clone()
                 .unwrap_or_else(|| known_hosts.to_path_buf()),
         ),
+        keep_master: crate::remote::keep_masters(),
     }
 }
 
@@ -240,7 +241,7 @@ pub fn target(spec: &ClusterSpec, node: &Node, known_hosts: &Path) -> Target {
 /// each value written as postgresql.conf wants it.
 pub fn settings(spec: &ClusterSpec, nodes: &[Node], node: &Node) -> BTreeMap<String, String> {
     let pg = &spec.postgres;
-    let senders = (nodes.len() as u32 + 4).max(10);
+    let senders = crate::spec::wal_senders(nodes.len() as u64);
     let mut s = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         s.insert(k.to_string(), v);
@@ -461,6 +462,8 @@ pub fn vars(
         replica_slots => replicas.iter().map(|r| r.slot()).collect::<Vec<_>>(),
         slot => node.slot(),
         slot_prefix => SLOT_PREFIX,
+        // Replicas seeded at once (the seed task's `throttle`): WAL senders are counted.
+        seeds_at_once => crate::spec::seeds_at_once(nodes.len() as u64),
         // The data disk (play "data volume"), mounted at the data directory's parent.
         data_volume_id => node.data_disk.volume_id.clone(),
         data_device => node.data_disk.device.clone(),

@@ -54,12 +54,19 @@ pub async fn verify(
     let v = spec.postgres.version;
 
     let file = super::settings_file(v);
+    // The settings files and the primary's view of its standbys are asked at once.
     // (Under Patroni there is no settings file: the dynamic configuration task checks the DCS.)
-    let asked = if spec.ha.patroni() {
-        Vec::new()
-    } else {
-        futures::future::join_all(conns.iter().map(|c| Running::read(c, v, &file))).await
+    let settings_files = async {
+        if spec.ha.patroni() {
+            Vec::new()
+        } else {
+            futures::future::join_all(conns.iter().map(|c| Running::read(c, v, &file))).await
+        }
     };
+    let (asked, streams) = tokio::join!(
+        settings_files,
+        wait_streaming(primary, v, nodes, &replicas, deadline, timeout)
+    );
     let mut wrong = Vec::new();
     for (node, running) in nodes.iter().zip(asked) {
         match running {
@@ -77,23 +84,97 @@ pub async fn verify(
             wrong.join("; ")
         )));
     }
+    let (seen, plain) = streams?;
 
-    let mut seen;
+    // With TLS, every replica streams over it.
+    if spec.tls.enabled && !plain.is_empty() {
+        return Err(fail(format!(
+            "{} stream(s) without TLS although tls.enabled is true; their primary_conninfo must use sslmode=verify-full (run apply)",
+            plain.join(", ")
+        )));
+    }
+
+    // The row as postgres and the application's check are independent: side by side,
+    // and every replica read at once.
+    let rows = async {
+        let token = uuid::Uuid::new_v4().to_string();
+        sql(
+            primary,
+            v,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS pgform_verify (id int PRIMARY KEY, token text NOT NULL, written_at timestamptz NOT NULL DEFAULT now());\n\
+                 INSERT INTO pgform_verify (id, token) VALUES (1, {t}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now();",
+                t = literal(&token)
+            ),
+        )
+        .await
+        .map_err(|e| fail(format!("primary: writing the check row: {e}")))?;
+        let written = Instant::now();
+        let token = &token;
+        futures::future::try_join_all(replicas.iter().map(|&i| async move {
+            loop {
+                let got = sql(
+                    &conns[i],
+                    v,
+                    "SELECT token FROM pgform_verify WHERE id = 1;",
+                )
+                .await;
+                if matches!(&got, Ok(t) if t.trim() == token) {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(fail(format!(
+                        "{}: the row written on the primary did not arrive within {}s",
+                        nodes[i].name,
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+        .await?;
+        Ok::<f64, HostsError>(written.elapsed().as_secs_f64())
+    };
+    let app =
+        super::verify_access::verify_as_application(spec, nodes, conns, pi, &replicas, deadline);
+    let (row_seconds, application) = tokio::try_join!(rows, app)?;
+    Ok(Verified {
+        replicas: seen,
+        row_seconds,
+        application,
+    })
+}
+
+/// What the primary sees of its standbys, once every replica streams (or the deadline
+/// passed): application_name, state and sync_state of each, and the names of those that
+/// stream without TLS.
+async fn wait_streaming(
+    primary: &Connection,
+    v: u32,
+    nodes: &[Node],
+    replicas: &[usize],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(Vec<(String, String, String)>, Vec<String>), HostsError> {
+    let fail = HostsError::Verify;
     loop {
         let rows = sql(
             primary,
             v,
-            "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1;",
+            "SELECT r.application_name, r.state, r.sync_state, coalesce(s.ssl, false) \
+             FROM pg_stat_replication r LEFT JOIN pg_stat_ssl s USING (pid) ORDER BY 1;",
         )
         .await
         .map_err(|e| fail(format!("primary: {e}")))?;
-        seen = rows
+        let fields: Vec<Vec<&str>> = rows
             .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split('|').collect();
-                (f.len() == 3).then(|| (f[0].to_string(), f[1].to_string(), f[2].to_string()))
-            })
-            .collect::<Vec<_>>();
+            .map(|l| l.split('|').collect::<Vec<_>>())
+            .filter(|f| f.len() == 4)
+            .collect();
+        let seen: Vec<(String, String, String)> = fields
+            .iter()
+            .map(|f| (f[0].to_string(), f[1].to_string(), f[2].to_string()))
+            .collect();
         let missing: Vec<&str> = replicas
             .iter()
             .map(|&i| nodes[i].name.as_str())
@@ -104,7 +185,12 @@ pub async fn verify(
             })
             .collect();
         if missing.is_empty() {
-            break;
+            let plain = fields
+                .iter()
+                .filter(|f| f[3] != "t")
+                .map(|f| f[0].to_string())
+                .collect();
+            return Ok((seen, plain));
         }
         if Instant::now() > deadline {
             return Err(fail(format!(
@@ -123,69 +209,6 @@ pub async fn verify(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-
-    // With TLS, every replica streams over it.
-    if spec.tls.enabled {
-        let plain = sql(
-            primary,
-            v,
-            "SELECT r.application_name FROM pg_stat_replication r \
-             LEFT JOIN pg_stat_ssl s USING (pid) WHERE NOT coalesce(s.ssl, false) ORDER BY 1;",
-        )
-        .await
-        .map_err(|e| fail(format!("primary: {e}")))?;
-        let plain: Vec<&str> = plain.lines().filter(|l| !l.is_empty()).collect();
-        if !plain.is_empty() {
-            return Err(fail(format!(
-                "{} stream(s) without TLS although tls.enabled is true; their primary_conninfo must use sslmode=verify-full (run apply)",
-                plain.join(", ")
-            )));
-        }
-    }
-
-    let token = uuid::Uuid::new_v4().to_string();
-    sql(
-        primary,
-        v,
-        &format!(
-            "CREATE TABLE IF NOT EXISTS pgform_verify (id int PRIMARY KEY, token text NOT NULL, written_at timestamptz NOT NULL DEFAULT now());\n\
-             INSERT INTO pgform_verify (id, token) VALUES (1, {t}) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now();",
-            t = literal(&token)
-        ),
-    )
-    .await
-    .map_err(|e| fail(format!("primary: writing the check row: {e}")))?;
-    let written = Instant::now();
-    for &i in &replicas {
-        loop {
-            let got = sql(
-                &conns[i],
-                v,
-                "SELECT token FROM pgform_verify WHERE id = 1;",
-            )
-            .await;
-            if matches!(&got, Ok(t) if t.trim() == token) {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(fail(format!(
-                    "{}: the row written on the primary did not arrive within {}s",
-                    nodes[i].name,
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let row_seconds = written.elapsed().as_secs_f64();
-    let application =
-        super::verify_access::verify_as_application(spec, nodes, conns, pi, &replicas, deadline)
-            .await?;
-    Ok(Verified {
-        replicas: seen,
-        row_seconds,
-        application,
-    })
 }
 
 /// Where node `node` does not run `wanted` (postgresql.conf values by name). Values are

@@ -118,17 +118,19 @@ pub(super) async fn verify_as_application(
     .map_err(|e| fail(format!("primary: {e}")))?;
     ok(out, &format!("writing as user {writer} in database {db}"))
         .map_err(|e| fail(format!("{}: {e}", nodes[primary].name)))?;
-    for &i in replicas {
+    let (reader_name, db_name, token) = (&reader, &db, &token);
+    let as_user = &as_user;
+    futures::future::try_join_all(replicas.iter().map(|&i| async move {
         loop {
             let got = as_user(
                 i,
-                &reader,
+                reader_name,
                 "SELECT token FROM pgform.verify_access WHERE id = 1;".into(),
             )
             .await
             .map_err(|e| fail(format!("{}: {e}", nodes[i].name)))?;
-            if got.success() && got.stdout.trim() == token {
-                break;
+            if got.success() && got.stdout.trim() == token.as_str() {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 let why = if got.success() {
@@ -137,13 +139,14 @@ pub(super) async fn verify_as_application(
                     got.tail()
                 };
                 return Err(fail(format!(
-                    "{}: reading as user {reader} in database {db}: {why}",
+                    "{}: reading as user {reader_name} in database {db_name}: {why}",
                     nodes[i].name
                 )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
+    }))
+    .await?;
     Ok(Some(AppCheck {
         database: db,
         writer,

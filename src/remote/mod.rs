@@ -3,15 +3,24 @@
 //! spec's key ([`jump`]), commands built by [`shell`], at most [`CHANNELS_PER_HOST`] at
 //! once per host (sshd's MaxSessions is 10, and a session just ended may count a little
 //! longer).
+//!
+//! Masters outlive the run by default ([`keep_masters`], ControlPersist): the next run on
+//! the same host resumes one instead of paying for a new connection (~0.1 s a host). They
+//! live in a private directory ([`masters_dir`]) under a name made from everything that
+//! makes a host that host (address, port, user, key, jump chain, host-key policy and the
+//! host's known-hosts lines), so a replaced host or a changed key gets a new master.
 
 pub mod jump;
 pub mod shell;
 
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
 
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -40,6 +49,25 @@ pub struct Target {
     /// contact).
     pub strict_host_keys: bool,
     pub known_hosts_file: Option<PathBuf>,
+    /// Keep the master this long after the run when idle, for the next run to resume
+    /// (None: close it at the end of the run). See [`keep_masters`].
+    pub keep_master: Option<Duration>,
+}
+
+/// The default idle time of kept masters, in seconds (0: masters are not kept).
+static KEEP_MASTERS_SECS: AtomicU64 = AtomicU64::new(60);
+
+/// How long masters are kept after a run by default (the CLI's `--ssh-persist`).
+pub fn keep_masters() -> Option<Duration> {
+    match KEEP_MASTERS_SECS.load(Ordering::Relaxed) {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    }
+}
+
+/// Sets [`keep_masters`] for this process (None: close masters at the end of each run).
+pub fn set_keep_masters(keep: Option<Duration>) {
+    KEEP_MASTERS_SECS.store(keep.map_or(0, |d| d.as_secs()), Ordering::Relaxed);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,46 +130,68 @@ pub struct Connection {
     target: Arc<Target>,
     session: Arc<Session>,
     channels: Arc<Semaphore>,
+    /// The master is kept after the run ([`Target::keep_master`]).
+    kept: bool,
+    /// For a kept master: a session held open for as long as the connection lives, so
+    /// that the master's idle timeout cannot end it in the middle of a run (a host idle
+    /// while others install for more than the timeout). It ends with the last clone.
+    _hold: Option<Arc<openssh::Child<Arc<Session>>>>,
 }
 
 impl Connection {
+    /// Resumes the host's kept master when one is alive, or opens a new one (kept after
+    /// the run when the target asks for it and the masters' directory is private).
     pub async fn open(target: &Target) -> Result<Connection, RemoteError> {
-        let mut b = builder(target.strict_host_keys);
-        b.user(target.user.clone()).port(target.port);
-        if let Some(key) = &target.private_key {
-            b.keyfile(key);
+        let dir = target.keep_master.and_then(|_| masters_dir());
+        if let Some(dir) = &dir
+            && let Some(session) = resume(dir, target).await
+        {
+            return Ok(Connection::new(target, session, true).await);
         }
-        if let Some(file) = &target.known_hosts_file {
-            b.user_known_hosts_file(file);
+        let session = connect(target, dir.as_deref()).await?;
+        let Some(dir) = dir else {
+            return Ok(Connection::new(target, session, false).await);
+        };
+        // Named now, after the connection: accept-new has just added the host's key. A
+        // name already taken (another run's master, made meanwhile) is left alone: this
+        // master then ends with the run.
+        let kept = master_path(&dir, target);
+        let moved = session
+            .control_socket()
+            .parent()
+            .is_some_and(|from| std::fs::rename(from, &kept).is_ok());
+        if !moved {
+            return Ok(Connection::new(target, session, false).await);
         }
-        // ssh reads the config only while it connects: the file can go once it has.
-        let config = match target.jump.last() {
-            Some(last) => {
-                let file = jump_config(target)?;
-                b.config_file(file.path()).jump_hosts([&last.host]);
-                Some(file)
-            }
-            None => None,
+        let _ = session.detach();
+        let session = Session::resume_mux(kept.join("master").into(), None);
+        Ok(Connection::new(target, session, true).await)
+    }
+
+    async fn new(target: &Target, session: Session, kept: bool) -> Connection {
+        let session = Arc::new(session);
+        let hold = if kept {
+            // `cat` ends when its standard input closes: when the hold is dropped.
+            let mut cmd = Session::to_raw_command(session.clone(), "cat");
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd.spawn().await.ok().map(Arc::new)
+        } else {
+            None
         };
-        let session = match b.connect_mux(&target.address).await {
-            Ok(s) => s,
-            Err(e) => {
-                let err = match &config {
-                    Some(file) => first_unreachable_hop(target, file.path()).await,
-                    None => None,
-                };
-                return Err(err.unwrap_or_else(|| RemoteError::Connect {
-                    host: target.name.clone(),
-                    address: target.address.clone(),
-                    message: error_text(&e),
-                }));
-            }
-        };
-        Ok(Connection {
+        Connection {
             target: Arc::new(target.clone()),
-            session: Arc::new(session),
+            session,
             channels: Arc::new(Semaphore::new(CHANNELS_PER_HOST)),
-        })
+            kept,
+            _hold: hold,
+        }
+    }
+
+    /// The control socket of this connection's master.
+    pub fn control_socket(&self) -> &Path {
+        self.session.control_socket()
     }
 
     pub fn target(&self) -> &Target {
@@ -206,11 +256,215 @@ impl Connection {
         }
     }
 
-    /// Ends the master connection.
+    /// Ends the master connection, unless it is kept for the next run.
     pub async fn close(self) {
+        if self.kept {
+            return;
+        }
         if let Ok(session) = Arc::try_unwrap(self.session) {
             let _ = session.close().await;
         }
+    }
+}
+
+/// A new master for `target`; in `dir` with an idle timeout when it is to be kept.
+async fn connect(target: &Target, dir: Option<&Path>) -> Result<Session, RemoteError> {
+    let mut b = builder(target.strict_host_keys);
+    if let (Some(dir), Some(keep)) = (dir, target.keep_master) {
+        let secs = std::num::NonZeroUsize::new(keep.as_secs() as usize)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        b.control_directory(dir)
+            .control_persist(ControlPersist::IdleFor(secs));
+    }
+    b.user(target.user.clone()).port(target.port);
+    if let Some(key) = &target.private_key {
+        b.keyfile(key);
+    }
+    if let Some(file) = &target.known_hosts_file {
+        b.user_known_hosts_file(file);
+    }
+    // ssh reads the config only while it connects: the file can go once it has.
+    let config = match target.jump.last() {
+        Some(last) => {
+            let file = jump_config(target)?;
+            b.config_file(file.path()).jump_hosts([&last.host]);
+            Some(file)
+        }
+        None => None,
+    };
+    let session = match b.connect_mux(&target.address).await {
+        Ok(s) => s,
+        Err(e) => {
+            let err = match &config {
+                Some(file) => first_unreachable_hop(target, file.path()).await,
+                None => None,
+            };
+            return Err(err.unwrap_or_else(|| RemoteError::Connect {
+                host: target.name.clone(),
+                address: target.address.clone(),
+                message: error_text(&e),
+            }));
+        }
+    };
+    Ok(session)
+}
+
+/// The kept master of `target` in `dir`, if it is alive and still reaches the host: a
+/// master whose host went away is closed (and its directory removed).
+async fn resume(dir: &Path, target: &Target) -> Option<Session> {
+    let path = master_path(dir, target);
+    let socket = path.join("master");
+    if !socket.exists() {
+        // Nothing to resume; a directory left without its socket would block the name.
+        let _ = std::fs::remove_dir_all(&path);
+        return None;
+    }
+    let session = Session::resume_mux(socket.into(), None);
+    // A round trip, not only the master's own liveness check: a host that went away
+    // leaves a master that still answers locally.
+    let mut probe = session.raw_command("true");
+    probe
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let alive = matches!(
+        tokio::time::timeout(RESUME_PROBE, probe.status()).await,
+        Ok(Ok(status)) if status.success()
+    );
+    if alive {
+        return Some(session);
+    }
+    let _ = session.close().await;
+    let _ = std::fs::remove_dir_all(&path);
+    None
+}
+
+/// How long a kept master may take to show it still reaches its host.
+const RESUME_PROBE: Duration = Duration::from_secs(3);
+
+/// Where kept masters live: `$XDG_RUNTIME_DIR/pgform-ssh` or `/tmp/pgform-ssh-<uid>`
+/// (short: a unix socket's path must fit in ~108 bytes), made owner-only (0700). None
+/// (masters are then not kept) when it is not a directory of this user's that only this
+/// user can enter.
+pub fn masters_dir() -> Option<PathBuf> {
+    let me = tempfile::tempfile().ok()?.metadata().ok()?.uid();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("pgform-ssh"),
+        _ => PathBuf::from(format!("/tmp/pgform-ssh-{me}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0;
+    if !private {
+        tracing::warn!(
+            "{} is not a private directory of this user's (owner-only, mode 700): SSH \
+             masters are not kept between runs",
+            dir.display()
+        );
+    }
+    private.then_some(dir)
+}
+
+/// The kept master's directory for `target` in `dir`: the address's digest, then the
+/// digest of everything that makes the host that host, so that [`close_kept_masters`]
+/// finds every master of an address.
+fn master_path(dir: &Path, target: &Target) -> PathBuf {
+    let address = format!("{}:{}", target.address, target.port);
+    let mut id = format!(
+        "{address}\n{}\n{}\n{}\n",
+        target.user,
+        target.strict_host_keys,
+        target
+            .known_hosts_file
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display()
+    );
+    let keys = target
+        .private_key
+        .iter()
+        .chain(target.jump.iter().filter_map(|h| h.private_key.as_ref()));
+    for key in keys {
+        id.push_str(&key_identity(key));
+    }
+    for hop in &target.jump {
+        id.push_str(&format!("hop {hop}\n"));
+    }
+    if let Some(file) = &target.known_hosts_file {
+        let mut hosts = vec![known_hosts_name(&target.address, target.port)];
+        hosts.extend(
+            target
+                .jump
+                .iter()
+                .map(|h| known_hosts_name(&h.host, h.port.unwrap_or(22))),
+        );
+        id.push_str(&known_hosts_lines(file, &hosts));
+    }
+    dir.join(format!("{}-{}", digest(&address, 8), digest(&id, 16)))
+}
+
+/// A key file as part of a master's identity: its path, size and modification time (a
+/// new key at the same path is another identity; the key itself is never read).
+fn key_identity(key: &Path) -> String {
+    let meta = std::fs::metadata(key).ok();
+    let modified = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "key {} {} {modified}\n",
+        key.display(),
+        meta.map_or(0, |m| m.len())
+    )
+}
+
+/// How known_hosts names a host.
+fn known_hosts_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// The lines of a known-hosts file about `hosts` (and every hashed line, which cannot
+/// be told apart without hashing: a change there makes new masters, never reuses).
+fn known_hosts_lines(file: &Path, hosts: &[String]) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            let names = l.split_whitespace().next().unwrap_or("");
+            names.starts_with('|') || names.split(',').any(|n| hosts.iter().any(|h| h == n))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The first `n` hex digits of `text`'s SHA-256.
+fn digest(text: &str, n: usize) -> String {
+    let mut hex = hex::encode(Sha256::digest(text.as_bytes()));
+    hex.truncate(n);
+    hex
+}
+
+/// Closes every kept master of `address`:`port` (a host pgform has just replaced: its
+/// key is forgotten, and no run may reach its successor through the old connection).
+pub async fn close_kept_masters(address: &str, port: u16) {
+    let Some(dir) = masters_dir() else {
+        return;
+    };
+    let prefix = format!("{}-", digest(&format!("{address}:{port}"), 8));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let session = Session::resume_mux(entry.path().join("master").into(), None);
+        let _ = session.close().await;
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 
@@ -287,4 +541,87 @@ fn error_text(e: &openssh::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(dir: &Path) -> Target {
+        Target {
+            name: "primary".into(),
+            address: "10.0.0.11".into(),
+            port: 22,
+            user: "admin".into(),
+            private_key: Some(dir.join("id")),
+            jump: Vec::new(),
+            strict_host_keys: false,
+            known_hosts_file: Some(dir.join("known_hosts")),
+            keep_master: Some(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn a_master_is_named_after_what_makes_the_host_that_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("id"), "key one").unwrap();
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAother\n",
+        )
+        .unwrap();
+        let base = target(dir);
+        let name = master_path(Path::new("/m"), &base);
+        assert_eq!(name, master_path(Path::new("/m"), &base.clone()), "stable");
+        // "/tmp/pgform-ssh-<uid>/" + the name + "/master" fits a unix socket's ~108 bytes.
+        assert_eq!(name.file_name().unwrap().len(), 8 + 1 + 16);
+
+        let changed = |f: &dyn Fn(&mut Target)| {
+            let mut t = base.clone();
+            f(&mut t);
+            master_path(Path::new("/m"), &t)
+        };
+        assert_ne!(name, changed(&|t| t.port = 2222));
+        assert_ne!(name, changed(&|t| t.user = "root".into()));
+        assert_ne!(name, changed(&|t| t.strict_host_keys = true));
+        assert_ne!(name, changed(&|t| t.private_key = None));
+        assert_ne!(
+            name,
+            changed(&|t| t.jump = vec![Hop {
+                host: "bastion".into(),
+                port: None,
+                user: None,
+                private_key: None,
+            }])
+        );
+        // The same address's other masters share the prefix close_kept_masters looks for.
+        let other_user = changed(&|t| t.user = "root".into());
+        let prefix = |p: &Path| p.file_name().unwrap().to_string_lossy()[..9].to_string();
+        assert_eq!(prefix(&name), prefix(&other_user));
+        assert_ne!(
+            prefix(&name),
+            prefix(&changed(&|t| t.address = "10.0.0.12".into()))
+        );
+
+        // Another host's line does not matter; this host's does.
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAnew\n",
+        )
+        .unwrap();
+        assert_eq!(name, master_path(Path::new("/m"), &base));
+        std::fs::write(dir.join("known_hosts"), "10.0.0.11 ssh-ed25519 AAAAtwo\n").unwrap();
+        assert_ne!(name, master_path(Path::new("/m"), &base));
+
+        // A new key written at the same path is another identity.
+        std::fs::write(
+            dir.join("known_hosts"),
+            "10.0.0.11 ssh-ed25519 AAAAone\n10.0.0.12 ssh-ed25519 AAAAother\n",
+        )
+        .unwrap();
+        assert_eq!(name, master_path(Path::new("/m"), &base));
+        std::fs::write(dir.join("id"), "key number two").unwrap();
+        assert_ne!(name, master_path(Path::new("/m"), &base));
+    }
 }

@@ -717,6 +717,30 @@ fn major_version<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 pub const SUPPORTED_PG: std::ops::RangeInclusive<u32> = 13..=17;
 pub const MAX_REPLICAS: u32 = 15;
 
+/// WAL senders (and replication slots) every node of a cluster of `nodes` gets: one per
+/// streaming replica plus spare, at least PostgreSQL's default. Both `hosts::settings` and
+/// the backend limit of validation use it. It is a restart-only setting, so its values
+/// are kept as they were: a new formula would restart every converged cluster.
+pub fn wal_senders(nodes: u64) -> u64 {
+    (nodes + 4).max(10)
+}
+
+/// WAL senders kept free while replicas are seeded: a walsender whose replica has just
+/// gone (until the primary notices) and a replication connection that asks
+/// `IDENTIFY_SYSTEM`.
+const SPARE_WAL_SENDERS: u64 = 2;
+
+/// How many replicas may be seeded at once in a cluster of `nodes`: each
+/// `pg_basebackup -X stream` takes two WAL senders while it runs and the replicas already
+/// streaming take one each, so `replicas + seeds + spare` must fit in [`wal_senders`]
+/// (three at least, for any number of nodes).
+pub fn seeds_at_once(nodes: u64) -> u64 {
+    let replicas = nodes.saturating_sub(1);
+    wal_senders(nodes)
+        .saturating_sub(replicas + SPARE_WAL_SENDERS)
+        .max(1)
+}
+
 fn yes() -> bool {
     true
 }
@@ -771,6 +795,27 @@ fn default_replication_user() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_at_once_fit_in_the_wal_senders() {
+        // The sizes of the first releases: a change would restart converged clusters.
+        assert_eq!(wal_senders(3), 10);
+        assert_eq!(wal_senders(10), 14);
+        assert_eq!(wal_senders(16), 20);
+        for nodes in 1..=u64::from(MAX_REPLICAS) + 1 {
+            let replicas = nodes - 1;
+            let seeds = seeds_at_once(nodes);
+            assert!(seeds >= 3, "{nodes} nodes: {seeds} seeds at once");
+            // Worst case: every other replica streaming (one sender), the seeds taking
+            // two each, and the spare.
+            let peak =
+                (replicas - seeds.min(replicas)) + 2 * seeds.min(replicas) + SPARE_WAL_SENDERS;
+            assert!(peak <= wal_senders(nodes), "{nodes} nodes: {peak} senders");
+        }
+        // 1 + 9 all seeded at once needed 18 of 14 (the first run that failed).
+        assert!(2 * 9 > wal_senders(10));
+        assert_eq!(seeds_at_once(10), 3);
+    }
 
     fn hops(text: &str) -> Result<Vec<JumpHop>, String> {
         SshSpec {

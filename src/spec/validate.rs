@@ -472,7 +472,7 @@ fn backend_limit(pg: &PostgresSpec, nodes: u64) -> Option<Problem> {
         _ => default,
     };
     // pgform sizes max_wal_senders for the nodes (`hosts::settings`).
-    let senders = (nodes + 4).max(10);
+    let senders = super::wal_senders(nodes);
     let others = int("autovacuum_max_workers", 3) + 1 + int("max_worker_processes", 8) + senders;
     let total = u64::from(pg.max_connections) + others;
     (total > MAX_BACKENDS).then(|| {

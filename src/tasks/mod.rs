@@ -86,6 +86,10 @@ pub struct Task {
     /// The task handles the replication password: no diff, no content in any output.
     #[serde(default)]
     pub secret: bool,
+    /// At most this many hosts act on the task at once (Jinja, as Ansible's `throttle`):
+    /// a limit of the primary's, such as WAL senders, that the hosts share.
+    #[serde(default)]
+    pub throttle: Option<String>,
     #[serde(flatten)]
     pub action: serde_norway::Value,
 }
@@ -161,6 +165,11 @@ impl Playbook {
                 {
                     return Err(bad(format!("task `{}`: no template `{src}`", task.name)));
                 }
+                if let Some(t) = &task.throttle
+                    && let Err(e) = env.template_from_str(t)
+                {
+                    return Err(bad(format!("task `{}`: throttle: {e}", task.name)));
+                }
                 if !task.secret && run::task_uses_secret(&env, task) {
                     return Err(bad(format!(
                         "task `{}` uses `{}` but is not marked `secret: true`",
@@ -208,6 +217,36 @@ mod tests {
         assert!(book.templates.contains_key("pgform.conf.j2"));
         let ha = Playbook::embedded_file(PATRONI).expect("the HA task list is valid");
         assert!(ha.templates.contains_key("patroni.yml.j2"));
+    }
+
+    #[test]
+    fn seeds_are_throttled_and_a_bad_throttle_is_refused() {
+        let book = Playbook::embedded().unwrap();
+        let seed = book
+            .plays
+            .iter()
+            .flat_map(|p| &p.tasks)
+            .find(|t| t.name == "seed from the primary")
+            .expect("the seed task");
+        assert_eq!(seed.throttle.as_deref(), Some("{{ seeds_at_once }}"));
+        let throttle = |n: &str| {
+            let env = run::template_environment(&BTreeMap::new());
+            let vars = minijinja::context! { seeds_at_once => 3 };
+            let task = Task {
+                throttle: Some(n.into()),
+                ..seed.clone()
+            };
+            run::throttle(&env, &task, Some(&vars))
+        };
+        assert_eq!(throttle("{{ seeds_at_once }}"), Some(3));
+        assert_eq!(throttle("0"), None);
+        assert_eq!(throttle("many"), None);
+        let err = Playbook::parse(
+            "- name: p\n  hosts: all\n  tasks:\n    - name: t\n      throttle: \"{{ x\"\n      file: {path: /x, state: absent}\n",
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("throttle"), "{err}");
     }
 
     #[test]

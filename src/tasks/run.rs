@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use minijinja::Environment;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::modules::{Action, ActionError, Cx};
 use super::{Hosts, Order, Playbook, SECRET_VARS, Task};
@@ -147,10 +148,31 @@ pub async fn run_playbook(
         ))
         .await;
 
+    // A throttled task's permits, shared by the play's hosts (rendered with the first
+    // host's variables: a cluster-wide value).
+    let throttles: Vec<Vec<Option<Semaphore>>> = book
+        .plays
+        .iter()
+        .zip(&plays_hosts)
+        .map(|(play, chosen)| {
+            let vars = chosen.first().map(|&i| &hosts[i].vars);
+            play.tasks
+                .iter()
+                .map(|t| throttle(env, t, vars).map(Semaphore::new))
+                .collect()
+        })
+        .collect();
+
     let mut recap = Recap::default();
     let mut failed: Vec<bool> = vec![false; hosts.len()];
     let mut changed_anywhere = false;
-    for ((play, chosen), early) in book.plays.iter().zip(plays_hosts).zip(&mut early) {
+    for (((play, chosen), early), throttles) in book
+        .plays
+        .iter()
+        .zip(plays_hosts)
+        .zip(&mut early)
+        .zip(&throttles)
+    {
         let chosen: Vec<usize> = chosen.into_iter().filter(|&i| !failed[i]).collect();
         for batch in batches(play.order, chosen, hosts) {
             // Hosts of one batch run side by side, so a change on one does not make
@@ -158,7 +180,8 @@ pub async fn run_playbook(
             let runs = batch.iter().map(|&i| {
                 let answers = early[i].take().filter(|_| !changed_anywhere);
                 async move {
-                    let events = run_host(env, play, &hosts[i], secret, opts, answers).await;
+                    let events =
+                        run_host(env, play, throttles, &hosts[i], secret, opts, answers).await;
                     (i, events)
                 }
             });
@@ -201,6 +224,17 @@ pub(crate) fn template_environment(templates: &BTreeMap<String, String>) -> Envi
     env
 }
 
+/// A task's `throttle`, rendered (none when it is absent, does not render to a positive
+/// number, or the play has no host).
+pub(super) fn throttle(
+    env: &Environment<'_>,
+    task: &Task,
+    vars: Option<&minijinja::Value>,
+) -> Option<usize> {
+    let text = env.render_str(task.throttle.as_deref()?, vars?).ok()?;
+    text.trim().parse().ok().filter(|&n| n > 0)
+}
+
 /// The hosts (indexes) a play runs on.
 fn chosen(play: &super::Play, hosts: &[HostRun]) -> Vec<usize> {
     (0..hosts.len())
@@ -240,6 +274,7 @@ async fn ask_all(
             task,
             host,
             secret,
+            throttle: None,
         };
         let started = Instant::now();
         let asked = run.ask().await;
@@ -256,6 +291,7 @@ async fn ask_all(
 async fn run_host(
     env: &Environment<'_>,
     play: &super::Play,
+    throttles: &[Option<Semaphore>],
     host: &HostRun,
     secret: &[String],
     opts: &RunOptions,
@@ -269,12 +305,13 @@ async fn run_host(
     let mut events = Vec::new();
     let mut notified: Vec<&str> = Vec::new();
     let mut host_changed = false;
-    for (task, (asked, seconds)) in play.tasks.iter().zip(early) {
+    for ((task, (asked, seconds)), throttle) in play.tasks.iter().zip(early).zip(throttles) {
         let run = TaskRun {
             env,
             task,
             host,
             secret,
+            throttle: throttle.as_ref(),
         };
         let event = if host_changed {
             run.event(name, opts, Instant::now(), run.ask().await).await
@@ -311,6 +348,7 @@ async fn run_host(
             task: handler,
             host,
             secret,
+            throttle: None,
         };
         let event = run.event(name, opts, Instant::now(), run.ask().await).await;
         let status = event.status;
@@ -343,6 +381,8 @@ struct TaskRun<'a> {
     task: &'a Task,
     host: &'a HostRun,
     secret: &'a [String],
+    /// Shared with the other hosts acting on the task (its `throttle`).
+    throttle: Option<&'a Semaphore>,
 }
 
 impl TaskRun<'_> {
@@ -393,6 +433,11 @@ impl TaskRun<'_> {
                 let cx = Cx {
                     conn: &self.host.conn,
                     render: &render,
+                };
+                // Never closed, so acquiring cannot fail.
+                let _permit = match self.throttle {
+                    Some(s) => s.acquire().await.ok(),
+                    None => None,
                 };
                 action
                     .act(&cx)
