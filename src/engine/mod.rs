@@ -348,7 +348,8 @@ pub fn connection_options(session: Session, ca_file: Option<&std::path::Path>) -
 
 /// Per database and user with privileges on it: a read-write URL to the primary (not
 /// for a readonly user) and a read-only URL over all replicas (libpq tries them in
-/// turn; the primary when there is no replica). Never a password.
+/// turn; the primary when there is no replica). Under Patroni any node may lead: both
+/// URLs list every node, and libpq picks by the session's role. Never a password.
 pub fn database_urls(
     spec: &ClusterSpec,
     primary: &str,
@@ -381,15 +382,20 @@ pub fn database_urls(
                 )
             };
             let primary = [primary.to_string()];
+            let every: Vec<String> = primary.iter().chain(replicas).cloned().collect();
             let mut entry = serde_json::json!({
                 "database": db.name,
                 "user": u.name,
                 "privilege": privilege,
             });
+            let ha = spec.ha.patroni();
             if privilege != "readonly" {
-                entry["read_write_url"] = url(&primary, Session::ReadWrite).into();
+                let writers = if ha { &every[..] } else { &primary[..] };
+                entry["read_write_url"] = url(writers, Session::ReadWrite).into();
             }
-            entry["read_only_url"] = if replicas.is_empty() {
+            entry["read_only_url"] = if ha {
+                url(&every, Session::PreferStandby)
+            } else if replicas.is_empty() {
                 url(&primary, Session::PreferStandby)
             } else {
                 url(replicas, Session::ReadOnly)
@@ -515,6 +521,30 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
 #[cfg(test)]
 mod tls_output_tests {
     use super::*;
+
+    #[test]
+    fn under_patroni_database_urls_follow_the_leader() {
+        let text = "name = \"c\"\nregion = \"us-east-1\"\n\
+            [[postgres.databases]]\nname = \"app\"\nowner = \"app\"\n\
+            [[postgres.users]]\nname = \"app\"\npassword_env = \"X\"\n";
+        let mut spec: ClusterSpec = toml::from_str(text).unwrap();
+        let replicas = ["10.0.0.2".to_string(), "10.0.0.3".to_string()];
+        let plain = database_urls(&spec, "10.0.0.1", &replicas, None);
+        assert_eq!(
+            plain[0]["read_write_url"],
+            "postgresql://app@10.0.0.1:5432/app?target_session_attrs=read-write"
+        );
+        spec.ha.mode = crate::spec::ha::HaMode::Patroni;
+        let ha = database_urls(&spec, "10.0.0.1", &replicas, None);
+        assert_eq!(
+            ha[0]["read_write_url"],
+            "postgresql://app@10.0.0.1:5432,10.0.0.2:5432,10.0.0.3:5432/app?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            ha[0]["read_only_url"],
+            "postgresql://app@10.0.0.1:5432,10.0.0.2:5432,10.0.0.3:5432/app?target_session_attrs=prefer-standby"
+        );
+    }
 
     #[test]
     fn outputs_name_the_ca_and_verify_full() {
