@@ -204,20 +204,21 @@ impl Cluster {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn patroni_cluster_bootstraps_converges_and_switches_over() {
-    if !hosts::require_testbed() {
-        return;
-    }
+/// Three container hosts on a network of their own (`tag`), bootstrapped to a Patroni
+/// cluster with `extra_ha` in the spec's `[ha]`; on a failed bootstrap Patroni's logs
+/// are printed.
+async fn bootstrap(
+    tag: &str,
+    first_host: u8,
+    extra_ha: &str,
+) -> (SshKey, Network, Vec<Host>, Cluster, Run) {
     let key = SshKey::generate();
-    let net = Network::create("ha");
+    let net = Network::create(tag);
     let hosts: Vec<Host> = (0..3)
-        .map(|i| Host::start(&net, &format!("ha{i}"), 11 + i, &key))
+        .map(|i| Host::start(&net, &format!("{tag}{i}"), first_host + i, &key))
         .collect();
     let refs: Vec<&Host> = hosts.iter().collect();
-    let c = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
-
-    // Bootstrap: a leader and two streaming replicas.
+    let c = Cluster::connect(spec(&net, &refs, &key, extra_ha), &key).await;
     let first = c.try_run(false).await;
     if !matches!(&first, Ok(r) if !r.recap.failed()) {
         for h in &hosts {
@@ -230,6 +231,18 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
     }
     let first = first.expect("task list runs");
     assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
+    (key, net, hosts, c, first)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_cluster_bootstraps_converges_and_switches_over() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let (key, net, hosts, c, _) = bootstrap("ha", 11, "").await;
+    let refs: Vec<&Host> = hosts.iter().collect();
+
+    // Bootstrap: a leader and two streaming replicas.
     let verified = cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
         .await
         .expect("verified");
@@ -449,4 +462,100 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
     work.pgform(&["-f", "ha.toml", "restart", "--pending"])
         .expect(0)
         .stdout_has("Nothing to restart.");
+}
+
+/// Each node's postmaster start time.
+async fn start_times(c: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in &c.nodes {
+        out.push(
+            c.query(&n.name, "SELECT pg_postmaster_start_time();")
+                .await
+                .expect("start time"),
+        );
+    }
+    out
+}
+
+/// The spec's text with `postgres` as its `[postgres]` table.
+fn with_settings(text: &str, postgres: &str) -> ClusterSpec {
+    parse_str(
+        &format!("{text}[postgres]\n{postgres}\n"),
+        Path::new("ha.toml"),
+    )
+    .expect("valid spec")
+    .spec
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_parameters_reload_and_restart_through_apply() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let (key, net, hosts, c, _) = bootstrap("hap", 21, "").await;
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let text = spec_text(&net, &refs, &key, "");
+    let leader = c.leader().await;
+    let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    let before = start_times(&c).await;
+
+    // A reload parameter: on every member once apply returns, nobody restarted.
+    let c = Cluster::connect(
+        with_settings(&text, "parameters = { work_mem = \"12MB\" }"),
+        &key,
+    )
+    .await;
+    let plan = c.run(true).await;
+    let said = plan.changed().join("\n");
+    assert!(said.contains("work_mem"), "{said}");
+    assert!(!said.contains("restart"), "{said}");
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:#?}", run.recap.failures);
+    for n in &names {
+        assert_eq!(c.query(n, "SHOW work_mem;").await.unwrap(), "12MB", "{n}");
+    }
+    assert_eq!(start_times(&c).await, before, "a reload restarts nobody");
+
+    // A restart parameter: apply restarts every member, replicas first, the leader in
+    // place; nothing is left pending.
+    let settings = "max_connections = 120\nparameters = { work_mem = \"12MB\" }";
+    let c = Cluster::connect(with_settings(&text, settings), &key).await;
+    let plan = c.run(true).await;
+    let said = plan.changed().join("\n");
+    assert!(said.contains("restart for max_connections"), "{said}");
+    let run = c.run(false).await;
+    assert!(!run.recap.failed(), "{:#?}", run.recap.failures);
+    for n in &names {
+        assert_eq!(
+            c.query(n, "SHOW max_connections;").await.unwrap(),
+            "120",
+            "{n}"
+        );
+    }
+    let after = start_times(&c).await;
+    for (i, n) in names.iter().enumerate() {
+        assert_ne!(after[i], before[i], "{n} restarted");
+    }
+    // Replicas first: the leader's postmaster is the newest.
+    let li = c.index(&leader);
+    assert!(
+        after
+            .iter()
+            .enumerate()
+            .all(|(i, t)| i == li || *t < after[li]),
+        "the leader restarts last: {after:?}"
+    );
+    assert_eq!(c.leader().await, leader, "no switchover");
+    let view = c.view().await;
+    assert!(view.members.iter().all(|m| !m.pending_restart), "{view:?}");
+    assert_eq!(c.streaming(&leader, VERIFY_TIMEOUT).await.len(), 2);
+
+    // Converged: a rerun changes and restarts nothing.
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    assert_eq!(
+        start_times(&c).await,
+        after,
+        "a converged run restarts nobody"
+    );
 }

@@ -250,7 +250,163 @@ pub async fn configure(
     let led = with_leader(nodes, &leader);
     let second = crate::tasks::run_playbook(&part(primary), &runs(&led), &secrets, opts).await;
     merge(&mut recap, second);
+    if !opts.check && !recap.failed() {
+        // Patroni reloads the members itself; restarts are pgform's, as in plain mode.
+        settle(spec, &led, conns).await?;
+    }
     Ok(recap)
+}
+
+/// How long the members get to take a new dynamic configuration (Patroni reads it
+/// once a loop: `loop_wait`, twice for a slow loop, plus a margin).
+fn settle_timeout(spec: &ClusterSpec) -> Duration {
+    Duration::from_secs(2 * u64::from(spec.ha.loop_wait) + 30)
+}
+
+/// One member's PostgreSQL against the dynamic configuration: whether it runs its
+/// settings file (Patroni's `postgresql.conf`, written when it takes a new
+/// configuration) with the spec's values, and what waits for a restart.
+#[derive(Debug, Default, PartialEq)]
+struct MemberSettings {
+    /// The file holds the spec's values and the server read it since it last changed.
+    current: bool,
+    /// Parameters the server runs with other values until it restarts.
+    restart: Vec<String>,
+}
+
+/// The query behind [`MemberSettings`]: the file's load state, then one row per line
+/// (name, value in hex, waiting for a restart). Patroni passes some parameters on the
+/// command line (max_connections, ...), where PostgreSQL flags no pending restart:
+/// their running value is compared with the file's (those have no unit).
+const MEMBER_SETTINGS: &str = "SELECT coalesce(pg_conf_load_time() >= \
+    (pg_stat_file(current_setting('config_file'), true)).modification, false);\n\
+    SELECT lower(f.name), encode(convert_to(coalesce(f.setting, ''), 'UTF8'), 'hex'), \
+    coalesce(s.context = 'postmaster' AND (s.pending_restart OR (s.source = 'command line' \
+    AND s.unit IS NULL AND s.setting IS DISTINCT FROM f.setting)), false) \
+    FROM pg_file_settings f LEFT JOIN pg_settings s ON lower(s.name) = lower(f.name) \
+    WHERE f.sourcefile = current_setting('config_file') ORDER BY f.seqno;";
+
+impl MemberSettings {
+    fn parse(rows: &str, wanted: &serde_json::Map<String, Value>) -> Option<MemberSettings> {
+        let mut lines = rows.lines().filter(|l| !l.trim().is_empty());
+        let loaded = lines.next()?.trim() == "t";
+        let mut file = BTreeMap::new();
+        let mut restart = Vec::new();
+        for row in lines {
+            let [name, value, pending] = row.split('|').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            let bytes: Option<Vec<u8>> = (0..value.trim().len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(value.trim().get(i..i + 2)?, 16).ok())
+                .collect();
+            file.insert(
+                name.trim().to_string(),
+                String::from_utf8_lossy(&bytes?).into_owned(),
+            );
+            if pending.trim() == "t" {
+                restart.push(name.trim().to_string());
+            }
+        }
+        let holds = wanted.iter().all(|(k, v)| {
+            let want = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            file.get(&k.to_lowercase()) == Some(&want)
+        });
+        restart.sort();
+        restart.dedup();
+        Some(MemberSettings {
+            current: loaded && holds,
+            restart,
+        })
+    }
+
+    async fn read(
+        conn: &Connection,
+        version: u32,
+        wanted: &serde_json::Map<String, Value>,
+    ) -> Result<MemberSettings, String> {
+        let rows = crate::tasks::modules::sql(conn, version, MEMBER_SETTINGS)
+            .await
+            .map_err(|e| e.to_string())?;
+        MemberSettings::parse(&rows, wanted).ok_or_else(|| format!("unexpected answer: {rows}"))
+    }
+}
+
+/// After a change of the dynamic configuration: waits until every member runs it
+/// (Patroni reloads each), then restarts the members that need it through the REST
+/// API, replicas first and the leader last (in place: it stays the leader), reading
+/// each one back. Cheap when converged: one query per member, at once.
+async fn settle(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+) -> Result<(), HostsError> {
+    let dcs = dcs(spec, nodes);
+    let wanted = dcs["postgresql"]["parameters"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let version = spec.postgres.version;
+    let deadline = Instant::now() + settle_timeout(spec);
+    let states = loop {
+        let reads = nodes
+            .iter()
+            .zip(conns)
+            .map(|(_, c)| MemberSettings::read(c, version, &wanted));
+        let states = futures::future::join_all(reads).await;
+        let late: Vec<String> = nodes
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| !matches!(s, Ok(s) if s.current))
+            .map(|(n, s)| match s {
+                Err(e) => format!("{}: {e}", n.name),
+                Ok(_) => n.name.clone(),
+            })
+            .collect();
+        if late.is_empty() {
+            break states;
+        }
+        if Instant::now() > deadline {
+            return Err(op_error(format!(
+                "Patroni did not apply the dynamic configuration within {}s on {}",
+                settle_timeout(spec).as_secs(),
+                late.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let view = cluster(nodes, conns).await;
+    let mut due: Vec<(usize, bool)> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            let flagged = view
+                .as_ref()
+                .and_then(|v| member(v, &n.name))
+                .is_some_and(|m| m.pending_restart);
+            flagged || matches!(&states[*i], Ok(s) if !s.restart.is_empty())
+        })
+        .map(|(i, n)| (i, n.role == Role::Primary))
+        .collect();
+    // Replicas first, the leader last.
+    due.sort_by_key(|(_, leader)| *leader);
+    for (i, _) in due {
+        restart_member(spec, nodes, conns, i).await?;
+        let after = MemberSettings::read(&conns[i], version, &wanted)
+            .await
+            .map_err(|e| op_error(format!("{}: {e}", nodes[i].name)))?;
+        if !after.restart.is_empty() {
+            return Err(op_error(format!(
+                "{} still runs old values of {} after its restart",
+                nodes[i].name,
+                after.restart.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn merge(into: &mut Recap, other: Recap) {
@@ -604,36 +760,40 @@ pub async fn restart(
             .iter()
             .position(|n| n.name == m.name)
             .ok_or_else(|| op_error(format!("{} is not in the inventory", m.name)))?;
-        let body = if pending_only {
-            json!({"restart_pending": true})
-        } else {
-            json!({})
-        };
-        post(spec, &nodes[i], &conns[i], "/restart", &body).await?;
-        let deadline = Instant::now() + OPERATION_TIMEOUT;
-        loop {
-            let now = cluster(nodes, conns).await;
-            let back = now
-                .as_ref()
-                .and_then(|v| member(v, &m.name))
-                .is_some_and(|x| {
-                    matches!(x.state.as_str(), "running" | "streaming") && !x.pending_restart
-                });
-            if back {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(op_error(format!(
-                    "{} is not running again after {}s",
-                    m.name,
-                    OPERATION_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        restart_member(spec, nodes, conns, i).await?;
         done.push(m.name.clone());
     }
     Ok(done)
+}
+
+/// Restarts PostgreSQL on `nodes[i]` through its REST API and waits until Patroni
+/// reports it running with no restart pending. A leader restarts in place and keeps
+/// the leader key.
+async fn restart_member(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    i: usize,
+) -> Result<(), HostsError> {
+    let name = &nodes[i].name;
+    post(spec, &nodes[i], &conns[i], "/restart", &json!({})).await?;
+    let deadline = Instant::now() + OPERATION_TIMEOUT;
+    loop {
+        let now = cluster(nodes, conns).await;
+        let back = now.as_ref().and_then(|v| member(v, name)).is_some_and(|x| {
+            matches!(x.state.as_str(), "running" | "streaming") && !x.pending_restart
+        });
+        if back {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(op_error(format!(
+                "{name} is not running again after {}s",
+                OPERATION_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// etcd's health as one member sees the whole DCS (`endpoint health --cluster`): one
