@@ -559,3 +559,95 @@ async fn patroni_parameters_reload_and_restart_through_apply() {
         "a converged run restarts nobody"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_synchronous_mode_loses_no_acknowledged_commit() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let (_key, _net, hosts, c, _) = bootstrap("has", 31, "synchronous_mode = \"on\"").await;
+    let leader = c.leader().await;
+    // Patroni names a synchronous standby once one streams.
+    let deadline = Instant::now() + VERIFY_TIMEOUT;
+    let (sync, other) = loop {
+        let view = c.view().await;
+        let sync = view.members.iter().find(|m| m.role == "sync_standby");
+        let other = view
+            .members
+            .iter()
+            .find(|m| m.name != leader && m.role != "sync_standby");
+        if let (Some(s), Some(o)) = (sync, other) {
+            break (s.name.clone(), o.name.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no synchronous standby: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // A switchover to the standby that is not synchronous is refused with the reason.
+    let refused = ha::switchover(&c.spec, &c.nodes, &c.conns, Some(&other))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not the synchronous standby"), "{refused}");
+    assert_eq!(c.leader().await, leader);
+
+    // A writer records every commit the leader acknowledges while its host is stopped.
+    c.query(&leader, "CREATE TABLE acked (id int PRIMARY KEY);")
+        .await
+        .expect("table");
+    let conn = c.conns[c.index(&leader)].clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for id in 0..100_000 {
+            // An insert without an answer is not acknowledged (a dead host's SSH hangs).
+            let insert = sql(&conn, 15, &format!("INSERT INTO acked VALUES ({id});"));
+            match tokio::time::timeout(Duration::from_secs(10), insert).await {
+                Ok(Ok(_)) => acked.push(id),
+                _ => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dead = c.index(&leader);
+    hosts[dead].stop();
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 5, "the writer wrote: {}", acked.len());
+
+    // The synchronous standby takes over and holds every acknowledged row.
+    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    let live_nodes: Vec<_> = alive.iter().map(|&i| c.nodes[i].clone()).collect();
+    let live_conns: Vec<_> = alive.iter().map(|&i| c.conns[i].clone()).collect();
+    let started = Instant::now();
+    let new_leader = loop {
+        let now = ha::cluster(&live_nodes, &live_conns).await;
+        if let Some(l) = now.as_ref().and_then(|v| v.leader())
+            && l != leader
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no new leader: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(new_leader, sync, "the synchronous standby leads");
+    let rows = c
+        .query(&new_leader, "SELECT id FROM acked;")
+        .await
+        .expect("the new leader answers");
+    let have: std::collections::BTreeSet<i32> =
+        rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|id| !have.contains(id)).collect();
+    eprintln!(
+        "acknowledged {}, on the new leader {}, lost {}",
+        acked.len(),
+        have.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+}

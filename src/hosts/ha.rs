@@ -350,6 +350,14 @@ async fn settle(
         .cloned()
         .unwrap_or_default();
     let version = spec.postgres.version;
+    // A member whose PostgreSQL does not run yet (a replica being seeded) starts with
+    // the configuration as it is then.
+    let view = cluster(nodes, conns).await;
+    let runs = |n: &Node| {
+        view.as_ref()
+            .and_then(|v| member(v, &n.name))
+            .is_some_and(|m| matches!(m.state.as_str(), "running" | "streaming"))
+    };
     let deadline = Instant::now() + settle_timeout(spec);
     let states = loop {
         let reads = nodes
@@ -360,7 +368,7 @@ async fn settle(
         let late: Vec<String> = nodes
             .iter()
             .zip(&states)
-            .filter(|(_, s)| !matches!(s, Ok(s) if s.current))
+            .filter(|(n, s)| runs(n) && !matches!(s, Ok(s) if s.current))
             .map(|(n, s)| match s {
                 Err(e) => format!("{}: {e}", n.name),
                 Ok(_) => n.name.clone(),
@@ -378,12 +386,13 @@ async fn settle(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let view = cluster(nodes, conns).await;
+    let now = cluster(nodes, conns).await;
     let mut due: Vec<(usize, bool)> = nodes
         .iter()
         .enumerate()
+        .filter(|(i, n)| runs(n) || matches!(&states[*i], Ok(s) if s.current))
         .filter(|(i, n)| {
-            let flagged = view
+            let flagged = now
                 .as_ref()
                 .and_then(|v| member(v, &n.name))
                 .is_some_and(|m| m.pending_restart);
@@ -945,6 +954,41 @@ mod tests {
             yaml["postgresql"]["authentication"]["replication"]["sslmode"].as_str(),
             Some("verify-full")
         );
+    }
+
+    #[test]
+    fn a_member_runs_the_configuration_when_its_file_holds_it_and_is_loaded() {
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let wanted: serde_json::Map<String, Value> =
+            serde_json::from_value(json!({"work_mem": "12MB", "max_connections": "120"})).unwrap();
+        let rows = |loaded: &str, work_mem: &str, pending: &str| {
+            format!(
+                "{loaded}\nwork_mem|{}|f\nmax_connections|{}|{pending}\nhba_file|{}|f\n",
+                hex(work_mem),
+                hex("120"),
+                hex("/x/pg_hba.conf")
+            )
+        };
+        let s = MemberSettings::parse(&rows("t", "12MB", "t"), &wanted).unwrap();
+        assert_eq!(
+            s,
+            MemberSettings {
+                current: true,
+                restart: vec!["max_connections".into()]
+            }
+        );
+        // Not yet written, or written but not yet read by the server.
+        assert!(
+            !MemberSettings::parse(&rows("t", "4MB", "f"), &wanted)
+                .unwrap()
+                .current
+        );
+        assert!(
+            !MemberSettings::parse(&rows("f", "12MB", "f"), &wanted)
+                .unwrap()
+                .current
+        );
+        assert_eq!(MemberSettings::parse("t\nwork_mem|zz\n", &wanted), None);
     }
 
     #[test]

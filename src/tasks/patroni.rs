@@ -2,7 +2,7 @@
 //! configuration (timings, synchronous mode, PostgreSQL parameters) in the DCS as the
 //! spec says. Once Patroni runs, parameters change only here (PATCH /config with the
 //! REST credentials, on standard input), never in a settings file on a node: Patroni
-//! applies them on every member, and marks the ones that need a restart as pending.
+//! applies them on every member; the restarts some need are pgform's (`hosts::ha`).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -186,8 +186,8 @@ pub fn patch(wanted: &Value, current: &Value) -> Option<(Value, String)> {
     })
 }
 
-/// `summary` with the changed parameters that take a restart named (Patroni marks them
-/// pending; `pgform restart --pending` restarts the members, replicas first).
+/// `summary` with the changed parameters that take a restart named (apply restarts the
+/// members once Patroni has given them the new values, replicas first).
 fn with_restarts(version: u32, wanted: &Value, current: &Value, summary: String) -> String {
     let params = |v: &Value| {
         v.get("postgresql")
@@ -209,7 +209,7 @@ fn with_restarts(version: u32, wanted: &Value, current: &Value, summary: String)
         summary
     } else {
         format!(
-            "{summary} (restart for {}: pending until `pgform restart --pending`)",
+            "{summary} (restart for {}: each member, replicas first, the leader in place)",
             restart
                 .iter()
                 .map(|s| s.as_str())
@@ -246,7 +246,9 @@ mod tests {
         assert!(said.contains("remove old"), "{said}");
         let s = with_restarts(15, &w, &h, said);
         assert!(
-            s.ends_with("(restart for shared_buffers: pending until `pgform restart --pending`)"),
+            s.ends_with(
+                "(restart for shared_buffers: each member, replicas first, the leader in place)"
+            ),
             "{s}"
         );
     }
