@@ -603,7 +603,8 @@ async fn patroni_synchronous_mode_loses_no_acknowledged_commit() {
         let mut acked = Vec::new();
         for id in 0..100_000 {
             // An insert without an answer is not acknowledged (a dead host's SSH hangs).
-            let insert = sql(&conn, 15, &format!("INSERT INTO acked VALUES ({id});"));
+            let statement = format!("INSERT INTO acked VALUES ({id});");
+            let insert = sql(&conn, 15, &statement);
             match tokio::time::timeout(Duration::from_secs(10), insert).await {
                 Ok(Ok(_)) => acked.push(id),
                 _ => break,
