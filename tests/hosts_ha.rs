@@ -495,6 +495,10 @@ async fn patroni_parameters_reload_and_restart_through_apply() {
     let (key, net, hosts, c, _) = bootstrap("hap", 21, "").await;
     let refs: Vec<&Host> = hosts.iter().collect();
     let text = spec_text(&net, &refs, &key, "");
+    // Every member runs (a replica may still be seeding when apply returns).
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified");
     let leader = c.leader().await;
     let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     let before = start_times(&c).await;
