@@ -386,13 +386,13 @@ async fn settle(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let now = cluster(nodes, conns).await;
+    // Patroni's flags as read first: the servers' own answers above are the fresher.
     let mut due: Vec<(usize, bool)> = nodes
         .iter()
         .enumerate()
         .filter(|(i, n)| runs(n) || matches!(&states[*i], Ok(s) if s.current))
         .filter(|(i, n)| {
-            let flagged = now
+            let flagged = view
                 .as_ref()
                 .and_then(|v| member(v, &n.name))
                 .is_some_and(|m| m.pending_restart);
