@@ -123,6 +123,29 @@ impl Cluster {
         Ok(Run { recap, events })
     }
 
+    /// The member that leads once `old` (on the stopped host `dead`) has lost its key,
+    /// asked on the live hosts only (a dead host's SSH would hang). Until the key expires
+    /// the survivors still name the dead leader.
+    async fn new_leader_after(&self, dead: usize, old: &str, limit: Duration) -> String {
+        let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| i != dead).collect();
+        let live_nodes: Vec<_> = alive.iter().map(|&i| self.nodes[i].clone()).collect();
+        let live_conns: Vec<_> = alive.iter().map(|&i| self.conns[i].clone()).collect();
+        let started = Instant::now();
+        loop {
+            let now = ha::cluster(&live_nodes, &live_conns).await;
+            if let Some(l) = now.as_ref().and_then(|v| v.leader())
+                && l != old
+            {
+                return l.to_string();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no new leader after {old} died: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     fn index(&self, name: &str) -> usize {
         self.nodes
             .iter()
@@ -362,27 +385,13 @@ async fn patroni_cluster_bootstraps_converges_and_switches_over() {
         .expect("verified with the new leader as primary");
 
     // The leader's host dies: another member leads within about the TTL and takes
-    // writes. (Asked on the live hosts only: a dead host's SSH would hang.)
+    // writes.
     let dead = c.index(&target);
     hosts[dead].stop();
-    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
-    let live_nodes: Vec<_> = alive.iter().map(|&i| c.nodes[i].clone()).collect();
-    let live_conns: Vec<_> = alive.iter().map(|&i| c.conns[i].clone()).collect();
     let started = Instant::now();
-    // Until the leader key expires the survivors still name the dead leader.
-    let new_leader = loop {
-        let now = ha::cluster(&live_nodes, &live_conns).await;
-        if let Some(l) = now.as_ref().and_then(|v| v.leader())
-            && l != target
-        {
-            break l.to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "no new leader after the old one died: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let new_leader = c
+        .new_leader_after(dead, &target, Duration::from_secs(90))
+        .await;
     eprintln!(
         "failover to {new_leader}: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -623,23 +632,9 @@ async fn patroni_synchronous_mode_loses_no_acknowledged_commit() {
     assert!(acked.len() > 5, "the writer wrote: {}", acked.len());
 
     // The synchronous standby takes over and holds every acknowledged row.
-    let alive: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
-    let live_nodes: Vec<_> = alive.iter().map(|&i| c.nodes[i].clone()).collect();
-    let live_conns: Vec<_> = alive.iter().map(|&i| c.conns[i].clone()).collect();
-    let started = Instant::now();
-    let new_leader = loop {
-        let now = ha::cluster(&live_nodes, &live_conns).await;
-        if let Some(l) = now.as_ref().and_then(|v| v.leader())
-            && l != leader
-        {
-            break l.to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no new leader: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let new_leader = c
+        .new_leader_after(dead, &leader, Duration::from_secs(120))
+        .await;
     assert_eq!(new_leader, sync, "the synchronous standby leads");
     let rows = c
         .query(&new_leader, "SELECT id FROM acked;")
