@@ -60,18 +60,7 @@ fn spec(net: &Network, hosts: &[Host], key: &SshKey) -> ClusterSpec {
 /// 3 fresh hosts on their own network, started in parallel.
 fn start_hosts(prefix: &str, key: &SshKey) -> (Network, Vec<Host>) {
     let net = Network::create(prefix);
-    let hs = std::thread::scope(|s| {
-        let starts: Vec<_> = (0..3u8)
-            .map(|i| {
-                let net = &net;
-                s.spawn(move || Host::start(net, &format!("pg{i}"), 11 + i, key))
-            })
-            .collect();
-        starts
-            .into_iter()
-            .map(|h| h.join().expect("host"))
-            .collect()
-    });
+    let hs = Host::start_many(&net, 3, key);
     (net, hs)
 }
 

@@ -409,18 +409,7 @@ fn main() {
     let key = SshKey::generate();
     let net = Network::create("bench");
     let t = Instant::now();
-    let hs: Vec<Host> = std::thread::scope(|s| {
-        let starts: Vec<_> = (0..3u8)
-            .map(|i| {
-                let (net, key) = (&net, &key);
-                s.spawn(move || Host::start(net, &format!("pg{i}"), 11 + i, key))
-            })
-            .collect();
-        starts
-            .into_iter()
-            .map(|h| h.join().expect("host"))
-            .collect()
-    });
+    let hs: Vec<Host> = Host::start_many(&net, 3, &key);
     let containers_s = t.elapsed().as_secs_f64();
     println!("3 containers started and answering ssh in {containers_s:.1} s");
 

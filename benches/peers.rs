@@ -55,18 +55,7 @@ fn peers_dir() -> PathBuf {
 fn start_hosts(nodes: u8) -> (Network, SshKey, Vec<Host>) {
     let key = SshKey::generate();
     let net = Network::create("peers");
-    let hosts = std::thread::scope(|s| {
-        let starts: Vec<_> = (0..nodes)
-            .map(|i| {
-                let (net, key) = (&net, &key);
-                s.spawn(move || Host::start(net, &format!("pg{i}"), 11 + i, key))
-            })
-            .collect();
-        starts
-            .into_iter()
-            .map(|h| h.join().expect("host"))
-            .collect()
-    });
+    let hosts = Host::start_many(&net, nodes, &key);
     (net, key, hosts)
 }
 

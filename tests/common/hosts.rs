@@ -373,6 +373,19 @@ impl Host {
         Host::start_with(net, name, host_number, key, None, &[])
     }
 
+    /// `count` hosts `pg0`, `pg1`, ... (host numbers from 11), started in parallel.
+    pub fn start_many(net: &Network, count: u8, key: &SshKey) -> Vec<Host> {
+        std::thread::scope(|s| {
+            let starts: Vec<_> = (0..count)
+                .map(|i| s.spawn(move || Host::start(net, &format!("pg{i}"), 11 + i, key)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|h| h.join().expect("host"))
+                .collect()
+        })
+    }
+
     /// Like [`Host::start`], with a block `device` of this machine (a [`LoopDevice`])
     /// that the host can format and mount (CAP_SYS_ADMIN), as an attached disk.
     pub fn start_with_disk(
