@@ -115,6 +115,7 @@ async fn native_run(
     let opts = RunOptions {
         check: false,
         events: Some(events),
+        ..Default::default()
     };
     let result = cluster::configure(spec, nodes, &conns, PASSWORD, &opts).await;
     let configure_s = started.elapsed().as_secs_f64();

@@ -89,6 +89,7 @@ async fn configure(
     let opts = RunOptions {
         check: false,
         events: Some(events),
+        ..Default::default()
     };
     let recap = cluster::configure(spec, nodes, conns, PASSWORD, &opts)
         .await

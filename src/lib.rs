@@ -20,11 +20,44 @@
 //! - [`remote`]: SSH sessions and the one place that builds shell text.
 //! - [`cost`]: the monthly cost of a graph, a state or a plan, from the embedded AWS
 //!   price table (or a refreshed price file). Pure.
-//! - [`cli`]: the command line, a thin layer over [`engine`] and [`hosts`].
+//! - [`ops`]: the cluster operations every front end calls — plan (both layers and the
+//!   cost), apply (infrastructure, then the hosts), destroy, status, outputs — over a
+//!   spec, its state file, options and an event sink.
+//! - [`cli`]: the command line, a thin front end over [`ops`].
 //!
 //! # Embedding
-//! A service loads a spec, plans, inspects the plan, applies it and receives progress
-//! events. This example runs on the in-memory provider; with AWS, use
+//! A service runs the same operations as the CLI: plan both layers, show the plan, have
+//! it approved, apply it (infrastructure, then PostgreSQL on the hosts, then the check
+//! that every replica streams), with every step as an [`ops::Event`]:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::sync::Arc;
+//! use pgform::ops::{self, Approval, Cluster, Event, Options};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (cluster, warnings) = Cluster::load(Path::new("cluster.toml"), Path::new("cluster.pgstate.json"))?;
+//! let options = Options {
+//!     // One JSON object per event: resources, tasks per host, the recap, the check.
+//!     events: Arc::new(|e: &Event| println!("{}", serde_json::to_string(e).unwrap_or_default())),
+//!     ..Options::default()
+//! };
+//! let plan = ops::plan(&cluster, false, &options).await?;
+//! print!("{}", plan.render());
+//! if plan.has_changes() {
+//!     // Approve exactly this infrastructure plan: refused if the state moved since.
+//!     let applied = ops::apply(&cluster, Approval::Saved(plan.infra), &options).await?;
+//!     println!("{}", serde_json::to_string_pretty(&applied)?);
+//!     println!("{}", serde_json::to_string_pretty(&ops::outputs(&cluster)?)?);
+//! }
+//! # let _ = warnings;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The engine alone (the infrastructure layer) can be driven step by step. This example
+//! runs on the in-memory provider; with AWS, use
 //! `pgform::provider::aws::AwsProvider::from_env(&spec.region).await` instead.
 //!
 //! ```
@@ -62,10 +95,7 @@
 //! # }
 //! ```
 //!
-//! Then the hosts layer: `hosts::inventory(&spec, &state)` lists the nodes,
-//! `hosts::connect` opens one SSH master per node, `hosts::configure(&spec, &nodes,
-//! &conns, password, &RunOptions { check, events })` runs the task list (events per task
-//! and host, a recap at the end), and `hosts::verify` proves that every replica streams.
+//! [`ops::configure`] then runs the hosts layer on what the state records.
 
 pub mod cli;
 pub mod cost;

@@ -266,6 +266,7 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
     let opts = pgform::tasks::RunOptions {
         check: true,
         events: None,
+        ..Default::default()
     };
     let recap = cluster::configure(&spec, &nodes, &conns, PASSWORD, &opts)
         .await

@@ -227,6 +227,7 @@ async fn exported_users_log_in_and_pgform_finds_nothing_to_change() {
         events: Some(std::sync::Arc::new(move |e: &pgform::tasks::TaskEvent| {
             sink.lock().unwrap().push(e.clone());
         })),
+        ..Default::default()
     };
     let recap = cluster::configure(&spec, &nodes, &conns, REPLICATION_PW, &opts)
         .await

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::hosts::{self, Host, Network, SshKey};
+use pgform::engine::Interrupt;
 use pgform::hosts as cluster;
 use pgform::spec::{ClusterSpec, parse_str};
 use pgform::state::State;
@@ -194,7 +195,23 @@ impl Cluster {
         self.run_with(check, None).await
     }
 
+    /// A run asked to stop as soon as `task` has finished on `host`.
+    async fn run_interrupted_after(&self, host: &'static str, task: &'static str) -> Run {
+        let interrupt = Interrupt::default();
+        let trigger = interrupt.clone();
+        let hook: Hook = Arc::new(move |e: &TaskEvent| {
+            if e.host == host && e.task == task {
+                trigger.trigger();
+            }
+        });
+        self.run_full(false, Some(hook), interrupt).await
+    }
+
     async fn run_with(&self, check: bool, hook: Option<Hook>) -> Run {
+        self.run_full(check, hook, Interrupt::default()).await
+    }
+
+    async fn run_full(&self, check: bool, hook: Option<Hook>, interrupt: Interrupt) -> Run {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink_seen = seen.clone();
         let password = self.password.clone();
@@ -219,6 +236,7 @@ impl Cluster {
         let opts = RunOptions {
             check,
             events: Some(events),
+            interrupt,
         };
         let recap = cluster::configure(&self.spec, &self.nodes, &self.conns, &self.password, &opts)
             .await
@@ -306,11 +324,35 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     let hs = start_hosts(&net, 3, &key);
     let c = connect(spec(&net, &hs.iter().collect::<Vec<_>>(), &key, ""), &key).await;
 
+    // Asked to stop once PostgreSQL is installed on the primary: the tasks running then
+    // finish, nothing new starts, and the next run goes on from there.
+    let cut = c
+        .run_interrupted_after("primary", "install PostgreSQL")
+        .await;
+    assert!(cut.recap.interrupted, "{:?}", cut.recap);
+    assert!(!cut.recap.failed(), "{:?}", cut.recap.failures);
+    assert_eq!(
+        cut.statuses("primary", "install PostgreSQL"),
+        [TaskStatus::Changed]
+    );
+    assert!(
+        !cut.events
+            .iter()
+            .any(|e| e.play == "primary" || e.play == "replicas"),
+        "tasks started after the interrupt: {:?}",
+        cut.changed()
+    );
+
     let first = c.run(false).await;
     assert!(
         !first.recap.failed(),
         "first run failed: {:?}",
         first.recap.failures
+    );
+    assert!(!first.recap.interrupted);
+    assert_eq!(
+        first.statuses("primary", "install PostgreSQL"),
+        [TaskStatus::Ok]
     );
     assert!(first.recap.changed() > 0);
     let v = c.verify().await;

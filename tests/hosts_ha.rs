@@ -116,6 +116,7 @@ impl Cluster {
         let opts = RunOptions {
             check,
             events: Some(events),
+            ..Default::default()
         };
         let recap =
             cluster::configure(&self.spec, &self.nodes, &self.conns, PASSWORD, &opts).await?;

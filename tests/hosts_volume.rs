@@ -71,6 +71,7 @@ async fn run(
             );
             sink.lock().unwrap().push(e.clone());
         })),
+        ..Default::default()
     };
     let recap = cluster::configure(spec, nodes, conns, PASSWORD, &opts)
         .await

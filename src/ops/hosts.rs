@@ -53,6 +53,7 @@ pub async fn configure(
     let opts = RunOptions {
         check,
         events: Some(events::task_sink(emit)),
+        interrupt: options.interrupt.clone(),
     };
     let result = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await;
     let verified = match result {
@@ -76,6 +77,9 @@ pub async fn configure(
                         }
                     )))
                 }
+                None if recap.interrupted => Err(OpsError::Interrupted(
+                    "the hosts layer stopped once its running tasks had finished; run apply again to finish".into(),
+                )),
                 None if check => Ok((recap, None)),
                 None => match hosts::verify(spec, &nodes, &conns, VERIFY_TIMEOUT).await {
                     Ok(v) => {
@@ -150,6 +154,7 @@ pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) ->
                 v.push(e.clone());
             }
         })),
+        ..Default::default()
     };
     let result = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await;
     for c in conns {

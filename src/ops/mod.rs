@@ -50,6 +50,9 @@ pub enum OpsError {
     /// The approver said no (or could not be asked); nothing was changed.
     #[error("{0}")]
     NotApproved(String),
+    /// Stopped on request (`Options::interrupt`): what ran is recorded, a rerun goes on.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// A task failed on a host, or verification did.
     #[error("{0}")]
     HostsFailed(String),
@@ -323,8 +326,8 @@ pub async fn apply(
     }
     if options.runs(Layer::Hosts) {
         if options.interrupt.is_triggered() {
-            return Err(OpsError::Input(
-                "interrupted before the hosts layer; run apply again to finish".into(),
+            return Err(OpsError::Interrupted(
+                "the infrastructure is done, the hosts layer did not start; run apply again to finish".into(),
             ));
         }
         let state = cluster.read_state()?;

@@ -61,6 +61,9 @@ pub struct RunOptions {
     /// Change nothing; report what would change.
     pub check: bool,
     pub events: Option<Sink>,
+    /// Once triggered, no task starts: the ones running finish (with the handlers they
+    /// notified, so that what changed also runs) and the run ends, marked interrupted.
+    pub interrupt: crate::engine::Interrupt,
 }
 
 /// Counts per host, and what failed where.
@@ -68,6 +71,8 @@ pub struct RunOptions {
 pub struct Recap {
     pub hosts: BTreeMap<String, HostCounts>,
     pub failures: Vec<Failure>,
+    /// The run stopped early on request: tasks after the ones running then did not run.
+    pub interrupted: bool,
     /// Wall time per task name, summed over hosts (for the benchmark).
     pub task_seconds: BTreeMap<String, f64>,
 }
@@ -175,6 +180,9 @@ pub async fn run_playbook(
     {
         let chosen: Vec<usize> = chosen.into_iter().filter(|&i| !failed[i]).collect();
         for batch in batches(play.order, chosen, hosts) {
+            if opts.interrupt.is_triggered() {
+                break;
+            }
             // Hosts of one batch run side by side, so a change on one does not make
             // another's answers stale; a change in an earlier batch does.
             let runs = batch.iter().map(|&i| {
@@ -197,6 +205,7 @@ pub async fn run_playbook(
             }
         }
     }
+    recap.interrupted = opts.interrupt.is_triggered();
     recap
 }
 
@@ -306,6 +315,9 @@ async fn run_host(
     let mut notified: Vec<&str> = Vec::new();
     let mut host_changed = false;
     for ((task, (asked, seconds)), throttle) in play.tasks.iter().zip(early).zip(throttles) {
+        if opts.interrupt.is_triggered() {
+            break;
+        }
         let run = TaskRun {
             env,
             task,
