@@ -116,7 +116,7 @@ pub async fn verify(
                 let got = sql(
                     &conns[i],
                     v,
-                    "SELECT token FROM pgform_verify WHERE id = 1;",
+                    &select_once_arrived("SELECT token FROM pgform_verify WHERE id = 1", token),
                 )
                 .await;
                 if matches!(&got, Ok(t) if t.trim() == token) {
@@ -345,6 +345,26 @@ fn cert_expiry(spec: &ClusterSpec, node: &str) -> Option<String> {
     let path = crate::tls::node_cert(&super::tls_dir(spec).ok()?, node);
     let pem = std::fs::read_to_string(&path).ok()?;
     crate::tls::parse(&pem, &path).ok().map(|i| i.expiry_date())
+}
+
+/// `select` (one value), run once it returns `token` or after about 3 s: the replica
+/// waits for the row itself, polling every 10 ms, so a row that arrives a moment after
+/// the write costs one round trip, not a round trip and a client-side pause. A table
+/// not replayed yet, or not readable yet, counts as "not arrived".
+pub(super) fn select_once_arrived(select: &str, token: &str) -> String {
+    format!(
+        "DO $pgform$ BEGIN\n\
+         FOR i IN 1..300 LOOP\n\
+           BEGIN\n\
+             EXIT WHEN ({select}) = {t};\n\
+           EXCEPTION WHEN undefined_table OR insufficient_privilege THEN NULL;\n\
+           END;\n\
+           PERFORM pg_sleep(0.01);\n\
+         END LOOP;\n\
+         END $pgform$;\n\
+         {select};",
+        t = literal(token)
+    )
 }
 
 #[cfg(test)]

@@ -125,7 +125,10 @@ pub(super) async fn verify_as_application(
             let got = as_user(
                 i,
                 reader_name,
-                "SELECT token FROM pgform.verify_access WHERE id = 1;".into(),
+                super::verify::select_once_arrived(
+                    "SELECT token FROM pgform.verify_access WHERE id = 1",
+                    token,
+                ),
             )
             .await
             .map_err(|e| fail(format!("{}: {e}", nodes[i].name)))?;

@@ -39,9 +39,10 @@ pub enum OpsError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Hosts(#[from] HostsError),
-    #[error("cannot reach the provider: {0}")]
+    #[error(transparent)]
     Provider(#[from] ProviderError),
-    #[error("cannot load prices (spec field `cost.prices` or --prices): {0}")]
+    /// (The cause is the error's source: `{:#}` with anyhow shows both.)
+    #[error("cannot load prices (spec field `cost.prices` or --prices)")]
     Prices(#[from] PriceError),
     /// Input that does not fit this cluster: a state or a saved plan of another one, a
     /// secret that cannot be read.
