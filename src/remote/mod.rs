@@ -70,7 +70,7 @@ pub fn set_keep_masters(keep: Option<Duration>) {
     KEEP_MASTERS_SECS.store(keep.map_or(0, |d| d.as_secs()), Ordering::Relaxed);
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     #[error("cannot connect to {host} ({address}): {message}")]
     Connect {
@@ -136,7 +136,26 @@ pub struct Connection {
     /// that the master's idle timeout cannot end it in the middle of a run (a host idle
     /// while others install for more than the timeout). It ends with the last clone.
     _hold: Option<Arc<openssh::Child<Arc<Session>>>>,
+    /// File reads asked for at the same moment, answered by one command.
+    reads: Arc<std::sync::Mutex<ReadBatch>>,
 }
+
+/// Reads waiting for the next batch, and whether a reader is gathering one.
+#[derive(Default)]
+struct ReadBatch {
+    gathering: bool,
+    waiting: Vec<(Read, Answer)>,
+}
+
+/// A read-only question to a host, which may share a command with others.
+enum Read {
+    /// [`shell::read_file`]'s output.
+    File(String),
+    /// Read-only SQL for psql as postgres in database `postgres`, with this major.
+    Sql { version: u32, sql: String },
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<Output, RemoteError>>;
 
 impl Connection {
     /// Resumes the host's kept master when one is alive, or opens a new one (kept after
@@ -186,6 +205,140 @@ impl Connection {
             channels: Arc::new(Semaphore::new(CHANNELS_PER_HOST)),
             kept,
             _hold: hold,
+            reads: Arc::default(),
+        }
+    }
+
+    /// [`shell::read_file`]'s output for `path`. Reads asked for together (a task
+    /// list's queries are all asked at once) share one command: see [`Self::read`].
+    pub async fn read_file(&self, path: &str) -> Result<Output, RemoteError> {
+        self.read(Read::File(path.to_string())).await
+    }
+
+    /// psql's output for read-only `sql` (as postgres, database `postgres`), shared with
+    /// the other queries asked at the same moment: one psql for all when every one of
+    /// them succeeds, else each runs alone (so each gets its own answer or error).
+    pub async fn psql_read(&self, version: u32, sql: &str) -> Result<Output, RemoteError> {
+        self.read(Read::Sql {
+            version,
+            sql: sql.to_string(),
+        })
+        .await
+    }
+
+    /// The first asker gathers the reads asked until its task yields, runs them as one
+    /// command per kind, and hands each its output.
+    async fn read(&self, read: Read) -> Result<Output, RemoteError> {
+        let (answer, wait) = tokio::sync::oneshot::channel();
+        let gather = {
+            let mut batch = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            batch.waiting.push((read, answer));
+            !std::mem::replace(&mut batch.gathering, true)
+        };
+        if gather {
+            // The other reads of this moment are asked while this future waits.
+            tokio::task::yield_now().await;
+            let waiting = {
+                let mut batch = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                batch.gathering = false;
+                std::mem::take(&mut batch.waiting)
+            };
+            let (mut files, mut sqls) = (Vec::new(), Vec::new());
+            for (read, answer) in waiting {
+                match read {
+                    Read::File(path) => files.push((path, answer)),
+                    Read::Sql { version, sql } => sqls.push(((version, sql), answer)),
+                }
+            }
+            tokio::join!(self.read_files(files), self.read_sqls(sqls));
+        }
+        wait.await
+            .unwrap_or_else(|_| Err(self.lost("a read was abandoned".into())))
+    }
+
+    async fn read_files(&self, waiting: Vec<(String, Answer)>) {
+        if waiting.len() < 2 {
+            for (path, answer) in waiting {
+                let _ = answer.send(self.run(shell::read_file(&path), None).await);
+            }
+            return;
+        }
+        let boundary = format!("pgform-{}", uuid::Uuid::new_v4().simple());
+        let paths: Vec<&str> = waiting.iter().map(|(p, _)| p.as_str()).collect();
+        let result = self.run(shell::read_files(&paths, &boundary), None).await;
+        let mut parts = match &result {
+            Ok(out) => split_reads(&out.stdout, &boundary, &out.stderr),
+            Err(_) => Vec::new(),
+        };
+        parts.resize_with(waiting.len(), || None);
+        for ((path, answer), part) in waiting.into_iter().zip(parts) {
+            let out = match (&result, part) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), Some(out)) => Ok(out),
+                (Ok(out), None) => Ok(Output {
+                    status: Some(1),
+                    stdout: String::new(),
+                    stderr: format!("reading {path}: unexpected output: {}", out.tail()),
+                }),
+            };
+            let _ = answer.send(out);
+        }
+    }
+
+    async fn read_sqls(&self, mut waiting: Vec<((u32, String), Answer)>) {
+        let alone = |(version, sql): (u32, String), answer: Answer| async move {
+            let out = self
+                .run(shell::psql(version, "postgres"), Some(sql.as_bytes()))
+                .await;
+            let _ = answer.send(out);
+        };
+        // One psql per major (there is one in practice).
+        while let Some(((version, _), _)) = waiting.first() {
+            let version = *version;
+            let (same, rest): (Vec<_>, Vec<_>) =
+                waiting.into_iter().partition(|((v, _), _)| *v == version);
+            waiting = rest;
+            if same.len() < 2 {
+                for (q, answer) in same {
+                    alone(q, answer).await;
+                }
+                continue;
+            }
+            // Each answer ends with an empty line, so that the boundary after it starts
+            // a line of its own (see `split_reads`).
+            let boundary = format!("pgform-{}", uuid::Uuid::new_v4().simple());
+            let mut script = String::new();
+            for ((_, sql), _) in &same {
+                let sql = sql.trim_end();
+                // A statement left open would run on into the next query (a psql
+                // meta-command such as `\\endif` ends a script as well).
+                let closed = sql.ends_with(';')
+                    || sql
+                        .lines()
+                        .last()
+                        .is_some_and(|l| l.trim_start().starts_with('\\'));
+                let end = if closed { "" } else { ";" };
+                script.push_str(&format!(
+                    "\\echo {boundary} begin\n{sql}{end}\n\\echo\n\\echo {boundary} 0\n"
+                ));
+            }
+            let together = self
+                .run(shell::psql(version, "postgres"), Some(script.as_bytes()))
+                .await;
+            let parts = match &together {
+                Ok(out) if out.success() && out.stderr.trim().is_empty() => {
+                    split_reads(&out.stdout, &boundary, "")
+                }
+                _ => Vec::new(),
+            };
+            if parts.len() == same.len() && parts.iter().all(Option::is_some) {
+                for ((_, answer), part) in same.into_iter().zip(parts) {
+                    let _ = answer.send(part.ok_or_else(|| self.lost("unreachable".into())));
+                }
+            } else {
+                // Something failed: each query alone, for its own answer or error.
+                futures::future::join_all(same.into_iter().map(|(q, a)| alone(q, a))).await;
+            }
         }
     }
 
@@ -543,9 +696,102 @@ fn error_text(e: &openssh::Error) -> String {
     text
 }
 
+/// [`shell::read_files`]' output, one [`Output`] per file in order (`None` where it
+/// cannot be told apart). The shared standard error goes with the files that failed.
+fn split_reads(stdout: &str, boundary: &str, stderr: &str) -> Vec<Option<Output>> {
+    let begin = format!("{boundary} begin\n");
+    let mut parts = Vec::new();
+    let mut rest = stdout;
+    while let Some(start) = rest.find(&begin) {
+        let body = &rest[start + begin.len()..];
+        let end_marker = format!("\n{boundary} ");
+        let Some(end) = body.find(&end_marker) else {
+            parts.push(None);
+            break;
+        };
+        let after = &body[end + end_marker.len()..];
+        let (code, next) = after.split_once('\n').unwrap_or((after, ""));
+        let status = code.trim().parse::<i32>().ok();
+        parts.push(Some(Output {
+            status,
+            stdout: body[..end].to_string(),
+            stderr: if status == Some(0) {
+                String::new()
+            } else {
+                stderr.to_string()
+            },
+        }));
+        rest = next;
+    }
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batched read's shell text, run by a real shell on real files, splits back
+    /// into what each file's own read prints.
+    #[test]
+    fn batched_file_reads_split_into_each_files_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("no-newline", Some("last line")),
+            ("newline", Some("a\nb\n")),
+            ("empty", Some("")),
+            ("absent", None),
+            (
+                "looks like a boundary",
+                Some("pgform-x begin\n\npgform-x 0\n"),
+            ),
+            ("it's quoted", Some("$(touch pwned) `id`\n")),
+        ];
+        let paths: Vec<String> = files
+            .iter()
+            .map(|(name, content)| {
+                let p = dir.path().join(name);
+                if let Some(c) = content {
+                    std::fs::write(&p, c).unwrap();
+                }
+                p.to_string_lossy().into_owned()
+            })
+            .collect();
+        let sh = |text: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", text])
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let boundary = "pgform-0123456789abcdef";
+        let together = sh(shell::read_files(&refs, boundary).text());
+        let parts = split_reads(&together, boundary, "");
+        assert_eq!(parts.len(), files.len(), "{together}");
+        for (path, part) in paths.iter().zip(parts) {
+            let part = part.unwrap_or_else(|| panic!("{path}: not found in {together}"));
+            assert_eq!(part.status, Some(0), "{path}");
+            assert_eq!(part.stdout, sh(shell::read_file(path).text()), "{path}");
+        }
+        assert!(!dir.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn a_cut_off_batch_leaves_the_rest_unanswered() {
+        let b = "pgform-b";
+        let parts = split_reads(
+            "pgform-b begin\nabsent\n\npgform-b 0\npgform-b begin\nroot",
+            b,
+            "",
+        );
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].as_ref().unwrap().stdout, "absent\n");
+        assert!(parts[1].is_none());
+        let failed = split_reads("pgform-b begin\n\npgform-b 1\n", b, "stat: denied");
+        assert_eq!(failed[0].as_ref().unwrap().status, Some(1));
+        assert_eq!(failed[0].as_ref().unwrap().stderr, "stat: denied");
+    }
 
     fn target(dir: &Path) -> Target {
         Target {

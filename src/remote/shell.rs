@@ -72,6 +72,21 @@ pub fn read_file(path: &str) -> Sh {
     ))
 }
 
+/// [`read_file`] for several files in one command: each file's output between a line
+/// `<boundary> begin` and a line `<boundary> <exit status>` (after a newline of its own).
+pub fn read_files(paths: &[&str], boundary: &str) -> Sh {
+    let b = quote(boundary);
+    let mut text = String::new();
+    for path in paths {
+        text.push_str(&format!(
+            "printf '%s begin\\n' {b}; {{ {}; }}; printf '\\n%s %s\\n' {b} \"$?\"; ",
+            read_file(path).0
+        ));
+    }
+    text.push_str("true");
+    Sh(text)
+}
+
 /// Replaces `path` atomically with standard input, owned and moded as given.
 pub fn write_file(path: &str, owner: &str, group: &str, mode: &str) -> Sh {
     let p = quote(path);

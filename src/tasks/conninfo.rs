@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::modules::{ActionError, Change, cluster_online, literal, sql, version_number};
+use super::modules::{ActionError, Change, cluster_online, literal, sql, sql_read, version_number};
 use crate::remote::Connection;
 use crate::remote::shell::conninfo_value;
 
@@ -23,7 +23,7 @@ impl StandbyTls {
     /// yet: not a standby, or not running).
     async fn wanted(&self, conn: &Connection) -> Result<Option<String>, ActionError> {
         let v = version_number(&self.version)?;
-        let now = match sql(conn, v, "SHOW primary_conninfo;").await {
+        let now = match sql_read(conn, v, "SHOW primary_conninfo;").await {
             Ok(now) => now,
             Err(_) if !cluster_online(conn, v).await? => return Ok(None),
             Err(e) => return Err(e),

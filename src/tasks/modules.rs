@@ -365,7 +365,7 @@ impl Action {
                 replication,
             } => {
                 let v = version_number(version)?;
-                let rows = match sql(
+                let rows = match sql_read(
                     conn,
                     v,
                     &format!(
@@ -461,7 +461,7 @@ impl Action {
                 let v = version_number(version)?;
                 // A standby streaming from this primary through its slot is seeded: its
                 // WAL receiver compared the system identifiers when it connected.
-                let receiver = sql(
+                let receiver = sql_read(
                     conn,
                     v,
                     "SELECT status, sender_host, slot_name FROM pg_stat_wal_receiver;",
@@ -831,6 +831,12 @@ pub(crate) fn version_number(v: &str) -> Result<u32, ActionError> {
 
 /// Runs SQL as the postgres superuser over the local socket of PostgreSQL `version`;
 /// returns the rows.
+/// Read-only SQL: asked together with the host's other reads of the moment
+/// ([`Connection::psql_read`]). Never for statements that change anything.
+pub async fn sql_read(conn: &Connection, version: u32, query: &str) -> Result<String, ActionError> {
+    Ok(ok(conn.psql_read(version, query).await?, "psql")?.stdout)
+}
+
 pub async fn sql(conn: &Connection, version: u32, statements: &str) -> Result<String, ActionError> {
     Ok(ok(
         conn.run(
@@ -873,7 +879,7 @@ async fn slot_changes(
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let rows = sql(
+    let rows = sql_read(
         conn,
         version,
         "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'physical';",
@@ -899,10 +905,7 @@ pub(crate) async fn read(
     conn: &Connection,
     path: &str,
 ) -> Result<Option<(Meta, String)>, ActionError> {
-    let out = ok(
-        conn.run(shell::read_file(path), None).await?,
-        &format!("reading {path}"),
-    )?;
+    let out = ok(conn.read_file(path).await?, &format!("reading {path}"))?;
     let (first, rest) = out
         .stdout
         .split_once('\n')

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::modules::{ActionError, Change, ident, literal, sql};
+use super::modules::{ActionError, Change, ident, literal, sql, sql_read};
 use crate::remote::Connection;
 use crate::spec::{ClusterSpec, Privilege};
 
@@ -230,7 +230,7 @@ pub async fn query(
     desired: &Desired,
     passwords: &BTreeMap<String, String>,
 ) -> Result<Work, ActionError> {
-    let rows = sql(conn, version, &query_script(desired)).await?;
+    let rows = sql_read(conn, version, &query_script(desired)).await?;
     let now = parse_rows(&rows);
     let missing: Vec<String> = desired
         .databases

@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::modules::{ActionError, literal, ok, sql};
+use super::modules::{ActionError, literal, ok, sql, sql_read};
 use crate::remote::{Connection, Output, shell};
 
 /// How long a reload may take to reach a new session.
@@ -74,7 +74,7 @@ impl Running {
     /// Asks the server (one psql call). Fails when it does not run or refuses the
     /// connection.
     pub async fn read(conn: &Connection, version: u32, dest: &str) -> Result<Running, ActionError> {
-        let rows = sql(conn, version, &running_query(dest)).await?;
+        let rows = sql_read(conn, version, &running_query(dest)).await?;
         Running::parse(&rows)
             .ok_or_else(|| ActionError::Invalid(format!("unexpected answer about {dest}: {rows}")))
     }
