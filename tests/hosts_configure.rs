@@ -375,6 +375,30 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     let check = c.run(true).await;
     assert_eq!(check.recap.changed(), 0, "{:?}", check.changed());
 
+    // Read-only queries asked at once share one psql and answer as if asked alone; when
+    // one fails, each is asked alone and gets its own answer or error.
+    let primary = &c.conns[c.index("primary")];
+    let (one, text, stmts) = tokio::join!(
+        primary.psql_read(15, "SELECT 1;"),
+        primary.psql_read(15, "SELECT 'x' || 'y'"),
+        primary.psql_read(15, "SELECT 2;\nSELECT 3;\n\\if true\nSELECT 4;\n\\endif"),
+    );
+    assert_eq!(one.expect("ssh").stdout, "1\n");
+    assert_eq!(text.expect("ssh").stdout, "xy\n");
+    assert_eq!(stmts.expect("ssh").stdout, "2\n3\n4\n");
+    let (one, missing, text) = tokio::join!(
+        primary.psql_read(15, "SELECT 1;"),
+        primary.psql_read(15, "SELECT * FROM no_such_table;"),
+        primary.psql_read(15, "SELECT 'x' || 'y';"),
+    );
+    assert_eq!(one.expect("ssh").stdout, "1\n");
+    let missing = missing.expect("ssh");
+    assert!(
+        !missing.success() && missing.stderr.contains("no_such_table"),
+        "{missing:?}"
+    );
+    assert_eq!(text.expect("ssh").stdout, "xy\n");
+
     // The password reached no argument list or file outside the password file: a
     // command substitution in it never ran.
     for h in &hs {
