@@ -149,8 +149,8 @@ struct ReadBatch {
 
 /// A read-only question to a host, which may share a command with others.
 enum Read {
-    /// [`shell::read_file`]'s output.
-    File(String),
+    /// A command that changes nothing and reads no standard input.
+    Command(Sh),
     /// Read-only SQL for psql as postgres in database `postgres`, with this major.
     Sql { version: u32, sql: String },
 }
@@ -209,10 +209,16 @@ impl Connection {
         }
     }
 
-    /// [`shell::read_file`]'s output for `path`. Reads asked for together (a task
-    /// list's queries are all asked at once) share one command: see [`Self::read`].
+    /// [`shell::read_file`]'s output for `path`, shared as [`Self::run_read`] is.
     pub async fn read_file(&self, path: &str) -> Result<Output, RemoteError> {
-        self.read(Read::File(path.to_string())).await
+        self.run_read(shell::read_file(path)).await
+    }
+
+    /// Runs `cmd` (as root, no standard input), which must change nothing. Reads asked
+    /// for together (a task list's queries are all asked at once) share one command;
+    /// one that fails there runs again alone, for its own error output.
+    pub async fn run_read(&self, cmd: Sh) -> Result<Output, RemoteError> {
+        self.read(Read::Command(cmd)).await
     }
 
     /// psql's output for read-only `sql` (as postgres, database `postgres`), shared with
@@ -243,46 +249,50 @@ impl Connection {
                 batch.gathering = false;
                 std::mem::take(&mut batch.waiting)
             };
-            let (mut files, mut sqls) = (Vec::new(), Vec::new());
+            let (mut commands, mut sqls) = (Vec::new(), Vec::new());
             for (read, answer) in waiting {
                 match read {
-                    Read::File(path) => files.push((path, answer)),
+                    Read::Command(cmd) => commands.push((cmd, answer)),
                     Read::Sql { version, sql } => sqls.push(((version, sql), answer)),
                 }
             }
-            tokio::join!(self.read_files(files), self.read_sqls(sqls));
+            tokio::join!(self.read_commands(commands), self.read_sqls(sqls));
         }
         wait.await
             .unwrap_or_else(|_| Err(self.lost("a read was abandoned".into())))
     }
 
-    async fn read_files(&self, waiting: Vec<(String, Answer)>) {
+    async fn read_commands(&self, waiting: Vec<(Sh, Answer)>) {
         if waiting.len() < 2 {
-            for (path, answer) in waiting {
-                let _ = answer.send(self.run(shell::read_file(&path), None).await);
+            for (cmd, answer) in waiting {
+                let _ = answer.send(self.run(cmd, None).await);
             }
             return;
         }
         let boundary = format!("pgform-{}", uuid::Uuid::new_v4().simple());
-        let paths: Vec<&str> = waiting.iter().map(|(p, _)| p.as_str()).collect();
-        let result = self.run(shell::read_files(&paths, &boundary), None).await;
-        let mut parts = match &result {
-            Ok(out) => split_reads(&out.stdout, &boundary, &out.stderr),
-            Err(_) => Vec::new(),
+        let cmds: Vec<&Sh> = waiting.iter().map(|(c, _)| c).collect();
+        let together = self.run(shell::batch(&cmds, &boundary), None).await;
+        let mut parts = match &together {
+            Ok(out) => split_reads(&out.stdout, &boundary, true).into_iter(),
+            Err(_) => Vec::new().into_iter(),
         };
-        parts.resize_with(waiting.len(), || None);
-        for ((path, answer), part) in waiting.into_iter().zip(parts) {
-            let out = match (&result, part) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(_), Some(out)) => Ok(out),
-                (Ok(out), None) => Ok(Output {
-                    status: Some(1),
-                    stdout: String::new(),
-                    stderr: format!("reading {path}: unexpected output: {}", out.tail()),
+        let again = waiting.into_iter().filter_map(|(cmd, answer)| {
+            match (&together, parts.next().flatten()) {
+                (Ok(_), Some(out)) => {
+                    let _ = answer.send(Ok(out));
+                    None
+                }
+                (Err(e), _) => {
+                    let _ = answer.send(Err(e.clone()));
+                    None
+                }
+                // Cut off (the batch ended early): alone.
+                (Ok(_), None) => Some(async move {
+                    let _ = answer.send(self.run(cmd, None).await);
                 }),
-            };
-            let _ = answer.send(out);
-        }
+            }
+        });
+        futures::future::join_all(again.collect::<Vec<_>>()).await;
     }
 
     async fn read_sqls(&self, mut waiting: Vec<((u32, String), Answer)>) {
@@ -327,7 +337,7 @@ impl Connection {
                 .await;
             let parts = match &together {
                 Ok(out) if out.success() && out.stderr.trim().is_empty() => {
-                    split_reads(&out.stdout, &boundary, "")
+                    split_reads(&out.stdout, &boundary, false)
                 }
                 _ => Vec::new(),
             };
@@ -696,30 +706,37 @@ fn error_text(e: &openssh::Error) -> String {
     text
 }
 
-/// [`shell::read_files`]' output, one [`Output`] per file in order (`None` where it
-/// cannot be told apart). The shared standard error goes with the files that failed.
-fn split_reads(stdout: &str, boundary: &str, stderr: &str) -> Vec<Option<Output>> {
+/// A batch's output, one [`Output`] per command in order (`None` from where it cannot
+/// be told apart): [`shell::batch`]'s (`with_stderr`), or psql's between `\echo`
+/// boundaries (an exit status line only).
+fn split_reads(stdout: &str, boundary: &str, with_stderr: bool) -> Vec<Option<Output>> {
     let begin = format!("{boundary} begin\n");
+    let status_line = format!("\n{boundary} ");
+    let end_line = format!("\n{boundary} end\n");
     let mut parts = Vec::new();
     let mut rest = stdout;
     while let Some(start) = rest.find(&begin) {
         let body = &rest[start + begin.len()..];
-        let end_marker = format!("\n{boundary} ");
-        let Some(end) = body.find(&end_marker) else {
+        let Some(end) = body.find(&status_line) else {
             parts.push(None);
             break;
         };
-        let after = &body[end + end_marker.len()..];
-        let (code, next) = after.split_once('\n').unwrap_or((after, ""));
-        let status = code.trim().parse::<i32>().ok();
+        let after = &body[end + status_line.len()..];
+        let (code, mut next) = after.split_once('\n').unwrap_or((after, ""));
+        let mut stderr = String::new();
+        if with_stderr {
+            // The standard error ends with a newline of the batch's before the end line.
+            let Some(e) = format!("\n{next}").find(&end_line) else {
+                parts.push(None);
+                break;
+            };
+            stderr = next[..e.saturating_sub(1)].to_string();
+            next = &next[(e + end_line.len()).saturating_sub(1)..];
+        }
         parts.push(Some(Output {
-            status,
+            status: code.trim().parse::<i32>().ok(),
             stdout: body[..end].to_string(),
-            stderr: if status == Some(0) {
-                String::new()
-            } else {
-                stderr.to_string()
-            },
+            stderr,
         }));
         rest = next;
     }
@@ -730,8 +747,8 @@ fn split_reads(stdout: &str, boundary: &str, stderr: &str) -> Vec<Option<Output>
 mod tests {
     use super::*;
 
-    /// The batched read's shell text, run by a real shell on real files, splits back
-    /// into what each file's own read prints.
+    /// A batch of file reads, run by a real shell on real files, splits back into what
+    /// each read prints alone.
     #[test]
     fn batched_file_reads_split_into_each_files_own_output() {
         let dir = tempfile::tempdir().unwrap();
@@ -765,9 +782,11 @@ mod tests {
             String::from_utf8(out.stdout).unwrap()
         };
         let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        assert!(!refs.is_empty());
         let boundary = "pgform-0123456789abcdef";
-        let together = sh(shell::read_files(&refs, boundary).text());
-        let parts = split_reads(&together, boundary, "");
+        let reads: Vec<Sh> = refs.iter().map(|p| shell::read_file(p)).collect();
+        let together = sh(shell::batch(&reads.iter().collect::<Vec<_>>(), boundary).text());
+        let parts = split_reads(&together, boundary, true);
         assert_eq!(parts.len(), files.len(), "{together}");
         for (path, part) in paths.iter().zip(parts) {
             let part = part.unwrap_or_else(|| panic!("{path}: not found in {together}"));
@@ -775,22 +794,42 @@ mod tests {
             assert_eq!(part.stdout, sh(shell::read_file(path).text()), "{path}");
         }
         assert!(!dir.path().join("pwned").exists());
+
+        // A failing command keeps its status and its own standard error.
+        let absent = dir.path().join("absent").to_string_lossy().into_owned();
+        let cmds = [
+            shell::exists(&absent),
+            Sh::argv(["ls", absent.as_str()]),
+            Sh::argv(["echo", "ok"]),
+        ];
+        let together = sh(shell::batch(&cmds.iter().collect::<Vec<_>>(), boundary).text());
+        let parts: Vec<Output> = split_reads(&together, boundary, true)
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(parts[0].status, Some(1));
+        assert_eq!(parts[1].status, Some(2));
+        assert!(parts[1].stderr.contains("No such file"), "{:?}", parts[1]);
+        assert!(parts[1].stderr.ends_with('\n') && !parts[0].stderr.contains("No such"));
+        assert_eq!(
+            (parts[2].status, parts[2].stdout.as_str()),
+            (Some(0), "ok\n")
+        );
     }
 
     #[test]
     fn a_cut_off_batch_leaves_the_rest_unanswered() {
         let b = "pgform-b";
         let parts = split_reads(
-            "pgform-b begin\nabsent\n\npgform-b 0\npgform-b begin\nroot",
+            "pgform-b begin\nabsent\n\npgform-b 0\n\npgform-b end\npgform-b begin\nroot",
             b,
-            "",
+            true,
         );
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].as_ref().unwrap().stdout, "absent\n");
         assert!(parts[1].is_none());
-        let failed = split_reads("pgform-b begin\n\npgform-b 1\n", b, "stat: denied");
-        assert_eq!(failed[0].as_ref().unwrap().status, Some(1));
-        assert_eq!(failed[0].as_ref().unwrap().stderr, "stat: denied");
+        let psql = split_reads("pgform-b begin\n1\n\npgform-b 0\n", b, false);
+        assert_eq!(psql[0].as_ref().unwrap().stdout, "1\n");
     }
 
     fn target(dir: &Path) -> Target {

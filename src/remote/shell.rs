@@ -72,18 +72,20 @@ pub fn read_file(path: &str) -> Sh {
     ))
 }
 
-/// [`read_file`] for several files in one command: each file's output between a line
-/// `<boundary> begin` and a line `<boundary> <exit status>` (after a newline of its own).
-pub fn read_files(paths: &[&str], boundary: &str) -> Sh {
+/// Several read-only commands as one (no standard input). For each: a line
+/// `<boundary> begin`, its standard output, a newline and a line `<boundary> <exit
+/// status>`, its standard error, a newline and a line `<boundary> end`.
+pub fn batch(commands: &[&Sh], boundary: &str) -> Sh {
     let b = quote(boundary);
-    let mut text = String::new();
-    for path in paths {
+    let mut text = String::from("e=$(mktemp) || exit 1; ");
+    for cmd in commands {
         text.push_str(&format!(
-            "printf '%s begin\\n' {b}; {{ {}; }}; printf '\\n%s %s\\n' {b} \"$?\"; ",
-            read_file(path).0
+            "printf '%s begin\\n' {b}; ( {} ) </dev/null 2>\"$e\"; \
+             printf '\\n%s %s\\n' {b} \"$?\"; cat \"$e\"; printf '\\n%s end\\n' {b}; ",
+            cmd.0
         ));
     }
-    text.push_str("true");
+    text.push_str("rm -f \"$e\"");
     Sh(text)
 }
 

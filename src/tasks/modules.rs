@@ -224,7 +224,7 @@ impl Action {
         match self {
             Action::Package { names } => {
                 let out = ok(
-                    conn.run(shell::package_status(names), None).await?,
+                    conn.run_read(shell::package_status(names)).await?,
                     "dpkg-query",
                 )?;
                 let installed: Vec<&str> = out
@@ -313,11 +313,11 @@ impl Action {
             }
             Action::File { path, state, meta } => match state {
                 FileState::Absent => {
-                    let there = conn.run(shell::exists(path), None).await?.success();
+                    let there = conn.run_read(shell::exists(path)).await?.success();
                     Ok(there.then(|| change(format!("remove {path}"))))
                 }
                 FileState::Directory => {
-                    let out = ok(conn.run(shell::dir_meta(path), None).await?, "stat")?;
+                    let out = ok(conn.run_read(shell::dir_meta(path)).await?, "stat")?;
                     let now = out.stdout.trim();
                     let want = format!("{} {} {}", meta.owner, meta.group, meta.mode);
                     Ok((now != want).then(|| change(format!("directory {path} ({want})"))))
@@ -329,7 +329,7 @@ impl Action {
                 unless,
             } => {
                 if let Some(path) = creates
-                    && conn.run(shell::exists(path), None).await?.success()
+                    && conn.run_read(shell::exists(path)).await?.success()
                 {
                     return Ok(None);
                 }
@@ -477,7 +477,7 @@ impl Action {
                     .trim()
                     .to_string();
                 let standby = conn
-                    .run(shell::exists(&format!("{data_dir}/standby.signal")), None)
+                    .run_read(shell::exists(&format!("{data_dir}/standby.signal")))
                     .await?
                     .success();
                 if !standby || local.is_empty() {
@@ -863,7 +863,7 @@ pub fn ident(s: &str) -> String {
 /// stopping); false when PostgreSQL `version` is not installed. pg_isready asks the
 /// socket, so a stale pid file left by a stopped container does not count.
 pub(crate) async fn cluster_online(conn: &Connection, version: u32) -> Result<bool, ActionError> {
-    let out = conn.run(shell::pg_isready(version), None).await?;
+    let out = conn.run_read(shell::pg_isready(version)).await?;
     Ok(matches!(out.status, Some(0 | 1)))
 }
 
