@@ -5,6 +5,8 @@
 //! pgform never fights Patroni: the primary is whichever node leads now, whatever the
 //! spec's node order says, and PostgreSQL's parameters live in the DCS.
 
+pub mod members;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -211,6 +213,21 @@ pub async fn configure(
         .chain(users.values().cloned())
         .chain(ha.all())
         .collect();
+    // Patroni's and etcd's membership before anything changes: members the spec no
+    // longer lists leave first (`members`), while the others' settings still name them.
+    let (mut view, etcd) = futures::future::join(
+        cluster(nodes, conns),
+        members::etcd_list(spec, nodes, conns),
+    )
+    .await;
+    let mut left = Vec::new();
+    if let Some(v) = &view {
+        members::check_names(v, nodes)?;
+        left = members::retire(spec, nodes, conns, v, &etcd, opts).await?;
+        if !left.is_empty() {
+            view = None;
+        }
+    }
     let (every, primary): (Vec<_>, Vec<_>) =
         book.plays.into_iter().partition(|p| p.hosts == Hosts::All);
     let runs = |nodes: &[Node]| -> Vec<HostRun> {
@@ -229,6 +246,9 @@ pub async fn configure(
         templates: book.templates.clone(),
     };
     let mut recap = crate::tasks::run_playbook(&part(every), &runs(nodes), &secrets, opts).await;
+    for e in &left {
+        recap.hosts.entry(e.host.clone()).or_default().changed += 1;
+    }
     if recap.failed() {
         return Ok(recap);
     }
@@ -237,7 +257,17 @@ pub async fn configure(
     } else {
         LEADER_TIMEOUT
     };
-    let Some(leader) = wait_for_leader(nodes, conns, wait).await? else {
+    // Nothing changed since the first read: its leader still leads.
+    let known = view
+        .as_ref()
+        .and_then(ClusterView::leader)
+        .filter(|_| recap.changed() == 0)
+        .map(str::to_string);
+    let leader = match known {
+        Some(l) => Some(l),
+        None => wait_for_leader(nodes, conns, wait).await?,
+    };
+    let Some(leader) = leader else {
         if opts.check {
             // Nothing runs yet: the leader's plays come after the bootstrap.
             return Ok(recap);
@@ -598,6 +628,15 @@ fn eligible(spec: &ClusterSpec, m: &Member) -> Result<(), String> {
     Ok(())
 }
 
+/// The first listed member a switchover may promote.
+fn candidate(spec: &ClusterSpec, view: &ClusterView, nodes: &[Node]) -> Option<String> {
+    view.members
+        .iter()
+        .filter(|m| nodes.iter().any(|n| n.name == m.name))
+        .find(|m| eligible(spec, m).is_ok())
+        .map(|m| m.name.clone())
+}
+
 /// Waits until `name` leads (read from `/cluster`, not from an exit code).
 async fn wait_leader_is(
     nodes: &[Node],
@@ -682,21 +721,28 @@ pub async fn switchover(
                 .map_err(|why| op_error(format!("cannot switch over to {name}: {why}")))?;
             name.to_string()
         }
-        None => view
-            .members
-            .iter()
-            .find(|m| eligible(spec, m).is_ok())
-            .map(|m| m.name.clone())
+        None => candidate(spec, &view, nodes)
             .ok_or_else(|| op_error("no replica is eligible to take over".into()))?,
     };
-    let li = nodes
-        .iter()
-        .position(|n| n.name == leader)
-        .ok_or_else(|| op_error(format!("the leader {leader} is not in the inventory")))?;
+    // A leader the spec no longer lists (it is leaving) is reached at its member
+    // address from another member.
+    let (via, conn) = match nodes.iter().position(|n| n.name == leader) {
+        Some(li) => (nodes[li].clone(), &conns[li]),
+        None => {
+            let m = member(&view, &leader)
+                .ok_or_else(|| op_error(format!("the leader {leader} is not a member")))?;
+            let node = Node {
+                name: m.name.clone(),
+                private_address: m.host.clone(),
+                ..nodes[0].clone()
+            };
+            (node, &conns[0])
+        }
+    };
     post(
         spec,
-        &nodes[li],
-        &conns[li],
+        &via,
+        conn,
         "/switchover",
         &json!({"leader": leader, "candidate": candidate}),
     )
