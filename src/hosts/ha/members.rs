@@ -112,7 +112,7 @@ pub fn etcd_leaving(
         )));
     }
     let stay = current.len() - current.iter().filter(|m| !wanted.contains(&m.name)).count();
-    if stay < 3 || stay % 2 == 0 {
+    if stay < 3 || stay.is_multiple_of(2) {
         return Err(HostsError::Inventory(format!(
             "the change would leave {stay} etcd member(s); etcd needs an odd number, at least 3\n    \
              fix: keep the nodes, or set ha.etcd_members to an odd number of at least 3 that the \
