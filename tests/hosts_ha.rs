@@ -775,3 +775,57 @@ async fn patroni_scales_three_to_four_and_back() {
     assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
     assert_eq!(c.view().await.members.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_cluster_is_not_handed_to_patroni() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("hapl");
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&net, &format!("hapl{i}"), 51 + i, &key))
+        .collect();
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let text = spec_text(&net, &refs, &key, "");
+    let plain_text = text.replace("mode = \"patroni\"", "mode = \"plain\"");
+    let plain = parse_str(&plain_text, Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec;
+    let c = Cluster::connect(plain, &key).await;
+    let first = c.run(false).await;
+    assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("the plain cluster streams");
+    c.query(
+        "primary",
+        "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('plain');",
+    )
+    .await
+    .expect("a row");
+
+    // The same hosts with ha.mode = "patroni": refused, in check mode too, and nothing
+    // of the HA mode lands.
+    let ha = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
+    for check in [true, false] {
+        let refused = ha.try_run(check).await.err().expect("refused").to_string();
+        assert!(
+            refused.contains("primary, replica-0, replica-1 already run(s) the plain mode's"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("fix: keep ha.mode = \"plain\""),
+            "{refused}"
+        );
+    }
+    for h in &hosts {
+        h.ssh_ok("test ! -e /etc/patroni/config.yml && ! dpkg -s patroni >/dev/null 2>&1");
+    }
+    assert_eq!(
+        c.query("primary", "SELECT v FROM kept;").await.as_deref(),
+        Ok("plain")
+    );
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+}

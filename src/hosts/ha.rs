@@ -221,6 +221,11 @@ pub async fn configure(
     )
     .await;
     let mut left = Vec::new();
+    if view.is_none() {
+        // No Patroni answers: a first run, or every member down. A node that holds a
+        // plain-mode cluster must not get Patroni beside it.
+        refuse_plain_clusters(spec, nodes, conns).await?;
+    }
     if let Some(v) = &view {
         members::check_names(v, nodes)?;
         left = members::retire(spec, nodes, conns, v, &etcd, opts).await?;
@@ -285,6 +290,43 @@ pub async fn configure(
         settle(spec, &led, conns).await?;
     }
     Ok(recap)
+}
+
+/// Refuses to start Patroni on nodes that run the plain mode's cluster (Debian's
+/// `<major>/main`, which the HA mode never makes): Patroni would start on the same data
+/// directory beside it, and a replica could win the leader race. Converting a plain
+/// cluster is not done yet.
+async fn refuse_plain_clusters(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+) -> Result<(), HostsError> {
+    let v = spec.postgres.version;
+    let asks = conns
+        .iter()
+        .map(|c| c.run(crate::remote::shell::ha::plain_cluster_present(v), None));
+    let found: Vec<&str> = futures::future::join_all(asks)
+        .await
+        .iter()
+        .zip(nodes)
+        .filter(|(out, _)| matches!(out, Ok(o) if o.stdout.trim() == "plain"))
+        .map(|(_, n)| n.name.as_str())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(HostsError::Inventory(plain_refusal(&found, v)))
+}
+
+fn plain_refusal(found: &[&str], version: u32) -> String {
+    format!(
+        "ha.mode = \"patroni\": {} already run(s) the plain mode's PostgreSQL cluster \
+         ({version}/main); pgform does not convert a plain cluster to Patroni yet, and \
+         starting Patroni beside it could promote the wrong node; nothing was changed\n    \
+         fix: keep ha.mode = \"plain\" for this cluster, or make a new HA cluster and move \
+         the data (pg_dump / pg_restore)",
+        found.join(", ")
+    )
 }
 
 /// How long the members get to take a new dynamic configuration (Patroni reads it
@@ -1035,6 +1077,14 @@ mod tests {
                 .current
         );
         assert_eq!(MemberSettings::parse("t\nwork_mem|zz\n", &wanted), None);
+    }
+
+    #[test]
+    fn a_plain_cluster_is_refused_with_the_fix() {
+        let e = plain_refusal(&["primary", "replica-0"], 15);
+        assert!(e.contains("primary, replica-0 already run(s)"), "{e}");
+        assert!(e.contains("(15/main)"), "{e}");
+        assert!(e.contains("fix: keep ha.mode = \"plain\""), "{e}");
     }
 
     #[test]

@@ -175,6 +175,14 @@ pub fn postgres_gone(version: u32) -> Sh {
     ))
 }
 
+/// Prints `plain` when Debian's cluster `<version>/main` (the plain mode's) exists.
+pub fn plain_cluster_present(version: u32) -> Sh {
+    Sh(format!(
+        "if test -f {}; then echo plain; fi",
+        quote(&format!("/etc/postgresql/{version}/main/postgresql.conf"))
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
