@@ -215,11 +215,7 @@ pub async fn configure(
         .collect();
     // Patroni's and etcd's membership before anything changes: members the spec no
     // longer lists leave first (`members`), while the others' settings still name them.
-    let (mut view, etcd) = futures::future::join(
-        cluster(nodes, conns),
-        members::etcd_list(spec, nodes, conns),
-    )
-    .await;
+    let mut view = cluster(nodes, conns).await;
     let mut left = Vec::new();
     if view.is_none() {
         // No Patroni answers: a first run, or every member down. A node that holds a
@@ -228,7 +224,7 @@ pub async fn configure(
     }
     if let Some(v) = &view {
         members::check_names(v, nodes)?;
-        left = members::retire(spec, nodes, conns, v, &etcd, opts).await?;
+        left = members::retire(spec, nodes, conns, v, opts).await?;
         if !left.is_empty() {
             view = None;
         }

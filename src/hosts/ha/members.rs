@@ -142,11 +142,7 @@ fn dcs_conn<'a>(
 
 /// etcd's membership as a member that stays sees it (empty when etcd does not answer:
 /// a first run).
-pub async fn etcd_list(
-    spec: &ClusterSpec,
-    nodes: &[Node],
-    conns: &[Connection],
-) -> Vec<EtcdMember> {
+async fn etcd_list(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> Vec<EtcdMember> {
     let Some(c) = dcs_conn(spec, nodes, conns) else {
         return Vec::new();
     };
@@ -181,7 +177,6 @@ pub async fn retire(
     nodes: &[Node],
     conns: &[Connection],
     view: &ClusterView,
-    etcd: &[EtcdMember],
     opts: &RunOptions,
 ) -> Result<Vec<TaskEvent>, HostsError> {
     let gone = departed(view, nodes);
@@ -189,11 +184,19 @@ pub async fn retire(
         .iter()
         .map(|n| n.name.clone())
         .collect();
+    // etcd's membership can only differ from the spec's when a member left or when
+    // some listed nodes do not run etcd (ha.etcd_members lowered): the common converged
+    // run, every node an etcd member, asks nothing more.
+    let etcd = if gone.is_empty() && wanted.len() == nodes.len() {
+        Vec::new()
+    } else {
+        etcd_list(spec, nodes, conns).await
+    };
     // etcd did not answer (a first run): nothing to compare.
     let etcd_out = if etcd.is_empty() {
         Vec::new()
     } else {
-        etcd_leaving(etcd, &wanted)?
+        etcd_leaving(&etcd, &wanted)?
     };
     let Some(dcs) = dcs_conn(spec, nodes, conns) else {
         return Ok(Vec::new());
