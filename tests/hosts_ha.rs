@@ -652,3 +652,181 @@ async fn patroni_synchronous_mode_loses_no_acknowledged_commit() {
     );
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patroni_scales_three_to_four_and_back() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let (key, net, mut hosts, c, _) = bootstrap("hasc", 41, "").await;
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified");
+
+    // 3 -> 4: the fourth node joins as a replica of the leader (etcd stays on the first
+    // three) and receives a row written on the leader.
+    hosts.push(Host::start(&net, "hasc3", 44, &key));
+    let four: Vec<&Host> = hosts.iter().collect();
+    let c = Cluster::connect(spec(&net, &four, &key, ""), &key).await;
+    let grown = c.run(false).await;
+    assert!(!grown.recap.failed(), "{:#?}", grown.recap.failures);
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified with four nodes");
+    let leader = c.leader().await;
+    let streaming = c.streaming(&leader, VERIFY_TIMEOUT).await;
+    assert!(
+        streaming.contains(&"replica-2".to_string()),
+        "{streaming:?}"
+    );
+    c.row_reaches_replicas(&leader, "four").await;
+    assert_eq!(c.view().await.members.len(), 4);
+    let etcd = ha::etcd_health(&c.spec, &c.nodes, &c.conns).await;
+    assert_eq!(
+        etcd.iter().filter(|l| l.contains("is healthy")).count(),
+        3,
+        "{etcd:?}"
+    );
+    assert!(
+        hosts[3].ssh("pgrep -x etcd").stdout.is_empty(),
+        "etcd runs on the first three only"
+    );
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+
+    // The node to go leads: the removal must hand over first.
+    ha::switchover(&c.spec, &c.nodes, &c.conns, Some("replica-2"))
+        .await
+        .expect("switchover to the fourth node");
+    assert_eq!(c.leader().await, "replica-2");
+
+    // Dropping a host from the middle of the list would rename the ones after it:
+    // refused before anything changes.
+    let middle = [&hosts[0], &hosts[1], &hosts[3]];
+    let renamed = Cluster::connect(spec(&net, &middle, &key, ""), &key).await;
+    let refused = renamed
+        .try_run(false)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("runs Patroni member replica-2, but the spec now names it replica-1"),
+        "{refused}"
+    );
+    assert_eq!(c.view().await.members.len(), 4, "nothing changed");
+
+    // 4 -> 3: check mode says what would happen, then apply switches over, stops
+    // Patroni on the fourth node and removes its key; the leader keeps no slot for it.
+    let three: Vec<&Host> = hosts[..3].iter().collect();
+    let c = Cluster::connect(spec(&net, &three, &key, ""), &key).await;
+    let plan = c.run(true).await;
+    let said = plan.changed().join("\n");
+    assert!(said.contains("replica-2 leaves: switchover to"), "{said}");
+    assert_eq!(c.leader().await, "replica-2", "check mode changes nothing");
+    let shrunk = c.try_run(false).await;
+    if !matches!(&shrunk, Ok(r) if !r.recap.failed()) {
+        for h in &hosts {
+            eprintln!(
+                "--- {}:\n{}",
+                h.name,
+                String::from_utf8_lossy(&h.ssh("ps -eo pid,comm,args | grep -E 'patroni|postgres' | grep -v grep; tail -n 30 /var/log/pgform-patroni.log").stdout)
+            );
+        }
+    }
+    let shrunk = shrunk.expect("the fourth node leaves");
+    assert!(!shrunk.recap.failed(), "{:#?}", shrunk.recap.failures);
+    let leader = c.leader().await;
+    assert_ne!(leader, "replica-2");
+    let view = c.view().await;
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    assert!(
+        view.members.iter().all(|m| m.name != "replica-2"),
+        "{view:?}"
+    );
+    let slots = c
+        .query(
+            &leader,
+            "SELECT slot_name FROM pg_replication_slots ORDER BY 1;",
+        )
+        .await
+        .expect("slots");
+    assert!(!slots.contains("replica_2"), "{slots}");
+    assert!(
+        hosts[3]
+            .ssh("pgrep -x patroni; pgrep -x postgres")
+            .stdout
+            .is_empty(),
+        "Patroni and PostgreSQL stopped on the removed node"
+    );
+    let etcd = ha::etcd_health(&c.spec, &c.nodes, &c.conns).await;
+    assert_eq!(
+        etcd.iter().filter(|l| l.contains("is healthy")).count(),
+        3,
+        "{etcd:?}"
+    );
+    let mut streaming = c.streaming(&leader, VERIFY_TIMEOUT).await;
+    streaming.sort();
+    assert_eq!(streaming.len(), 2, "{streaming:?}");
+    c.row_reaches_replicas(&leader, "three-again").await;
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("verified with three nodes");
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+    assert_eq!(c.view().await.members.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_cluster_is_not_handed_to_patroni() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("hapl");
+    let hosts: Vec<Host> = (0..3)
+        .map(|i| Host::start(&net, &format!("hapl{i}"), 51 + i, &key))
+        .collect();
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let text = spec_text(&net, &refs, &key, "");
+    let plain_text = text.replace("mode = \"patroni\"", "mode = \"plain\"");
+    let plain = parse_str(&plain_text, Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec;
+    let c = Cluster::connect(plain, &key).await;
+    let first = c.run(false).await;
+    assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
+    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
+        .await
+        .expect("the plain cluster streams");
+    c.query(
+        "primary",
+        "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('plain');",
+    )
+    .await
+    .expect("a row");
+
+    // The same hosts with ha.mode = "patroni": refused, in check mode too, and nothing
+    // of the HA mode lands.
+    let ha = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
+    for check in [true, false] {
+        let refused = ha.try_run(check).await.err().expect("refused").to_string();
+        assert!(
+            refused.contains("primary, replica-0, replica-1 already run(s) the plain mode's"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("fix: keep ha.mode = \"plain\""),
+            "{refused}"
+        );
+    }
+    for h in &hosts {
+        h.ssh_ok("test ! -e /etc/patroni/config.yml && ! dpkg -s patroni >/dev/null 2>&1");
+    }
+    assert_eq!(
+        c.query("primary", "SELECT v FROM kept;").await.as_deref(),
+        Ok("plain")
+    );
+    let again = c.run(false).await;
+    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+}

@@ -5,6 +5,8 @@
 //! pgform never fights Patroni: the primary is whichever node leads now, whatever the
 //! spec's node order says, and PostgreSQL's parameters live in the DCS.
 
+pub mod members;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -211,6 +213,22 @@ pub async fn configure(
         .chain(users.values().cloned())
         .chain(ha.all())
         .collect();
+    // Patroni's and etcd's membership before anything changes: members the spec no
+    // longer lists leave first (`members`), while the others' settings still name them.
+    let mut view = cluster(nodes, conns).await;
+    let mut left = Vec::new();
+    if view.is_none() {
+        // No Patroni answers: a first run, or every member down. A node that holds a
+        // plain-mode cluster must not get Patroni beside it.
+        refuse_plain_clusters(spec, nodes, conns).await?;
+    }
+    if let Some(v) = &view {
+        members::check_names(v, nodes)?;
+        left = members::retire(spec, nodes, conns, v, opts).await?;
+        if !left.is_empty() {
+            view = None;
+        }
+    }
     let (every, primary): (Vec<_>, Vec<_>) =
         book.plays.into_iter().partition(|p| p.hosts == Hosts::All);
     let runs = |nodes: &[Node]| -> Vec<HostRun> {
@@ -229,6 +247,9 @@ pub async fn configure(
         templates: book.templates.clone(),
     };
     let mut recap = crate::tasks::run_playbook(&part(every), &runs(nodes), &secrets, opts).await;
+    for e in &left {
+        recap.hosts.entry(e.host.clone()).or_default().changed += 1;
+    }
     if recap.failed() {
         return Ok(recap);
     }
@@ -237,7 +258,17 @@ pub async fn configure(
     } else {
         LEADER_TIMEOUT
     };
-    let Some(leader) = wait_for_leader(nodes, conns, wait).await? else {
+    // Nothing changed since the first read: its leader still leads.
+    let known = view
+        .as_ref()
+        .and_then(ClusterView::leader)
+        .filter(|_| recap.changed() == 0)
+        .map(str::to_string);
+    let leader = match known {
+        Some(l) => Some(l),
+        None => wait_for_leader(nodes, conns, wait).await?,
+    };
+    let Some(leader) = leader else {
         if opts.check {
             // Nothing runs yet: the leader's plays come after the bootstrap.
             return Ok(recap);
@@ -255,6 +286,43 @@ pub async fn configure(
         settle(spec, &led, conns).await?;
     }
     Ok(recap)
+}
+
+/// Refuses to start Patroni on nodes that run the plain mode's cluster (Debian's
+/// `<major>/main`, which the HA mode never makes): Patroni would start on the same data
+/// directory beside it, and a replica could win the leader race. Converting a plain
+/// cluster is not done yet.
+async fn refuse_plain_clusters(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+) -> Result<(), HostsError> {
+    let v = spec.postgres.version;
+    let asks = conns
+        .iter()
+        .map(|c| c.run(crate::remote::shell::ha::plain_cluster_present(v), None));
+    let found: Vec<&str> = futures::future::join_all(asks)
+        .await
+        .iter()
+        .zip(nodes)
+        .filter(|(out, _)| matches!(out, Ok(o) if o.stdout.trim() == "plain"))
+        .map(|(_, n)| n.name.as_str())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(HostsError::Inventory(plain_refusal(&found, v)))
+}
+
+fn plain_refusal(found: &[&str], version: u32) -> String {
+    format!(
+        "ha.mode = \"patroni\": {} already run(s) the plain mode's PostgreSQL cluster \
+         ({version}/main); pgform does not convert a plain cluster to Patroni yet, and \
+         starting Patroni beside it could promote the wrong node; nothing was changed\n    \
+         fix: keep ha.mode = \"plain\" for this cluster, or make a new HA cluster and move \
+         the data (pg_dump / pg_restore)",
+        found.join(", ")
+    )
 }
 
 /// How long the members get to take a new dynamic configuration (Patroni reads it
@@ -598,6 +666,15 @@ fn eligible(spec: &ClusterSpec, m: &Member) -> Result<(), String> {
     Ok(())
 }
 
+/// The first listed member a switchover may promote.
+fn candidate(spec: &ClusterSpec, view: &ClusterView, nodes: &[Node]) -> Option<String> {
+    view.members
+        .iter()
+        .filter(|m| nodes.iter().any(|n| n.name == m.name))
+        .find(|m| eligible(spec, m).is_ok())
+        .map(|m| m.name.clone())
+}
+
 /// Waits until `name` leads (read from `/cluster`, not from an exit code).
 async fn wait_leader_is(
     nodes: &[Node],
@@ -682,21 +759,28 @@ pub async fn switchover(
                 .map_err(|why| op_error(format!("cannot switch over to {name}: {why}")))?;
             name.to_string()
         }
-        None => view
-            .members
-            .iter()
-            .find(|m| eligible(spec, m).is_ok())
-            .map(|m| m.name.clone())
+        None => candidate(spec, &view, nodes)
             .ok_or_else(|| op_error("no replica is eligible to take over".into()))?,
     };
-    let li = nodes
-        .iter()
-        .position(|n| n.name == leader)
-        .ok_or_else(|| op_error(format!("the leader {leader} is not in the inventory")))?;
+    // A leader the spec no longer lists (it is leaving) is reached at its member
+    // address from another member.
+    let (via, conn) = match nodes.iter().position(|n| n.name == leader) {
+        Some(li) => (nodes[li].clone(), &conns[li]),
+        None => {
+            let m = member(&view, &leader)
+                .ok_or_else(|| op_error(format!("the leader {leader} is not a member")))?;
+            let node = Node {
+                name: m.name.clone(),
+                private_address: m.host.clone(),
+                ..nodes[0].clone()
+            };
+            (node, &conns[0])
+        }
+    };
     post(
         spec,
-        &nodes[li],
-        &conns[li],
+        &via,
+        conn,
         "/switchover",
         &json!({"leader": leader, "candidate": candidate}),
     )
@@ -989,6 +1073,14 @@ mod tests {
                 .current
         );
         assert_eq!(MemberSettings::parse("t\nwork_mem|zz\n", &wanted), None);
+    }
+
+    #[test]
+    fn a_plain_cluster_is_refused_with_the_fix() {
+        let e = plain_refusal(&["primary", "replica-0"], 15);
+        assert!(e.contains("primary, replica-0 already run(s)"), "{e}");
+        assert!(e.contains("(15/main)"), "{e}");
+        assert!(e.contains("fix: keep ha.mode = \"plain\""), "{e}");
     }
 
     #[test]

@@ -125,6 +125,64 @@ pub fn etcd_health() -> Sh {
     )
 }
 
+/// etcdctl against the local member, with a short timeout.
+const ETCDCTL: &str =
+    "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=5s";
+
+/// etcd's members as the local member knows them: `id, status, name, peer URLs,
+/// client URLs, is learner`, one line each.
+pub fn etcd_member_list() -> Sh {
+    Sh(format!("{ETCDCTL} member list"))
+}
+
+/// Removes the etcd member with the hexadecimal id `id` (from [`etcd_member_list`]).
+pub fn etcd_member_remove(id: &str) -> Sh {
+    Sh(format!("{ETCDCTL} member remove {}", quote(id)))
+}
+
+/// Deletes a Patroni member's key (`/service/<scope>/members/<name>`, Patroni's
+/// default namespace) in the DCS; prints how many keys went.
+pub fn patroni_member_delete(scope: &str, name: &str) -> Sh {
+    Sh(format!(
+        "{ETCDCTL} del {}",
+        quote(&format!("/service/{scope}/members/{name}"))
+    ))
+}
+
+/// Stops daemon `name` for good on a host leaving the cluster: a systemd unit is
+/// stopped and disabled (a reboot must not bring it back), else the process pgform
+/// started is stopped.
+pub fn daemon_retire(name: &str) -> Sh {
+    let n = quote(name);
+    Sh(format!(
+        "if test -d /run/systemd/system; then systemctl disable -q --now {n}; else {}; fi",
+        daemon_stop(name).0
+    ))
+}
+
+/// Makes sure PostgreSQL no longer runs on a host whose Patroni was stopped (Patroni
+/// stops it on the way out, but not when it was between a stop and a start): a fast
+/// shutdown of the data directory, then waits up to 60 s for every `postgres` process
+/// to end. Fails when one still runs.
+pub fn postgres_gone(version: u32) -> Sh {
+    let data = quote(&format!("/var/lib/postgresql/{version}/main"));
+    let pg_ctl = quote(&format!("/usr/lib/postgresql/{version}/bin/pg_ctl"));
+    Sh(format!(
+        "if test -f {data}/postmaster.pid; then runuser -u postgres -- {pg_ctl} -D {data} \
+         -m fast -w -t 60 stop >/dev/null 2>&1; fi; i=0; \
+         while pgrep -x postgres >/dev/null && test $i -lt 300; do sleep 0.2; i=$((i+1)); done; \
+         if pgrep -x postgres >/dev/null; then echo PostgreSQL still runs >&2; exit 1; fi"
+    ))
+}
+
+/// Prints `plain` when Debian's cluster `<version>/main` (the plain mode's) exists.
+pub fn plain_cluster_present(version: u32) -> Sh {
+    Sh(format!(
+        "if test -f {}; then echo plain; fi",
+        quote(&format!("/etc/postgresql/{version}/main/postgresql.conf"))
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
