@@ -76,6 +76,7 @@ pub mod hosts;
 pub mod plan;
 pub mod provider;
 pub mod remote;
+pub mod serve;
 pub mod spec;
 pub mod state;
 pub mod tasks;
