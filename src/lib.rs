@@ -73,6 +73,7 @@ pub mod engine;
 pub mod export;
 pub mod graph;
 pub mod hosts;
+pub mod ops;
 pub mod plan;
 pub mod provider;
 pub mod remote;

@@ -5,20 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::report::{Style, reporter};
+use super::report::Style;
 use super::{
     ApplyArgs, Cli, Command, DestroyArgs, ExportCommand, Global, Layer, Outcome, PlanArgs, RunArgs,
     StateCommand,
 };
-use crate::engine::{self, ApplyOptions, Interrupt};
-use crate::graph::Kind;
+use crate::engine::{self, Interrupt};
+use crate::ops::{self, Approval, Cluster, Layer as OpsLayer};
 use crate::plan::{self, Plan};
-use crate::provider::Provider;
-use crate::provider::aws::AwsProvider;
-use crate::provider::docker::DockerProvider;
-use crate::provider::memory::MemoryProvider;
-use crate::spec::{self, ClusterSpec, ProviderKind};
-use crate::state::{self, State, StateStore};
+use crate::spec;
+use crate::state::{self, StateStore};
 
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let g = &cli.global;
@@ -34,20 +30,16 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Destroy(args) => destroy(g, args).await,
         Command::Output { name, json } => output(g, name.as_deref(), json),
         Command::Status { json } => {
-            let spec = load_spec(g)?;
-            let state = read_state(&g.state_path(), &spec.name)?;
-            super::hosts::status(&spec, &state, &g.state_path(), json).await?;
+            super::hosts::status(&load(g)?, json).await?;
             Ok(Outcome::Ok)
         }
         Command::State(cmd) => state_command(g, cmd).await,
         op @ (Command::Switchover { .. } | Command::Failover { .. } | Command::Restart { .. }) => {
-            let spec = load_spec(g)?;
-            let state = read_state(&g.state_path(), &spec.name)?;
-            super::ha::operation(&spec, &state, &g.state_path(), op).await?;
+            super::ha::operation(&load(g)?, op).await?;
             Ok(Outcome::Ok)
         }
         Command::Export(cmd) => export(g, cmd),
-        Command::Cost(args) => super::cost::cost(g, &load_spec(g)?, args),
+        Command::Cost(args) => super::cost::cost(&load(g)?, args),
         Command::Pricing(super::PricingCommand::Refresh { from, out }) => {
             super::cost::refresh(&from, &out)
         }
@@ -113,28 +105,11 @@ fn validate(g: &Global, json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub(super) fn load_spec(g: &Global) -> Result<ClusterSpec> {
-    let loaded = spec::load_file(&g.file)?;
-    print_warnings(&loaded.warnings);
-    Ok(with_tls_dir(g, loaded.spec))
-}
-
-/// The spec with its TLS folder as an absolute path (outputs hand it to clients that
-/// run elsewhere): the one it names, relative to the spec file, else `<cluster>.tls`
-/// beside the state.
-fn with_tls_dir(g: &Global, mut spec: ClusterSpec) -> ClusterSpec {
-    let dir = match spec.tls.dir.take() {
-        Some(d) => {
-            let d = crate::spec::expand_home(&d);
-            match g.file.parent() {
-                Some(base) if d.is_relative() => base.join(d),
-                _ => d,
-            }
-        }
-        None => crate::tls::default_dir(&g.state_path(), &spec.name),
-    };
-    spec.tls.dir = Some(std::path::absolute(&dir).unwrap_or(dir));
-    spec
+/// The spec file and the state file, loaded; warnings go to stderr.
+pub(super) fn load(g: &Global) -> Result<Cluster> {
+    let (cluster, warnings) = Cluster::load(&g.file, &g.state_path())?;
+    print_warnings(&warnings);
+    Ok(cluster)
 }
 
 fn print_warnings(warnings: &[String]) {
@@ -143,87 +118,34 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
-/// The provider the spec names. Listed hosts need none: their graph is empty, and an
-/// in-memory provider answers its (empty) refresh.
-async fn provider(spec: &ClusterSpec) -> Result<Box<dyn Provider>> {
-    Ok(match spec.provider {
-        ProviderKind::Aws => Box::new(AwsProvider::from_env(&spec.region).await),
-        ProviderKind::Docker => Box::new(DockerProvider::from_env().await?),
-        ProviderKind::Hosts => Box::new(MemoryProvider::new()),
-    })
-}
-
-/// The state as it is on disk (no lock: reading is safe, writes are atomic).
-fn read_state(path: &Path, cluster: &str) -> Result<State> {
-    match state::read(path)? {
-        Some(s) if s.cluster != cluster => bail!(
-            "{} belongs to cluster `{}`, but the spec is for `{cluster}`; pass --state to pick another file",
-            path.display(),
-            s.cluster
-        ),
-        Some(s) => Ok(s),
-        None => Ok(State::new(cluster)),
+impl From<Layer> for OpsLayer {
+    fn from(layer: Layer) -> OpsLayer {
+        match layer {
+            Layer::Infra => OpsLayer::Infra,
+            Layer::Hosts => OpsLayer::Hosts,
+        }
     }
 }
 
 async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
-    let spec = load_spec(g)?;
-    let state = read_state(&g.state_path(), &spec.name)?;
-    let provider = provider(&spec).await?;
-    let events = reporter(Style::HumanToStderr);
-    let plan = if args.destroy {
-        engine::plan_destroy(&*provider, &state, &events).await?
-    } else {
-        engine::plan(&*provider, &spec, &state, &events).await?
+    let cluster = load(g)?;
+    let options = ops::Options {
+        only: args.only.map(Into::into),
+        events: super::report::ops_reporter(Style::HumanToStderr, false),
+        ..ops::Options::default()
     };
-    // The hosts layer joins the plan: the task list in check mode, where hosts exist and
-    // the plan leaves their machines as they are (new ones are reported as not made).
-    let machines: Vec<String> = plan
-        .changes
-        .iter()
-        .filter(|c| matches!(c.address.kind, Kind::Instance | Kind::DockerContainer))
-        .filter(|c| matches!(c.action, plan::Action::Update | plan::Action::Replace))
-        .map(|c| c.address.to_string())
-        .collect();
-    let hosts = if args.destroy || args.only == Some(Layer::Infra) {
-        None
-    } else if !machines.is_empty() && args.only != Some(Layer::Hosts) {
-        Some(super::hosts::HostPlan::AfterMachines(machines))
-    } else {
-        Some(super::hosts::plan_hosts(&spec, &state, &g.state_path()).await)
-    };
-    // The monthly cost before and after (cloud providers only; spec and state only).
-    let cost = super::cost::plan_cost(g, &spec, &plan)?;
+    let plan = ops::plan(&cluster, args.destroy, &options).await?;
     if args.json {
-        let mut doc = serde_json::to_value(&plan)?;
-        if let Some(h) = &hosts {
-            doc["hosts"] = h.to_json();
-        }
-        if let Some(c) = &cost {
-            doc["cost"] = serde_json::to_value(c)?;
-        }
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
     } else {
-        if args.only != Some(Layer::Hosts) {
-            print!("{}", plan::render(&plan));
-            if let Some(c) = &cost {
-                print!("{}", crate::cost::render_plan_cost(c));
-            }
-        }
-        if let Some(h) = &hosts {
-            print!("{}", h.render());
-        }
+        print!("{}", plan.render());
     }
     // A plan that could not look at some hosts cannot say "no changes" for them.
-    if let Some(unchecked) = hosts
-        .as_ref()
-        .map(|h| h.not_checked())
-        .filter(|u| !u.is_empty())
-    {
+    if !plan.not_checked().is_empty() {
         bail!(
             "the plan is incomplete: could not check the host(s) {} (see above){}\n    \
              fix: make them reachable over SSH (or `--only infra` to plan the infrastructure alone)",
-            unchecked.join(", "),
+            plan.not_checked().join(", "),
             if args.out.is_some() {
                 "; the plan was not saved"
             } else {
@@ -232,7 +154,7 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
         );
     }
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&plan)?)
+        std::fs::write(out, serde_json::to_string_pretty(&plan.infra)?)
             .with_context(|| format!("cannot write the plan to {}", out.display()))?;
         if !args.json {
             println!(
@@ -241,14 +163,11 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
             );
         }
     }
-    let host_changes = hosts.as_ref().is_some_and(|h| h.has_changes());
-    Ok(
-        if args.detailed_exitcode && (plan.has_changes() || host_changes) {
-            Outcome::Changes
-        } else {
-            Outcome::Ok
-        },
-    )
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        Outcome::Changes
+    } else {
+        Outcome::Ok
+    })
 }
 
 /// Infrastructure first (unless `--only hosts`), then the hosts layer (unless
@@ -257,11 +176,10 @@ async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
     if args.check && args.plan_file.is_some() {
         bail!("--check shows what would change; it cannot run a saved plan (drop one of them)");
     }
-    let spec = load_spec(g)?;
-    let before = read_state(&g.state_path(), &spec.name)?;
-    // Listed machines have no infrastructure layer.
-    if args.only != Some(Layer::Hosts) && spec.provider != ProviderKind::Hosts {
-        if args.check {
+    let cluster = load(g)?;
+    if args.check {
+        // Listed machines have no infrastructure layer.
+        if args.only != Some(Layer::Hosts) && cluster.spec.provider != spec::ProviderKind::Hosts {
             plan(
                 g,
                 PlanArgs {
@@ -273,77 +191,55 @@ async fn apply(g: &Global, args: ApplyArgs) -> Result<Outcome> {
                 },
             )
             .await?;
-        } else {
-            apply_or_destroy(g, false, args.plan_file.as_deref(), &args.run).await?;
         }
+        if args.only != Some(Layer::Infra) {
+            let options = run_options(&args.run, args.only, true);
+            ops::configure(&cluster, true, &options).await?;
+        }
+        return Ok(Outcome::Ok);
     }
-    if args.only != Some(Layer::Infra) {
-        let state = read_state(&g.state_path(), &spec.name)?;
-        super::hosts::forget_replaced_hosts(&spec, &before, &state, &g.state_path()).await;
-        super::hosts::configure(&spec, &state, &g.state_path(), args.check, args.run.json).await?;
-    }
-    Ok(Outcome::Ok)
+    let approval = match &args.plan_file {
+        Some(file) => Approval::Saved(read_plan(file)?),
+        None => ask(&args.run, "apply"),
+    };
+    run_watched(&args.run, args.only, |options| async move {
+        ops::apply(&cluster, approval, &options).await.map(drop)
+    })
+    .await
 }
 
 async fn destroy(g: &Global, args: DestroyArgs) -> Result<Outcome> {
-    apply_or_destroy(g, true, None, &args.run).await
+    let cluster = load(g)?;
+    let approval = ask(&args.run, "destroy");
+    run_watched(&args.run, None, |options| async move {
+        ops::destroy(&cluster, approval, &options).await.map(drop)
+    })
+    .await
 }
 
-/// Apply or destroy: plan (or read the saved plan), ask, then apply it while Ctrl-C is
-/// watched, and report.
-async fn apply_or_destroy(
-    g: &Global,
-    destroy: bool,
-    plan_file: Option<&Path>,
-    args: &RunArgs,
-) -> Result<Outcome> {
-    let spec = load_spec(g)?;
-    let events = reporter(if args.json { Style::Json } else { Style::Human });
-    let verb = if destroy { "destroy" } else { "apply" };
-    let mut store = StateStore::lock(&g.state_path(), verb)?;
-    let state = store.load_or_new(&spec.name)?;
-    let provider = provider(&spec).await?;
-    let plan = match plan_file {
-        Some(file) => read_plan(file, &spec)?,
-        None => {
-            let plan = if destroy {
-                engine::plan_destroy(&*provider, &state, &events).await?
-            } else {
-                engine::plan(&*provider, &spec, &state, &events).await?
-            };
-            if !confirm(&plan, args.auto_approve, args.json, verb)? {
-                return Ok(Outcome::Ok);
-            }
-            plan
-        }
-    };
-    let options = ApplyOptions {
+fn run_options(args: &RunArgs, only: Option<Layer>, check: bool) -> ops::Options {
+    ops::Options {
+        only: only.map(Into::into),
         parallelism: args.parallelism.into(),
-        events,
         interrupt: Interrupt::default(),
-    };
-    let watcher = tokio::spawn(stop_on_ctrl_c(options.interrupt.clone()));
-    let result = engine::apply(&*provider, &plan, &mut store, state, &options).await;
-    watcher.abort();
-    let (state, report) = result?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "complete", "report": report})
-        );
-    } else {
-        println!(
-            "\n{} complete! Resources: {} added, {} changed, {} destroyed.",
-            if plan.destroy { "Destroy" } else { "Apply" },
-            report.created,
-            report.updated,
-            report.deleted
-        );
-        if !plan.destroy && !state.resources.is_empty() {
-            println!("\nOutputs:\n");
-            print_outputs(&engine::outputs(&state, Some(&spec)));
-        }
+        events: super::report::ops_reporter(
+            if args.json { Style::Json } else { Style::Human },
+            check,
+        ),
     }
+}
+
+/// Runs an apply or a destroy while Ctrl-C is watched.
+async fn run_watched<F, Fut>(args: &RunArgs, only: Option<Layer>, run: F) -> Result<Outcome>
+where
+    F: FnOnce(ops::Options) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ops::OpsError>>,
+{
+    let options = run_options(args, only, false);
+    let watcher = tokio::spawn(stop_on_ctrl_c(options.interrupt.clone()));
+    let result = run(options).await;
+    watcher.abort();
+    result?;
     Ok(Outcome::Ok)
 }
 
@@ -364,8 +260,16 @@ async fn stop_on_ctrl_c(interrupt: Interrupt) {
     }
 }
 
-/// Shows the plan and asks; `false` when there is nothing to do or the answer is no.
-fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bool> {
+/// The approval of `apply`/`destroy` without a saved plan: show the plan, then go
+/// ahead when there is something to do and the answer is yes (or --auto-approve).
+fn ask(args: &RunArgs, verb: &'static str) -> Approval {
+    let (auto_approve, json) = (args.auto_approve, args.json);
+    Approval::Ask(Box::new(move |plan: &Plan| {
+        confirm(plan, auto_approve, json, verb).map_err(|e| e.to_string())
+    }))
+}
+
+fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<()> {
     if json {
         println!(
             "{}",
@@ -374,11 +278,8 @@ fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bo
     } else {
         print!("{}", plan::render(plan));
     }
-    if !plan.has_changes() {
-        return Ok(false);
-    }
-    if auto_approve {
-        return Ok(true);
+    if !plan.has_changes() || auto_approve {
+        return Ok(());
     }
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -396,51 +297,26 @@ fn confirm(plan: &Plan, auto_approve: bool, json: bool, verb: &str) -> Result<bo
         // An error, as in Terraform: a pipeline must not go on as if it had applied.
         bail!("{verb} cancelled; nothing was changed");
     }
-    Ok(true)
+    Ok(())
 }
 
-fn read_plan(file: &Path, spec: &ClusterSpec) -> Result<Plan> {
+fn read_plan(file: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read the plan {}", file.display()))?;
-    let plan: Plan = serde_json::from_str(&text).with_context(|| {
+    serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a plan saved by `pgform plan --out`",
             file.display()
         )
-    })?;
-    if plan.format_version != plan::PLAN_FORMAT_VERSION {
-        bail!(
-            "{} has plan format {}, this pgform reads {}",
-            file.display(),
-            plan.format_version,
-            plan::PLAN_FORMAT_VERSION
-        );
-    }
-    if plan.cluster != spec.name {
-        bail!(
-            "{} is a plan for cluster `{}`, but the spec is for `{}`",
-            file.display(),
-            plan.cluster,
-            spec.name
-        );
-    }
-    Ok(plan)
+    })
 }
 
 fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
-    let spec = spec::load_file(&g.file)
-        .ok()
-        .map(|l| with_tls_dir(g, l.spec));
-    let path = g.state_path();
-    let state = match (state::read(&path)?, &spec) {
-        (Some(state), _) => state,
-        // Listed hosts have no machines to record: their outputs come from the spec.
-        (None, Some(spec)) if spec.provider == spec::ProviderKind::Hosts => {
-            state::State::new(&spec.name)
-        }
-        (None, _) => bail!("no state at {}: run `pgform apply` first", path.display()),
+    // The state alone has the outputs when the spec cannot be read.
+    let outputs = match Cluster::load(&g.file, &g.state_path()) {
+        Ok((cluster, _)) => ops::outputs(&cluster)?,
+        Err(_) => ops::outputs_at(None, &g.state_path())?,
     };
-    let outputs = engine::outputs(&state, spec.as_ref());
     match name {
         Some(name) => {
             let value = outputs.get(name).with_context(|| {
@@ -456,21 +332,9 @@ fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
             }
         }
         None if json => println!("{}", serde_json::to_string_pretty(&outputs)?),
-        None => print_outputs(&outputs),
+        None => super::report::print_outputs(&outputs),
     }
     Ok(Outcome::Ok)
-}
-
-fn print_outputs(outputs: &std::collections::BTreeMap<String, serde_json::Value>) {
-    for (k, v) in outputs {
-        match v.as_str() {
-            Some(s) => println!("{k} = {s:?}"),
-            None => println!(
-                "{k} = {}",
-                serde_json::to_string_pretty(v).unwrap_or_default()
-            ),
-        }
-    }
 }
 
 async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
@@ -496,7 +360,7 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(r)?);
         }
         StateCommand::Rebuild { force } => {
-            let spec = load_spec(g)?;
+            let spec = load(g)?.spec;
             let mut store = StateStore::lock(&path, "state rebuild")?;
             let existing = store.load_or_new(&spec.name)?;
             if !existing.resources.is_empty() && !force {
@@ -506,7 +370,7 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
                     existing.resources.len()
                 );
             }
-            let provider = provider(&spec).await?;
+            let provider = ops::provider(&spec).await?;
             let mut rebuilt = engine::rebuild(&*provider, &spec).await?;
             rebuilt.lineage = existing.lineage;
             rebuilt.serial = existing.serial;
@@ -528,26 +392,27 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
 /// written all at once, so a failed export writes nothing.
 fn export(g: &Global, cmd: ExportCommand) -> Result<Outcome> {
     use crate::export::{self, Files, ansible};
-    let spec = load_spec(g)?;
+    let cluster = load(g)?;
+    let spec = &cluster.spec;
     let ansible_files = |terraform_dir: &str| -> Result<Files> {
-        let state = read_state(&g.state_path(), &spec.name)?;
-        let inventory = ansible::choose_inventory(&spec, &state, terraform_dir)?;
+        let state = cluster.read_state()?;
+        let inventory = ansible::choose_inventory(spec, &state, terraform_dir)?;
         println!("Inventory: {}", inventory.describe());
         // The playbook copies the certificates from pgform's TLS folder: make them now
         // for the machines known (keys stay there, never in the export).
         if let ansible::Inventory::Hosts(nodes) = &inventory {
-            crate::hosts::prepare_tls(&spec, nodes)?;
+            crate::hosts::prepare_tls(spec, nodes)?;
         }
-        Ok(ansible::export(&spec, &inventory)?)
+        Ok(ansible::export(spec, &inventory)?)
     };
     let sets: Vec<(PathBuf, Files)> = match cmd {
-        ExportCommand::Terraform { dir } => vec![(dir, export::terraform::export(&spec)?)],
+        ExportCommand::Terraform { dir } => vec![(dir, export::terraform::export(spec)?)],
         ExportCommand::Ansible { dir, terraform_dir } => {
             let tf = terraform_dir.to_string_lossy().into_owned();
             vec![(dir, ansible_files(&tf)?)]
         }
         ExportCommand::All { dir } => vec![
-            (dir.join("terraform"), export::terraform::export(&spec)?),
+            (dir.join("terraform"), export::terraform::export(spec)?),
             (dir.join("ansible"), ansible_files("../terraform")?),
         ],
     };

@@ -1,349 +1,31 @@
-//! The hosts layer's commands: configure after apply (or alone), and status.
+//! `pgform status`: each node's role, WAL position, replication state and lag; under
+//! Patroni, Patroni's view and the DCS's health.
 
-use std::path::Path;
-use std::time::Duration;
+use anyhow::{Result, bail};
 
-use anyhow::{Result, anyhow, bail};
+use crate::ops::{self, Cluster, Status};
 
-use super::report::{Style, task_reporter};
-use crate::graph::Kind;
-use crate::hosts::{self, Node};
-use crate::remote::Connection;
-use crate::spec::ClusterSpec;
-use crate::state::State;
-use crate::tasks::{RunOptions, TaskEvent, TaskStatus};
-
-/// How long replicas get to show up streaming and to receive the check row.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(120);
-
-pub(super) async fn open(
-    spec: &ClusterSpec,
-    state: &State,
-    state_path: &Path,
-) -> Result<(Vec<Node>, Vec<Connection>)> {
-    let nodes = hosts::inventory(spec, state)?;
-    let known = hosts::default_known_hosts(state_path, &spec.name);
-    let conns = hosts::connect(spec, &nodes, &known).await?;
-    Ok((nodes, conns))
-}
-
-/// Runs the task list on the cluster's hosts, then (unless `check`) verifies that every
-/// replica streams. Fails when a task failed or verification did.
-pub async fn configure(
-    spec: &ClusterSpec,
-    state: &State,
-    state_path: &Path,
-    check: bool,
-    json: bool,
-) -> Result<()> {
-    let password = spec
-        .postgres
-        .password_source()
-        .resolve()
-        .map_err(|e| anyhow!("postgres.replication_password: {e}"))?;
-    let style = if json { Style::Json } else { Style::Human };
-    let (nodes, conns) = open(spec, state, state_path).await?;
-    if !json {
-        println!(
-            "\n{} {} host(s): {}",
-            if check { "Checking" } else { "Configuring" },
-            nodes.len(),
-            nodes
-                .iter()
-                .map(|n| format!("{} ({})", n.name, n.connect_address))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let opts = RunOptions {
-        check,
-        events: Some(task_reporter(style, check)),
-    };
-    let recap = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await?;
+pub async fn status(cluster: &Cluster, json: bool) -> Result<()> {
+    let status = ops::status(cluster).await?;
     if json {
-        println!("{}", serde_json::json!({"event": "recap", "recap": recap}));
+        println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        println!("\nRecap:");
-        for (host, c) in &recap.hosts {
-            println!(
-                "  {host:<11} ok={} {}={} failed={} skipped={}",
-                c.ok,
-                if check { "would_change" } else { "changed" },
-                c.changed,
-                c.failed,
-                c.skipped
-            );
+        match &status {
+            Status::Plain(rows) => print_plain(rows),
+            Status::Patroni {
+                leader,
+                members,
+                etcd,
+            } => super::ha::print_status(leader.as_deref(), members, etcd),
         }
     }
-    if let Some(f) = recap.failures.first() {
-        let more = recap.failures.len() - 1;
-        bail!(
-            "{}: task `{}` failed: {}{}\n    fix: correct the cause and run apply again; finished tasks are not repeated",
-            f.host,
-            f.task,
-            f.error,
-            if more > 0 {
-                format!(" (and {more} more failure(s) above)")
-            } else {
-                String::new()
-            }
-        );
-    }
-    if check {
-        for c in conns {
-            c.close().await;
-        }
-        return Ok(());
-    }
-    let verified = hosts::verify(spec, &nodes, &conns, VERIFY_TIMEOUT).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"event": "verified", "verified": verified})
-        );
-    } else {
-        println!(
-            "\nVerified: every replica streams; a row written on the primary reached them in {:.1}s.",
-            verified.row_seconds
-        );
-        for (name, state, sync) in &verified.replicas {
-            println!("  {name:<11} {state} ({sync})");
-        }
-        if let Some(app) = &verified.application {
-            println!(
-                "  user {} wrote in database {} on the primary; user {} read it on every replica.",
-                app.writer, app.database, app.reader
-            );
-        }
-    }
-    for c in conns {
-        c.close().await;
+    if let Some(problem) = status.problem() {
+        bail!("{problem}");
     }
     Ok(())
 }
 
-/// What the hosts layer would change, for `pgform plan`: the task list in check mode.
-pub enum HostPlan {
-    /// The hosts do not exist yet: apply makes them, then runs the whole task list.
-    NotYetMade(String),
-    /// The plan changes these existing machines (starts or replaces them): apply does
-    /// that, then runs the whole task list on every host.
-    AfterMachines(Vec<String>),
-    /// These hosts exist but could not be checked (unreachable, ...): the plan says so
-    /// and `pgform plan` fails, since it cannot say what would change on them.
-    Unchecked { hosts: Vec<String>, why: String },
-    /// The tasks that would change something, per host, with file diffs.
-    Checked(Vec<TaskEvent>),
-}
-
-pub async fn plan_hosts(spec: &ClusterSpec, state: &State, state_path: &Path) -> HostPlan {
-    let nodes = match hosts::inventory(spec, state) {
-        Ok(n) => n,
-        Err(e) => return HostPlan::NotYetMade(e.to_string()),
-    };
-    let all = |why: String| HostPlan::Unchecked {
-        hosts: nodes.iter().map(|n| n.name.clone()).collect(),
-        why,
-    };
-    let password = match spec.postgres.password_source().resolve() {
-        Ok(p) => p,
-        Err(e) => return all(format!("postgres.replication_password: {e}")),
-    };
-    let known = hosts::default_known_hosts(state_path, &spec.name);
-    let conns = match hosts::connect(spec, &nodes, &known).await {
-        Ok(c) => c,
-        Err(hosts::HostsError::Unreachable(errors)) => {
-            return HostPlan::Unchecked {
-                hosts: errors.iter().map(|e| e.host().to_string()).collect(),
-                why: errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            };
-        }
-        Err(e) => return all(e.to_string()),
-    };
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let opts = RunOptions {
-        check: true,
-        events: Some(std::sync::Arc::new(move |e: &TaskEvent| {
-            // Changes, failures, and notes (an unchanged task that has something to say,
-            // such as a user kept although it left the spec).
-            let note = e.status == TaskStatus::Ok && e.summary.is_some();
-            if (note || matches!(e.status, TaskStatus::WouldChange | TaskStatus::Failed))
-                && let Ok(mut v) = sink.lock()
-            {
-                v.push(e.clone());
-            }
-        })),
-    };
-    let result = hosts::configure(spec, &nodes, &conns, password.expose(), &opts).await;
-    for c in conns {
-        c.close().await;
-    }
-    if let Err(e) = result {
-        return all(e.to_string());
-    }
-    let events = seen.lock().map(|v| v.clone()).unwrap_or_default();
-    HostPlan::Checked(events)
-}
-
-impl HostPlan {
-    pub fn has_changes(&self) -> bool {
-        match self {
-            HostPlan::Checked(events) => events.iter().any(|e| e.status != TaskStatus::Ok),
-            HostPlan::NotYetMade(_) | HostPlan::AfterMachines(_) | HostPlan::Unchecked { .. } => {
-                false
-            }
-        }
-    }
-
-    /// The hosts that could not be checked (none when the check ran or was not due).
-    pub fn not_checked(&self) -> &[String] {
-        match self {
-            HostPlan::Unchecked { hosts, .. } => hosts,
-            _ => &[],
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            HostPlan::NotYetMade(why) => serde_json::json!({"checked": false, "reason": why}),
-            HostPlan::AfterMachines(machines) => serde_json::json!({
-                "checked": false,
-                "reason": format!("checked after apply changes {}", machines.join(", ")),
-            }),
-            HostPlan::Unchecked { hosts, why } => serde_json::json!({
-                "checked": false,
-                "not_checked": hosts,
-                "reason": why,
-            }),
-            HostPlan::Checked(events) => serde_json::json!({"checked": true, "changes": events}),
-        }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::from("\nHost configuration:\n");
-        match self {
-            HostPlan::NotYetMade(_) => out.push_str(
-                "  The hosts are not made yet: apply makes them, then runs the whole task list.\n",
-            ),
-            HostPlan::AfterMachines(machines) => out.push_str(&format!(
-                "  Checked after apply: it changes {} first, then runs the whole task list.\n",
-                machines.join(", ")
-            )),
-            HostPlan::Unchecked { hosts, why } => {
-                out.push_str(&format!("  Not checked: {}\n", hosts.join(", ")));
-                for line in why.lines() {
-                    out.push_str(&format!("    {line}\n"));
-                }
-            }
-            HostPlan::Checked(events) => {
-                let changes = events.iter().filter(|e| e.status != TaskStatus::Ok).count();
-                for e in events {
-                    let mark = match e.status {
-                        TaskStatus::Failed => "!",
-                        TaskStatus::Ok => "#",
-                        _ => "~",
-                    };
-                    out.push_str(&format!(
-                        "  {mark} {}: {}: {}\n",
-                        e.host,
-                        e.task,
-                        e.summary.as_deref().or(e.error.as_deref()).unwrap_or("")
-                    ));
-                    if let Some(d) = &e.diff {
-                        for l in d.lines() {
-                            out.push_str(&format!("      {l}\n"));
-                        }
-                    }
-                }
-                if changes == 0 {
-                    out.push_str("  No changes. The hosts match the spec.\n");
-                } else {
-                    out.push_str(&format!("\nHosts: {changes} task(s) to change.\n"));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Hosts made anew since `before` (new ids) get new host keys, often at an address an
-/// earlier host had: drop those addresses from pgform's known-hosts file so that
-/// accept-new trusts the new keys (a changed key on a host pgform did not make is still
-/// refused).
-pub async fn forget_replaced_hosts(
-    spec: &ClusterSpec,
-    before: &State,
-    after: &State,
-    state_path: &Path,
-) {
-    let Ok(nodes) = hosts::inventory(spec, after) else {
-        return;
-    };
-    let file = hosts::default_known_hosts(state_path, &spec.name);
-    // The user's own known-hosts file is not ours to edit.
-    let ours = spec.ssh.known_hosts_file.is_none() && file.exists();
-    for (address, r) in &after.resources {
-        if !matches!(address.kind, Kind::Instance | Kind::DockerContainer) {
-            continue;
-        }
-        if before.resources.get(address).and_then(|b| b.id.as_ref()) == r.id.as_ref() {
-            continue;
-        }
-        let name = match address.index {
-            None => "primary".to_string(),
-            Some(i) => format!("replica-{i}"),
-        };
-        for n in nodes.iter().filter(|n| n.name == name) {
-            // A kept SSH master of the old host must not serve its successor.
-            crate::remote::close_kept_masters(&n.connect_address, spec.ssh.port).await;
-            if !ours {
-                continue;
-            }
-            let host = if spec.ssh.port == 22 {
-                n.connect_address.clone()
-            } else {
-                format!("[{}]:{}", n.connect_address, spec.ssh.port)
-            };
-            let _ = std::process::Command::new("ssh-keygen")
-                .arg("-R")
-                .arg(&host)
-                .arg("-f")
-                .arg(&file)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    // ssh-keygen -R keeps the previous file as `.old`: pgform keeps none.
-    if ours {
-        let _ = std::fs::remove_file(file.with_extension("known_hosts.old"));
-    }
-}
-
-/// `pgform status`: each node's role, WAL position, replication state and lag.
-pub async fn status(
-    spec: &ClusterSpec,
-    state: &State,
-    state_path: &Path,
-    json: bool,
-) -> Result<()> {
-    if spec.ha.patroni() {
-        return super::ha::status(spec, state, state_path, json).await;
-    }
-    let (nodes, conns) = open(spec, state, state_path).await?;
-    let rows = hosts::status(spec, &nodes, &conns).await;
-    for c in conns {
-        c.close().await;
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
+fn print_plain(rows: &[crate::hosts::NodeStatus]) {
     println!(
         "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {:<10} {:<4} {:<12} REPL_TLS",
         "NODE", "ADDRESS", "ROLE", "LSN", "STATE", "SYNC", "LAG", "TLS", "CERT_EXPIRES"
@@ -353,7 +35,7 @@ pub async fn status(
         Some(false) => "off",
         None => "-",
     };
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<11} {:<15} {:<8} {:<12} {:<10} {:<6} {:<10} {:<4} {:<12} {}",
             r.name,
@@ -373,8 +55,4 @@ pub async fn status(
             println!("  {e}");
         }
     }
-    if rows.iter().any(|r| r.role == "down") {
-        bail!("some nodes do not answer");
-    }
-    Ok(())
 }

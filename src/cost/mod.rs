@@ -577,6 +577,16 @@ fn resource_amount(lines: &[Line]) -> Amount {
         .unwrap_or(Amount::Unknown)
 }
 
+/// Why a provider bills nothing, or None for one that does.
+pub fn not_billed(spec: &crate::spec::ClusterSpec) -> Option<&'static str> {
+    use crate::spec::ProviderKind;
+    match spec.provider {
+        ProviderKind::Aws => None,
+        ProviderKind::Docker => Some("local Docker containers"),
+        ProviderKind::Hosts => Some("machines you listed; pgform makes no cloud resources"),
+    }
+}
+
 /// Before: the plan's refreshed state. After: that state with the plan's changes made
 /// (what is deleted gone, what is created or changed as the plan makes it).
 pub fn plan_cost(plan: &Plan, region: &str, prices: &PriceTable) -> PlanCost {
