@@ -154,6 +154,8 @@ pub struct RunView {
     pub id: String,
     pub cluster: String,
     pub kind: RunKind,
+    /// `infra` or `hosts`: one layer only.
+    #[schema(value_type = Option<String>)]
     pub only: Option<Layer>,
     pub state: RunState,
     /// Nothing more happens to the run.
@@ -204,7 +206,8 @@ impl From<&Run> for RunView {
 pub struct NewRun {
     pub cluster: String,
     pub kind: RunKind,
-    /// One layer only.
+    /// `infra` or `hosts`: one layer only.
+    #[schema(value_type = Option<String>)]
     pub only: Option<Layer>,
 }
 
@@ -831,7 +834,7 @@ async fn confirm(
     }
     // The saved-plan rule: the state must be the one the plan was made from.
     let cluster = load(&svc, &run.cluster)?;
-    let stale = match run.plan.as_deref().and_then(super::infra_plan) {
+    let stale = match run.plan.as_deref().and_then(exec::infra_plan) {
         Some(p) => {
             exec::plan_is_stale(&cluster, &p).map_err(|e| ApiError::conflict("state", e.message))?
         }

@@ -1,29 +1,15 @@
-//! The cluster operations the worker calls: one small function per operation, so the
-//! rest of the service does not depend on how they are carried out.
-//!
-//! Until the library's cluster operations (`pgform::ops`) are merged, these run the
-//! infrastructure layer through [`crate::engine`] directly.
+//! The cluster operations the worker calls, over the library's [`crate::ops`]: one small
+//! function per operation, so the rest of the service depends only on these.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use crate::engine::{self, ApplyOptions, Interrupt};
+use crate::engine::Interrupt;
+use crate::ops::{self, Approval};
 use crate::plan::Plan;
-use crate::provider::Provider;
-use crate::spec::{self, ClusterSpec, ProviderKind};
-use crate::state::{self, State, StateStore};
 
-/// One layer of a cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Layer {
-    Infra,
-    Hosts,
-}
+pub use crate::ops::{Cluster, Layer};
 
 /// Where each progress event goes (as the JSON document that is stored and streamed).
 pub type Sink = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
@@ -36,85 +22,50 @@ pub struct ExecError {
     pub stale: bool,
 }
 
-impl<E: std::fmt::Display> From<E> for ExecError {
-    fn from(e: E) -> ExecError {
+impl From<ops::OpsError> for ExecError {
+    fn from(e: ops::OpsError) -> ExecError {
         ExecError {
+            stale: e.is_stale_plan(),
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<String> for ExecError {
+    fn from(message: String) -> ExecError {
+        ExecError {
+            message,
             stale: false,
         }
     }
 }
 
-pub struct Cluster {
-    pub spec: ClusterSpec,
-    pub state_path: PathBuf,
-}
-
 /// Loads the spec file (paths in it relative to it); returns the warnings too.
 pub fn load(spec_file: &Path, state_path: &Path) -> Result<(Cluster, Vec<String>), ExecError> {
-    let loaded = spec::load_file(spec_file)?;
-    let mut spec = loaded.spec;
-    let dir = match spec.tls.dir.take() {
-        Some(d) => {
-            let d = spec::expand_home(&d);
-            match spec_file.parent() {
-                Some(base) if d.is_relative() => base.join(d),
-                _ => d,
-            }
-        }
-        None => crate::tls::default_dir(state_path, &spec.name),
-    };
-    spec.tls.dir = Some(std::path::absolute(&dir).unwrap_or(dir));
-    Ok((
-        Cluster {
-            spec,
-            state_path: state_path.to_path_buf(),
-        },
-        loaded.warnings,
-    ))
+    Ok(Cluster::load(spec_file, state_path)?)
 }
 
-/// A plan: its JSON document, the infrastructure plan to apply on confirmation, whether
-/// anything changes, and how many steps applying it takes (for progress).
+/// A plan: its JSON document (as `pgform plan --json`), the infrastructure plan a
+/// confirmation applies, whether anything changes, and how many steps applying it takes
+/// (each resource change, plus the hosts layer as one).
 pub struct Planned {
     pub json: serde_json::Value,
-    pub infra: Option<Plan>,
     pub has_changes: bool,
     pub steps: u64,
 }
 
-pub fn read_state(c: &Cluster) -> Result<State, ExecError> {
-    match state::read(&c.state_path)? {
-        Some(s) if s.cluster != c.spec.name => Err(ExecError::from(format!(
-            "{} belongs to cluster `{}`, not `{}`",
-            c.state_path.display(),
-            s.cluster,
-            c.spec.name
-        ))),
-        Some(s) => Ok(s),
-        None => Ok(State::new(&c.spec.name)),
-    }
-}
-
-async fn provider(spec: &ClusterSpec) -> Result<Box<dyn Provider>, ExecError> {
-    Ok(match spec.provider {
-        ProviderKind::Aws => {
-            Box::new(crate::provider::aws::AwsProvider::from_env(&spec.region).await)
-        }
-        ProviderKind::Docker => {
-            Box::new(crate::provider::docker::DockerProvider::from_env().await?)
-        }
-        ProviderKind::Hosts => Box::new(crate::provider::memory::MemoryProvider::new()),
-    })
-}
-
-fn engine_sink(sink: &Sink) -> engine::EventSink {
+fn options(only: Option<Layer>, interrupt: Interrupt, sink: &Sink) -> ops::Options {
     let sink = sink.clone();
-    Arc::new(move |e: &engine::Event| {
-        if let Ok(v) = serde_json::to_value(e) {
-            sink(v)
-        }
-    })
+    ops::Options {
+        only,
+        interrupt,
+        events: Arc::new(move |e: &ops::Event| {
+            if let Ok(v) = serde_json::to_value(e) {
+                sink(v)
+            }
+        }),
+        ..ops::Options::default()
+    }
 }
 
 pub async fn plan(
@@ -123,79 +74,64 @@ pub async fn plan(
     only: Option<Layer>,
     sink: &Sink,
 ) -> Result<Planned, ExecError> {
-    if only == Some(Layer::Hosts) {
-        return Err(ExecError::from(
-            "the hosts layer is not available in the service yet; plan with `only: infra`",
-        ));
+    let plan = ops::plan(c, destroy, &options(only, Interrupt::default(), sink)).await?;
+    // A plan that could not look at some hosts cannot say "no changes" for them.
+    if !plan.not_checked().is_empty() {
+        return Err(ExecError::from(format!(
+            "the plan is incomplete: could not check the host(s) {}; make them reachable \
+             over SSH (or run with `only: infra`)",
+            plan.not_checked().join(", ")
+        )));
     }
-    let state = read_state(c)?;
-    let provider = provider(&c.spec).await?;
-    let events = engine_sink(sink);
-    let plan = if destroy {
-        engine::plan_destroy(&*provider, &state, &events).await?
+    let infra_steps: u64 = if only == Some(Layer::Hosts) {
+        0
     } else {
-        engine::plan(&*provider, &c.spec, &state, &events).await?
+        plan.infra
+            .changes
+            .iter()
+            .map(|ch| 1 + (ch.action == crate::plan::Action::Replace) as u64)
+            .sum()
     };
-    // A replacement is two steps: the delete and the create.
-    let steps = plan
-        .changes
-        .iter()
-        .map(|ch| 1 + (ch.action == crate::plan::Action::Replace) as u64)
-        .sum();
+    let hosts_step = (!destroy && only != Some(Layer::Infra)) as u64;
     Ok(Planned {
-        json: serde_json::json!({ "infra": plan }),
+        json: plan.to_json(),
         has_changes: plan.has_changes(),
-        infra: Some(plan),
-        steps,
+        steps: infra_steps + hosts_step,
     })
 }
 
-/// Applies (or destroys with) the saved infrastructure plan; the engine refuses a plan
-/// whose state moved.
+/// Applies the saved infrastructure plan (the engine refuses it when the state moved),
+/// then the hosts layer; or destroys with it.
 pub async fn apply(
     c: &Cluster,
     saved: Plan,
-    _only: Option<Layer>,
+    only: Option<Layer>,
     interrupt: Interrupt,
     sink: &Sink,
 ) -> Result<serde_json::Value, ExecError> {
-    let verb = if saved.destroy { "destroy" } else { "apply" };
-    let mut store = StateStore::lock(&c.state_path, verb)?;
-    let state = store.load_or_new(&c.spec.name)?;
-    let provider = provider(&c.spec).await?;
-    let options = ApplyOptions {
-        parallelism: 10,
-        events: engine_sink(sink),
-        interrupt,
+    let o = options(only, interrupt, sink);
+    let applied = if saved.destroy {
+        ops::destroy(c, Approval::Saved(saved), &o).await?
+    } else {
+        ops::apply(c, Approval::Saved(saved), &o).await?
     };
-    match engine::apply(&*provider, &saved, &mut store, state, &options).await {
-        Ok((state, report)) => Ok(serde_json::json!({
-            "report": report,
-            "outputs": engine::outputs(&state, Some(&c.spec)),
-        })),
-        Err(e @ engine::EngineError::StalePlan { .. }) => Err(ExecError {
-            message: e.to_string(),
-            stale: true,
-        }),
-        Err(e) => Err(e.into()),
-    }
+    let outputs = ops::outputs(c).unwrap_or_default();
+    Ok(serde_json::json!({ "applied": applied, "outputs": outputs }))
 }
 
 pub fn outputs(c: &Cluster) -> Result<BTreeMap<String, serde_json::Value>, ExecError> {
-    let state = read_state(c)?;
-    Ok(engine::outputs(&state, Some(&c.spec)))
+    Ok(ops::outputs(c)?)
 }
 
-/// Each node's role and replication state.
+/// Each node's role and replication state (asks the hosts).
 pub async fn status(c: &Cluster) -> Result<serde_json::Value, ExecError> {
-    let state = read_state(c)?;
-    let nodes: Vec<String> = state.resources.keys().map(|a| a.to_string()).collect();
-    Ok(serde_json::json!({ "resources": nodes }))
+    let status = ops::status(c).await?;
+    Ok(serde_json::to_value(status).unwrap_or_default())
 }
 
 /// Whether the plan's state has moved: `Some(reason)` when it has.
 pub fn plan_is_stale(c: &Cluster, plan: &Plan) -> Result<Option<String>, ExecError> {
-    let state = read_state(c)?;
+    let state = c.read_state()?;
     let fresh = state.serial == 0 && state.resources.is_empty();
     let same = state.lineage == plan.lineage || (fresh && plan.serial == 0);
     Ok((!same || state.serial != plan.serial).then(|| {
@@ -205,4 +141,14 @@ pub fn plan_is_stale(c: &Cluster, plan: &Plan) -> Result<Option<String>, ExecErr
             plan.serial, plan.lineage, state.serial, state.lineage
         )
     }))
+}
+
+/// The infrastructure plan inside a stored plan document (`hosts` and `cost` sit beside
+/// its fields).
+pub fn infra_plan(doc: &str) -> Option<Plan> {
+    let mut v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    let map = v.as_object_mut()?;
+    map.remove("hosts");
+    map.remove("cost");
+    serde_json::from_value(v).ok()
 }

@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, broadcast};
 
 use crate::engine::Interrupt;
-use crate::plan::Plan;
 use run::{Run, RunKind, RunState};
 use store::{ClusterRow, Store, StoreError};
 
@@ -276,7 +275,7 @@ impl Service {
                 return self.save_run(&run);
             }
         }
-        let Some(saved) = run.plan.as_deref().and_then(infra_plan) else {
+        let Some(saved) = run.plan.as_deref().and_then(exec::infra_plan) else {
             return self.fail(run, "the run has no infrastructure plan to apply".into());
         };
         run.state = RunState::Applying;
@@ -362,11 +361,6 @@ impl Service {
     }
 }
 
-/// The infrastructure plan inside a stored plan document.
-pub fn infra_plan(doc: &str) -> Option<Plan> {
-    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
-    serde_json::from_value(v.get("infra")?.clone()).ok()
-}
 
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
