@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -118,8 +117,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body: an empty body reads as `{}`; a syntax error is 400, a wrong field or
 /// type 422, naming it.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let bytes = body.map_err(|_| ApiError::too_large())?;
+async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+    let bytes = read_body(body).await?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -136,6 +135,36 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiRes
             )
         }
     })
+}
+
+/// The body, up to [`BODY_LIMIT`]. A longer one is read on (up to a bound) before the
+/// 413, so that the client, still sending, sees the answer rather than a closed
+/// connection.
+pub async fn read_body(body: Body) -> ApiResult<Bytes> {
+    use futures::StreamExt;
+    const DRAIN_LIMIT: usize = 64 * BODY_LIMIT;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        seen += chunk.len();
+        if seen <= BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(ApiError::too_large());
+    }
+    Ok(Bytes::from(buf))
 }
 
 // ---------------------------------------------------------------------------------
@@ -338,7 +367,8 @@ pub fn router(svc: Arc<Service>) -> Router {
                 "this endpoint does not take that method (see /v1/openapi.json)",
             )
         })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Bodies are read by `read_body`, with its limit.
+        .layer(DefaultBodyLimit::disable())
         .with_state(svc)
 }
 
@@ -395,10 +425,10 @@ async fn put_cluster(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<axum::Json<ClusterView>> {
     caller.require(Role::Plan, Some(&name))?;
-    let bytes = body.map_err(|_| ApiError::too_large())?;
+    let bytes = read_body(body).await?;
     let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -703,9 +733,9 @@ fn accepted(run: &Run) -> Response {
 async fn create_run(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
-    let new: NewRun = json_body(body)?;
+    let new: NewRun = json_body(body).await?;
     let role = if new.kind == RunKind::Apply {
         Role::Apply
     } else {
@@ -815,11 +845,11 @@ async fn confirm(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let mut run = find_run(&svc, &caller, &id)?;
     caller.require(Role::Apply, Some(&run.cluster))?;
-    let c: Confirm = json_body(body)?;
+    let c: Confirm = json_body(body).await?;
     if run.state != RunState::Planned {
         return Err(wrong_state(&run, "confirm"));
     }
@@ -858,11 +888,11 @@ async fn discard(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<axum::Json<RunView>> {
     let mut run = find_run(&svc, &caller, &id)?;
     caller.require(Role::Plan, Some(&run.cluster))?;
-    let _: NoBody = json_body(body)?;
+    let _: NoBody = json_body(body).await?;
     if run.state != RunState::Planned {
         return Err(wrong_state(&run, "discard"));
     }
@@ -878,11 +908,11 @@ async fn cancel(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let mut run = find_run(&svc, &caller, &id)?;
     caller.require(Role::Plan, Some(&run.cluster))?;
-    let _: NoBody = json_body(body)?;
+    let _: NoBody = json_body(body).await?;
     if !run.allowed_actions().contains(&Action::Cancel) {
         return Err(wrong_state(&run, "cancel"));
     }
@@ -902,7 +932,7 @@ async fn retry(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let old = find_run(&svc, &caller, &id)?;
     let role = if old.kind == RunKind::Apply {
@@ -911,7 +941,7 @@ async fn retry(
         Role::Plan
     };
     caller.require(role, Some(&old.cluster))?;
-    let _: NoBody = json_body(body)?;
+    let _: NoBody = json_body(body).await?;
     if !old.allowed_actions().contains(&Action::Retry) {
         return Err(wrong_state(&old, "retri"));
     }

@@ -167,7 +167,12 @@ pub async fn layer(State(svc): State<Arc<Service>>, mut req: Request, next: Next
     };
     req.extensions_mut().insert(caller.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The path as sent (inside the `/v1` router the prefix is stripped).
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
     let key = req
         .headers()
         .get("idempotency-key")
@@ -202,12 +207,17 @@ async fn idempotent(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match to_bytes(body, BODY_LIMIT).await {
+    let bytes = match super::api::read_body(body).await {
         Ok(b) => b,
-        Err(_) => return ApiError::too_large().into_response(),
+        Err(e) => return e.into_response(),
     };
     let mut h = Sha256::new();
-    h.update(parts.uri.path().as_bytes());
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    h.update(path.as_bytes());
     h.update([0]);
     h.update(&bytes);
     let body_hash = hex::encode(h.finalize());

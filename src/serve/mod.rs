@@ -361,7 +361,6 @@ impl Service {
     }
 }
 
-
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }

@@ -416,7 +416,7 @@ impl Store for SqliteStore {
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         self.with(|db| {
             let mut q = db.prepare(
-                "SELECT id, hash, role, cluster, created_at, revoked FROM tokens ORDER BY created_at, id",
+                "SELECT id, hash, role, cluster, created_at, revoked FROM tokens ORDER BY rowid",
             )?;
             q.query_map([], |r| {
                 let bytes: Vec<u8> = r.get(1)?;
