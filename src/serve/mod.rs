@@ -165,6 +165,12 @@ impl Service {
                             .into(),
                     );
                     run.finish(RunState::Interrupted);
+                    // The lock died with the process; clear who it names, so that the
+                    // lock endpoint and the CLI do not show a holder that is gone.
+                    drop(crate::state::StateStore::lock(
+                        &self.state_path(&run.cluster),
+                        "serve recovery",
+                    ));
                 }
                 self.save_run(&run)?;
             }
