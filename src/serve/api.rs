@@ -117,7 +117,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body: an empty body reads as `{}`; a syntax error is 400, a wrong field or
 /// type 422, naming it.
-async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+pub async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = read_body(body).await?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -351,8 +351,13 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi));
+    let compat = super::compat::router().route_layer(axum::middleware::from_fn_with_state(
+        svc.clone(),
+        auth::layer,
+    ));
     Router::new()
         .nest("/v1", v1)
+        .merge(compat)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -403,13 +408,13 @@ async fn readyz(State(svc): State<Arc<Service>>) -> ApiResult<axum::Json<Health>
 // Clusters
 // ---------------------------------------------------------------------------------
 
-fn cluster_row(svc: &Service, name: &str) -> ApiResult<ClusterRow> {
+pub fn cluster_row(svc: &Service, name: &str) -> ApiResult<ClusterRow> {
     svc.store
         .cluster(name)?
         .ok_or_else(|| ApiError::not_found(&format!("the cluster `{name}`")))
 }
 
-fn load(svc: &Service, name: &str) -> ApiResult<exec::Cluster> {
+pub fn load(svc: &Service, name: &str) -> ApiResult<exec::Cluster> {
     let row = cluster_row(svc, name)?;
     svc.load_cluster(&row)
         .map_err(|e| ApiError::unprocessable("invalid_spec", e.message))
@@ -442,7 +447,18 @@ async fn put_cluster(
         .is_some_and(|v| v.contains("json"))
         || text.trim_start().starts_with('{');
     let format = if json { "json" } else { "toml" };
-    let (spec, warnings) = check_spec(&svc, &name, &text, format)?;
+    Ok(axum::Json(submit_spec(&svc, &name, text, format)?))
+}
+
+/// Validates a spec document and stores it as the cluster's (refused: another name, an
+/// inline secret).
+pub fn submit_spec(
+    svc: &Service,
+    name: &str,
+    text: String,
+    format: &str,
+) -> ApiResult<ClusterView> {
+    let (spec, warnings) = check_spec(svc, name, &text, format)?;
     if spec.name != name {
         return Err(spec_problem(
             "name",
@@ -464,18 +480,18 @@ async fn put_cluster(
         ));
     }
     let row = ClusterRow {
-        name: name.clone(),
+        name: name.to_string(),
         spec_text: text,
         format: format.into(),
         updated_at: now(),
     };
     svc.store.put_cluster(&row)?;
-    Ok(axum::Json(ClusterView {
-        name,
+    Ok(ClusterView {
+        name: name.to_string(),
         format: row.format,
         updated_at: row.updated_at,
         warnings,
-    }))
+    })
 }
 
 fn spec_problem(field: &str, message: String, fix: String) -> ApiError {
@@ -708,7 +724,7 @@ async fn force_unlock(
 // Runs
 // ---------------------------------------------------------------------------------
 
-fn find_run(svc: &Service, caller: &Caller, id: &str) -> ApiResult<Run> {
+pub fn find_run(svc: &Service, caller: &Caller, id: &str) -> ApiResult<Run> {
     let run = svc
         .store
         .run(id)?
@@ -742,7 +758,13 @@ async fn create_run(
         Role::Plan
     };
     caller.require(role, Some(&new.cluster))?;
-    cluster_row(&svc, &new.cluster)?;
+    let run = start_run(&svc, Run::new(&new.cluster, new.kind, new.only))?;
+    Ok(accepted(&run))
+}
+
+/// Queues a new run for a cluster that has a spec.
+pub fn start_run(svc: &Service, mut run: Run) -> ApiResult<Run> {
+    cluster_row(svc, &run.cluster)?;
     if svc.is_stopping() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -750,14 +772,13 @@ async fn create_run(
             "the service is stopping; send the run again after it restarts",
         ));
     }
-    let mut run = Run::new(&new.cluster, new.kind, new.only);
     svc.store.create_run(&mut run)?;
     svc.event(
         &run.id,
         serde_json::json!({"event": "state", "state": run.state}),
     );
     svc.wake_worker();
-    Ok(accepted(&run))
+    Ok(run)
 }
 
 #[utoipa::path(get, path = "/v1/runs", params(RunQuery), responses((status = 200, body = RunList)))]
@@ -841,7 +862,7 @@ fn wrong_state(run: &Run, action: &str) -> ApiError {
 /// retry plans again).
 #[utoipa::path(post, path = "/v1/runs/{id}/confirm", request_body = Confirm,
     responses((status = 202, body = RunView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn confirm(
+pub(super) async fn confirm(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -884,7 +905,7 @@ async fn confirm(
 }
 
 #[utoipa::path(post, path = "/v1/runs/{id}/discard", request_body(content = Option<NoBody>, description = "empty, or {}"), responses((status = 200, body = RunView), (status = 409, body = ErrorBody)))]
-async fn discard(
+pub(super) async fn discard(
     State(svc): State<Arc<Service>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -1062,7 +1083,7 @@ async fn log(
 }
 
 /// `<time> <event> <address or host> <details>` for one event.
-fn log_line(v: &serde_json::Value) -> String {
+pub fn log_line(v: &serde_json::Value) -> String {
     let s = |k: &str| v[k].as_str().map(str::to_string);
     let at = s("at").unwrap_or_default();
     let event = s("event").unwrap_or_else(|| "event".into());

@@ -7,9 +7,11 @@
 //! - [`exec`]: the cluster operations the worker calls.
 //! - [`api`]: the HTTP API under `/v1`, its errors and its OpenAPI document.
 //! - [`auth`]: bearer tokens, roles, and the idempotency and audit layer.
+//! - [`compat`]: the old API's endpoints as adapters over runs.
 
 pub mod api;
 pub mod auth;
+pub mod compat;
 pub mod exec;
 pub mod run;
 pub mod store;
