@@ -431,6 +431,32 @@ async fn runs_on_one_cluster_queue_and_a_stale_confirmation_is_refused() {
         )
         .await;
     assert_error(&a, 409, "stale_plan");
+    // A cancel: the run ends canceled, and its stream ends with that state.
+    let a = api
+        .post(
+            "/v1/runs",
+            json!({"cluster": cluster, "kind": "plan", "only": "infra"}),
+        )
+        .await;
+    let canceled = a.body["id"].as_str().unwrap().to_string();
+    api.wait_state(&canceled, "planned", limit).await;
+    let a = api
+        .post(&format!("/v1/runs/{canceled}/cancel"), json!({}))
+        .await;
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(a.body["state"], "canceled", "{a:?}");
+    let events = api.events(&canceled, None).await;
+    let last = &events.last().unwrap().1;
+    assert_eq!(
+        (&last["event"], &last["state"]),
+        (&json!("state"), &json!("canceled"))
+    );
+    assert_error(
+        &api.post(&format!("/v1/runs/{canceled}/cancel"), json!({}))
+            .await,
+        409,
+        "wrong_state",
+    );
     let listed = api
         .get(&format!("/v1/runs?cluster={cluster}&state=errored"))
         .await;
@@ -440,7 +466,7 @@ async fn runs_on_one_cluster_queue_and_a_stale_confirmation_is_refused() {
         "{listed:?}"
     );
     let page = api
-        .get(&format!("/v1/runs?cluster={cluster}&limit=2"))
+        .get(&format!("/v1/runs?cluster={cluster}&limit=3"))
         .await;
     let cursor = page.body["next_cursor"]
         .as_str()

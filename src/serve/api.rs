@@ -937,12 +937,20 @@ async fn cancel(
     if !run.allowed_actions().contains(&Action::Cancel) {
         return Err(wrong_state(&run, "cancel"));
     }
-    let executing = svc.interrupt(&run.id);
-    run.cancel_requested = true;
-    if !executing && matches!(run.state, RunState::Queued | RunState::Planned) {
-        run.finish(RunState::Canceled);
+    // One update in the store: the worker may be taking the run at the same moment.
+    if !svc.store.request_cancel(&run.id, &now())? {
+        run = find_run(&svc, &caller, &id)?;
+        return Err(wrong_state(&run, "cancel"));
     }
-    svc.save_run(&run)?;
+    svc.interrupt(&run.id);
+    run = find_run(&svc, &caller, &id)?;
+    if run.state == RunState::Canceled {
+        svc.event(
+            &run.id,
+            serde_json::json!({"event": "state", "state": run.state}),
+        );
+    }
+    svc.wake_worker();
     Ok((StatusCode::ACCEPTED, axum::Json(RunView::from(&run))).into_response())
 }
 
@@ -1019,14 +1027,7 @@ async fn events(
         }
     };
     let news = svc.news.subscribe();
-    let state = (
-        svc,
-        id,
-        after,
-        news,
-        std::collections::VecDeque::new(),
-        false,
-    );
+    let state = (svc, id, after, news, std::collections::VecDeque::new(), 0u8);
     let stream = futures::stream::unfold(
         state,
         |(svc, id, mut last, mut news, mut pending, mut ended)| async move {
@@ -1039,22 +1040,28 @@ async fn events(
                         (svc, id, last, news, pending, ended),
                     ));
                 }
-                if ended {
+                if ended > 1 {
                     return None;
                 }
                 // Final first, then the events: a run's last event is stored before it
-                // is marked final, so nothing is missed.
+                // is marked final, so nothing is missed. (A cancel marks it first and
+                // stores its event just after: one more short look catches that.)
                 let is_final = match svc.store.run(&id) {
                     Ok(Some(r)) => r.state.is_final(),
                     _ => true,
                 };
                 let fresh = svc.store.events_after(&id, last).unwrap_or_default();
                 if fresh.is_empty() {
-                    if is_final || svc.is_stopping() {
-                        ended = true;
-                        continue;
+                    let wait = if is_final || svc.is_stopping() {
+                        ended += 1;
+                        Duration::from_millis(200)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    if ended <= 1 {
+                        let _ = tokio::time::timeout(wait, news.recv()).await;
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), news.recv()).await;
+                    continue;
                 }
                 pending.extend(fresh);
             }

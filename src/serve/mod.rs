@@ -245,18 +245,29 @@ impl Service {
             run.finish(RunState::Errored);
             return self.save_run(&run);
         };
-        if run.started_at.is_none() {
-            run.started_at = Some(store::now());
+        let needs_plan = run.plan.is_none() || !run.approved;
+        let next = if needs_plan {
+            RunState::Planning
+        } else {
+            RunState::Applying
+        };
+        // Taken only if still queued: a cancel may have come since the queue was read.
+        let now = store::now();
+        if !self.store.claim_run(&run.id, next, &now)? {
+            return Ok(());
         }
+        run.state = next;
+        run.started_at.get_or_insert(now);
+        self.event(
+            &run.id,
+            serde_json::json!({"event": "state", "state": next}),
+        );
         let cluster = match self.load_cluster(&row) {
             Ok(c) => c,
             Err(e) => return self.fail(run, e.message),
         };
         let sink = self.sink(&run.id);
-        let needs_plan = run.plan.is_none() || !run.approved;
         if needs_plan {
-            run.state = RunState::Planning;
-            self.save_run(&run)?;
             let planned = exec::plan(&cluster, run.kind == RunKind::Destroy, run.only, &sink).await;
             // A cancel asked for while planning wins over the plan.
             if let Some(r) = self.store.run(&run.id)? {
@@ -286,8 +297,10 @@ impl Service {
         let Some(saved) = run.plan.as_deref().and_then(exec::infra_plan) else {
             return self.fail(run, "the run has no infrastructure plan to apply".into());
         };
-        run.state = RunState::Applying;
-        self.save_run(&run)?;
+        if run.state != RunState::Applying {
+            run.state = RunState::Applying;
+            self.save_run(&run)?;
+        }
         let result = exec::apply(&cluster, saved, run.only, interrupt.clone(), &sink).await;
         if let Some(r) = self.store.run(&run.id)? {
             run.cancel_requested = r.cancel_requested;

@@ -79,6 +79,12 @@ pub trait Store: Send + Sync {
     fn create_run(&self, run: &mut Run) -> Result<(), StoreError>;
     fn run(&self, id: &str) -> Result<Option<Run>, StoreError>;
     fn update_run(&self, run: &Run) -> Result<(), StoreError>;
+    /// The worker takes a queued run: sets `state` (and the start time, once) only if
+    /// the run is still queued (a cancel may have come first). `false` when it was not.
+    fn claim_run(&self, id: &str, state: RunState, now: &str) -> Result<bool, StoreError>;
+    /// Asks a live run to stop: a queued or planned one is canceled at once; a planning
+    /// or applying one is flagged for the worker. `false` when the run is not live.
+    fn request_cancel(&self, id: &str, now: &str) -> Result<bool, StoreError>;
     /// Sets how many steps of the run are done (from the event sink, while it applies).
     fn set_progress(&self, id: &str, done: u64) -> Result<(), StoreError>;
     fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError>;
@@ -325,6 +331,30 @@ impl Store for SqliteStore {
                 ],
             )
             .map(|_| ())
+        })
+    }
+
+    fn claim_run(&self, id: &str, state: RunState, now: &str) -> Result<bool, StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE runs SET state = ?2, started_at = COALESCE(started_at, ?3)
+                 WHERE id = ?1 AND state = 'queued'",
+                params![id, state.as_str(), now],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    fn request_cancel(&self, id: &str, now: &str) -> Result<bool, StoreError> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE runs SET cancel_requested = 1,
+                   finished_at = CASE WHEN state IN ('queued', 'planned') THEN ?2 ELSE finished_at END,
+                   state = CASE WHEN state IN ('queued', 'planned') THEN 'canceled' ELSE state END
+                 WHERE id = ?1 AND state IN ('queued', 'planning', 'planned', 'applying')",
+                params![id, now],
+            )
+            .map(|n| n == 1)
         })
     }
 
@@ -582,6 +612,25 @@ mod tests {
             .unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].cluster, "b");
+    }
+
+    #[test]
+    fn a_canceled_run_cannot_be_claimed() {
+        let (_d, s) = store();
+        let mut r = Run::new("a", RunKind::Plan, None);
+        s.create_run(&mut r).unwrap();
+        assert!(s.request_cancel(&r.id, "t").unwrap());
+        assert!(!s.claim_run(&r.id, RunState::Planning, "t").unwrap());
+        assert_eq!(s.run(&r.id).unwrap().unwrap().state, RunState::Canceled);
+        let mut q = Run::new("a", RunKind::Plan, None);
+        s.create_run(&mut q).unwrap();
+        assert!(s.claim_run(&q.id, RunState::Planning, "t").unwrap());
+        // Planning: flagged, not canceled yet; the worker decides.
+        assert!(s.request_cancel(&q.id, "t").unwrap());
+        let back = s.run(&q.id).unwrap().unwrap();
+        assert_eq!(back.state, RunState::Planning);
+        assert!(back.cancel_requested);
+        assert!(!s.claim_run(&q.id, RunState::Planning, "t").unwrap());
     }
 
     #[test]
