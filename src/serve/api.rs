@@ -335,6 +335,8 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/clusters/{name}/status", get(status))
         .route("/clusters/{name}/deployment", get(deployment))
         .route("/clusters/{name}/lock", get(lock).delete(force_unlock))
+        .route("/clusters/{name}/cost", get(cost))
+        .route("/clusters/{name}/export", get(export))
         .route("/runs", post(create_run).get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/confirm", post(confirm))
@@ -718,6 +720,96 @@ async fn force_unlock(
         axum::Json(serde_json::json!({"removed": holder.is_some(), "holder": holder}))
             .into_response(),
     )
+}
+
+/// The monthly cost of the cluster the spec describes (`pgform cost --json`).
+#[utoipa::path(get, path = "/v1/clusters/{name}/cost", responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+async fn cost(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Read, Some(&name))?;
+    let cluster = load(&svc, &name)?;
+    Ok(axum::Json(cost_estimate(&cluster)?).into_response())
+}
+
+pub fn cost_estimate(cluster: &exec::Cluster) -> ApiResult<serde_json::Value> {
+    let spec = &cluster.spec;
+    if let Some(why) = crate::cost::not_billed(spec) {
+        return Ok(serde_json::json!({
+            "provider": spec.provider.name(), "billed": false, "reason": why,
+            "currency": crate::cost::CURRENCY, "lines": [],
+        }));
+    }
+    let conflict = |m: String| ApiError::conflict("cost", m);
+    let prices = cluster.prices(None).map_err(|e| conflict(e.to_string()))?;
+    // The cluster as the spec describes it: looked-up images or subnets change no price.
+    let graph = crate::graph::build(spec, &crate::graph::Lookups::default())
+        .map_err(|e| conflict(e.to_string()))?;
+    let estimate = crate::cost::estimate(&crate::cost::from_graph(&graph), &spec.region, &prices);
+    let mut doc = serde_json::to_value(&estimate).unwrap_or_default();
+    doc["provider"] = spec.provider.name().into();
+    doc["billed"] = true.into();
+    Ok(doc)
+}
+
+/// The cluster as Terraform and Ansible (`pgform export all`), as a tar.gz with
+/// `terraform/` and `ansible/`. No secret is in it.
+#[utoipa::path(get, path = "/v1/clusters/{name}/export", responses((status = 200, content_type = "application/gzip", body = Vec<u8>), (status = 422, body = ErrorBody)))]
+async fn export(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    use crate::export::ansible;
+    caller.require(Role::Read, Some(&name))?;
+    let cluster = load(&svc, &name)?;
+    let spec = &cluster.spec;
+    let invalid = |m: String| ApiError::unprocessable("export", m);
+    let terraform = crate::export::terraform::export(spec).map_err(|e| invalid(e.to_string()))?;
+    let state = cluster
+        .read_state()
+        .map_err(|e| ApiError::conflict("state", e.to_string()))?;
+    let inventory = ansible::choose_inventory(spec, &state, "../terraform")
+        .map_err(|e| invalid(e.to_string()))?;
+    // The playbook copies the certificates from the TLS folder: make them for the
+    // machines known (keys stay there, never in the export).
+    if let ansible::Inventory::Hosts(nodes) = &inventory {
+        crate::hosts::prepare_tls(spec, nodes).map_err(|e| invalid(e.to_string()))?;
+    }
+    let ansible = ansible::export(spec, &inventory).map_err(|e| invalid(e.to_string()))?;
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let io =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    for (dir, files) in [("terraform", &terraform), ("ansible", &ansible)] {
+        for (path, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(if text.starts_with("#!") { 0o755 } else { 0o644 });
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(
+                &mut header,
+                std::path::Path::new(dir).join(path),
+                text.as_bytes(),
+            )
+            .map_err(io)?;
+        }
+    }
+    let bytes = tar.into_inner().and_then(|gz| gz.finish()).map_err(io)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}-export.tar.gz\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 // ---------------------------------------------------------------------------------

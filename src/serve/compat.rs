@@ -195,21 +195,8 @@ async fn costs(
 ) -> ApiResult<Response> {
     caller.require(Role::Read, Some(&project))?;
     let cluster = api::load(&svc, &project)?;
-    let spec = &cluster.spec;
-    if let Some(why) = crate::cost::not_billed(spec) {
-        return Ok(
-            axum::Json(json!({"projectId": project, "billed": false, "reason": why}))
-                .into_response(),
-        );
-    }
-    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "cost", m);
-    let prices = cluster.prices(None).map_err(|e| conflict(e.to_string()))?;
-    let graph = crate::graph::build(spec, &crate::graph::Lookups::default())
-        .map_err(|e| conflict(e.to_string()))?;
-    let estimate = crate::cost::estimate(&crate::cost::from_graph(&graph), &spec.region, &prices);
-    let mut doc = serde_json::to_value(&estimate).unwrap_or_default();
+    let mut doc = api::cost_estimate(&cluster)?;
     doc["projectId"] = project.into();
-    doc["billed"] = true.into();
     Ok(axum::Json(doc).into_response())
 }
 
