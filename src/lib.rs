@@ -20,6 +20,8 @@
 //! - [`remote`]: SSH sessions and the one place that builds shell text.
 //! - [`cost`]: the monthly cost of a graph, a state or a plan, from the embedded AWS
 //!   price table (or a refreshed price file). Pure.
+//! - [`serve`]: `pgform serve`, the HTTP service: runs (plan, confirm, apply,
+//!   destroy) kept in SQLite with their events, executed over the cluster operations.
 //! - [`cli`]: the command line, a thin layer over [`engine`] and [`hosts`].
 //!
 //! # Embedding
