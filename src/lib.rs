@@ -23,6 +23,8 @@
 //! - [`ops`]: the cluster operations every front end calls — plan (both layers and the
 //!   cost), apply (infrastructure, then the hosts), destroy, status, outputs — over a
 //!   spec, its state file, options and an event sink.
+//! - [`serve`]: `pgform serve`, the HTTP service: runs (plan, confirm, apply,
+//!   destroy) kept in SQLite with their events, executed over [`ops`].
 //! - [`cli`]: the command line, a thin front end over [`ops`].
 //!
 //! # Embedding
@@ -107,6 +109,7 @@ pub mod ops;
 pub mod plan;
 pub mod provider;
 pub mod remote;
+pub mod serve;
 pub mod spec;
 pub mod state;
 pub mod tasks;

@@ -43,6 +43,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Pricing(super::PricingCommand::Refresh { from, out }) => {
             super::cost::refresh(&from, &out)
         }
+        Command::Serve(args) => super::serve::serve(args).await,
+        Command::Token(cmd) => super::serve::token(cmd),
         Command::ForceUnlock => {
             match state::force_unlock(&g.state_path())? {
                 Some(holder) => println!("Removed the lock held by {holder}."),

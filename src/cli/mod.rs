@@ -6,6 +6,7 @@ mod cost;
 mod ha;
 mod hosts;
 mod report;
+mod serve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -137,6 +138,11 @@ pub enum Command {
     /// Price files for `cost` and the plan.
     #[command(subcommand)]
     Pricing(PricingCommand),
+    /// Run the HTTP service: clusters, runs (plan, confirm, apply, destroy), events.
+    Serve(serve::ServeArgs),
+    /// The service's bearer tokens.
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
 }
 
 #[derive(Debug, Args)]

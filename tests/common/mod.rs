@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod hosts;
 pub mod proxy;
+pub mod serve;
 pub mod tools;
 
 use std::fs::{self, File};

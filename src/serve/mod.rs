@@ -1,0 +1,443 @@
+//! `pgform serve`: the cluster operations as an HTTP service. Runs (plan, confirm,
+//! apply, destroy) are kept in a [`store::Store`] with their event log, executed by a
+//! worker (one run per cluster at a time, a global cap), and survive restarts.
+//!
+//! - [`store`]: the database (SQLite by default).
+//! - [`run`]: a run and its state machine.
+//! - [`exec`]: the cluster operations the worker calls.
+//! - [`api`]: the HTTP API under `/v1`, its errors and its OpenAPI document.
+//! - [`auth`]: bearer tokens, roles, and the idempotency and audit layer.
+//! - [`compat`]: the old API's endpoints as adapters over runs.
+
+pub mod api;
+pub mod auth;
+pub mod compat;
+pub mod exec;
+pub mod run;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, broadcast};
+
+use crate::engine::Interrupt;
+use run::{Run, RunKind, RunState};
+use store::{ClusterRow, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to listen on {0} with no token: anyone who can reach it could change clusters\n    \
+         fix: create one with `pgform token create --role admin`, or listen on 127.0.0.1"
+    )]
+    OpenBeyondLoopback(SocketAddr),
+}
+
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// At most this many runs execute at once (over all clusters).
+    pub max_running: usize,
+}
+
+/// The running service: the store, the worker's bookkeeping, and the channel that tells
+/// event streams a run has news.
+pub struct Service {
+    pub store: Arc<dyn Store>,
+    pub data: PathBuf,
+    max_running: usize,
+    /// Run ids with news (events or state), for the streams.
+    pub news: broadcast::Sender<String>,
+    wake: Notify,
+    /// Clusters with a run executing now.
+    busy: Mutex<HashSet<String>>,
+    /// Runs executing now, and how to stop them.
+    interrupts: Mutex<HashMap<String, Interrupt>>,
+    stopping: AtomicBool,
+}
+
+/// The database's file in the data folder.
+pub fn db_path(data: &Path) -> PathBuf {
+    data.join("pgform.db")
+}
+
+impl Service {
+    pub fn open(data: &Path, max_running: usize) -> Result<Arc<Service>, ServeError> {
+        for dir in [data.to_path_buf(), data.join("states"), data.join("specs")] {
+            std::fs::create_dir_all(&dir).map_err(|source| ServeError::Io { path: dir, source })?;
+        }
+        let store = store::SqliteStore::open(&db_path(data))?;
+        Ok(Arc::new(Service {
+            store: Arc::new(store),
+            data: data.to_path_buf(),
+            max_running: max_running.max(1),
+            news: broadcast::channel(1024).0,
+            wake: Notify::new(),
+            busy: Mutex::new(HashSet::new()),
+            interrupts: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn state_path(&self, cluster: &str) -> PathBuf {
+        self.data
+            .join("states")
+            .join(format!("{cluster}.pgstate.json"))
+    }
+
+    /// Where a cluster's submitted document is written to be loaded (relative paths in it
+    /// start in that folder).
+    pub fn spec_path(&self, cluster: &str, format: &str) -> PathBuf {
+        self.data.join("specs").join(format!("{cluster}.{format}"))
+    }
+
+    /// Loads the cluster's stored spec as the operations need it.
+    pub fn load_cluster(&self, row: &ClusterRow) -> Result<exec::Cluster, exec::ExecError> {
+        let path = self.spec_path(&row.name, &row.format);
+        std::fs::write(&path, &row.spec_text)
+            .map_err(|e| exec::ExecError::from(format!("cannot write {}: {e}", path.display())))?;
+        Ok(exec::load(&path, &self.state_path(&row.name))?.0)
+    }
+
+    /// Stores an event for the run (with the time), then tells the streams.
+    pub fn event(&self, run: &str, mut event: serde_json::Value) {
+        if let Some(map) = event.as_object_mut() {
+            map.insert("at".into(), store::now().into());
+        }
+        if let Err(e) = self.store.append_event(run, &event.to_string()) {
+            tracing::error!("cannot store an event of {run}: {e}");
+        }
+        let _ = self.news.send(run.to_string());
+    }
+
+    /// Saves the run and records its new state as an event.
+    pub fn save_run(&self, run: &Run) -> Result<(), StoreError> {
+        self.event(
+            &run.id,
+            serde_json::json!({"event": "state", "state": run.state, "error": run.error}),
+        );
+        self.store.update_run(run)?;
+        let _ = self.news.send(run.id.clone());
+        Ok(())
+    }
+
+    pub fn wake_worker(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Interrupts the run if it executes now; `true` if it did.
+    pub fn interrupt(&self, run: &str) -> bool {
+        let map = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(run).map(|i| i.trigger()).is_some()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// After a restart: runs that were planning plan again; runs that were applying are
+    /// interrupted (the state lock died with the process).
+    pub fn recover(&self) -> Result<(), StoreError> {
+        for state in [RunState::Planning, RunState::Applying] {
+            let runs = self.store.runs(&store::RunFilter {
+                state: Some(state),
+                limit: usize::MAX >> 1,
+                ..Default::default()
+            })?;
+            for mut run in runs {
+                if state == RunState::Planning {
+                    run.state = RunState::Queued;
+                } else {
+                    run.error = Some(
+                        "the service stopped while this run applied; what was made is recorded \
+                         in the state: retry to plan again and finish"
+                            .into(),
+                    );
+                    run.finish(RunState::Interrupted);
+                    // The lock died with the process; clear who it names, so that the
+                    // lock endpoint and the CLI do not show a holder that is gone.
+                    drop(crate::state::StateStore::lock(
+                        &self.state_path(&run.cluster),
+                        "serve recovery",
+                    ));
+                }
+                self.save_run(&run)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks queued runs whose cluster is free, up to the cap, until stopped.
+    pub async fn worker(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if self.is_stopping() {
+                return;
+            }
+            if let Err(e) = self.start_queued() {
+                tracing::error!("the worker cannot read the queue: {e}");
+            }
+        }
+    }
+
+    fn start_queued(self: &Arc<Self>) -> Result<(), StoreError> {
+        let queued = self.store.runs(&store::RunFilter {
+            state: Some(RunState::Queued),
+            limit: 1000,
+            ..Default::default()
+        })?;
+        for run in queued {
+            {
+                let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+                if busy.len() >= self.max_running {
+                    break;
+                }
+                if !busy.insert(run.cluster.clone()) {
+                    continue;
+                }
+            }
+            let interrupt = Interrupt::default();
+            self.interrupts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.id.clone(), interrupt.clone());
+            let svc = self.clone();
+            tokio::spawn(async move {
+                let (id, cluster) = (run.id.clone(), run.cluster.clone());
+                if let Err(e) = svc.execute(run, interrupt).await {
+                    tracing::error!("run {id}: {e}");
+                }
+                svc.interrupts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                svc.busy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&cluster);
+                svc.wake_worker();
+            });
+        }
+        Ok(())
+    }
+
+    /// Plans the run (unless it was planned and confirmed), then applies it when it is
+    /// approved.
+    async fn execute(&self, mut run: Run, interrupt: Interrupt) -> Result<(), StoreError> {
+        let Some(row) = self.store.cluster(&run.cluster)? else {
+            run.error = Some(format!("the cluster `{}` has no spec", run.cluster));
+            run.finish(RunState::Errored);
+            return self.save_run(&run);
+        };
+        let needs_plan = run.plan.is_none() || !run.approved;
+        let next = if needs_plan {
+            RunState::Planning
+        } else {
+            RunState::Applying
+        };
+        // Taken only if still queued: a cancel may have come since the queue was read.
+        let now = store::now();
+        if !self.store.claim_run(&run.id, next, &now)? {
+            return Ok(());
+        }
+        run.state = next;
+        run.started_at.get_or_insert(now);
+        self.event(
+            &run.id,
+            serde_json::json!({"event": "state", "state": next}),
+        );
+        let cluster = match self.load_cluster(&row) {
+            Ok(c) => c,
+            Err(e) => return self.fail(run, e.message),
+        };
+        let sink = self.sink(&run.id);
+        if needs_plan {
+            let planned = exec::plan(&cluster, run.kind == RunKind::Destroy, run.only, &sink).await;
+            // A cancel asked for while planning wins over the plan.
+            if let Some(r) = self.store.run(&run.id)? {
+                run.cancel_requested = r.cancel_requested;
+            }
+            let planned = match planned {
+                _ if run.cancel_requested => {
+                    run.finish(RunState::Canceled);
+                    return self.save_run(&run);
+                }
+                Ok(p) => p,
+                Err(e) => return self.fail(run, e.message),
+            };
+            let text = planned.json.to_string();
+            run.plan_hash = Some(hex::encode(Sha256::digest(text.as_bytes())));
+            run.plan = Some(text);
+            run.total = planned.steps;
+            if !planned.has_changes {
+                run.finish(RunState::NoChanges);
+                return self.save_run(&run);
+            }
+            if !run.approved {
+                run.state = RunState::Planned;
+                return self.save_run(&run);
+            }
+        }
+        let Some(saved) = run.plan.as_deref().and_then(exec::infra_plan) else {
+            return self.fail(run, "the run has no infrastructure plan to apply".into());
+        };
+        if run.state != RunState::Applying {
+            run.state = RunState::Applying;
+            self.save_run(&run)?;
+        }
+        let result = exec::apply(&cluster, saved, run.only, interrupt.clone(), &sink).await;
+        if let Some(r) = self.store.run(&run.id)? {
+            run.cancel_requested = r.cancel_requested;
+            run.done = r.done;
+        }
+        match result {
+            Ok(result) => {
+                run.result = Some(result);
+                run.done = run.total;
+                run.finish(RunState::Applied);
+            }
+            Err(e) => {
+                run.error = Some(e.message);
+                run.finish(if run.cancel_requested {
+                    RunState::Canceled
+                } else if interrupt.is_triggered() {
+                    RunState::Interrupted
+                } else {
+                    RunState::Errored
+                });
+            }
+        }
+        self.save_run(&run)
+    }
+
+    fn fail(&self, mut run: Run, message: String) -> Result<(), StoreError> {
+        run.error = Some(message);
+        run.finish(RunState::Errored);
+        self.save_run(&run)
+    }
+
+    /// The operations' events: stored, streamed, and counted for progress.
+    fn sink(&self, run: &str) -> exec::Sink {
+        let store = self.store.clone();
+        let news = self.news.clone();
+        let id = run.to_string();
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        Arc::new(move |mut event: serde_json::Value| {
+            let kind = event["event"].as_str().unwrap_or_default().to_string();
+            if let Some(map) = event.as_object_mut() {
+                map.insert("at".into(), store::now().into());
+            }
+            if let Err(e) = store.append_event(&id, &event.to_string()) {
+                tracing::error!("cannot store an event of {id}: {e}");
+            }
+            if matches!(kind.as_str(), "finished" | "failed" | "skipped") {
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                let _ = store.set_progress(&id, n);
+            }
+            let _ = news.send(id.clone());
+        })
+    }
+
+    /// SIGTERM: take no new run, interrupt running applies (running steps finish and
+    /// are recorded) and wait for them to be marked.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let running: Vec<Interrupt> = self
+            .interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for i in &running {
+            i.trigger();
+        }
+        for _ in 0..600 {
+            if self
+                .interrupts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Runs the service until SIGTERM or Ctrl-C. Prints the address it listens on first
+/// (`listening on http://ADDR`), so a port of 0 can be used.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let svc = Service::open(&config.data, config.max_running)?;
+    let has_tokens = svc.store.tokens()?.iter().any(|t| !t.revoked);
+    if !has_tokens && !is_loopback(&config.listen) {
+        return Err(ServeError::OpenBeyondLoopback(config.listen));
+    }
+    svc.recover()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            path: PathBuf::from(config.listen.to_string()),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Io {
+        path: PathBuf::from(config.listen.to_string()),
+        source,
+    })?;
+    println!("listening on http://{addr}");
+    let worker = tokio::spawn(svc.clone().worker());
+    svc.wake_worker();
+    let app = api::router(svc.clone());
+    let stopper = svc.clone();
+    let shutdown = async move {
+        wait_for_signal().await;
+        // No new run starts; running applies are interrupted and marked; then the
+        // server stops accepting and closes.
+        stopper.stop().await;
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServeError::Io {
+            path: PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    worker.abort();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
