@@ -24,9 +24,20 @@ pub struct ExecError {
 
 impl From<ops::OpsError> for ExecError {
     fn from(e: ops::OpsError) -> ExecError {
+        // The whole chain of causes, each once (some messages already hold theirs).
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = c.source();
+        }
         ExecError {
             stale: e.is_stale_plan(),
-            message: e.to_string(),
+            message,
         }
     }
 }
