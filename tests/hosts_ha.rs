@@ -206,7 +206,9 @@ impl Cluster {
         .await
         .expect("the leader accepts writes");
         for n in self.nodes.iter().filter(|n| n.name != leader) {
-            let deadline = Instant::now() + Duration::from_secs(30);
+            // A replica that follows a new leader restarts first (within Patroni's
+            // loop_wait): on a loaded machine that took more than 30 s.
+            let deadline = Instant::now() + VERIFY_TIMEOUT;
             loop {
                 let got = self
                     .query(
