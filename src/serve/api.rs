@@ -1118,50 +1118,124 @@ async fn events(
             ));
         }
     };
-    let news = svc.news.subscribe();
-    let state = (svc, id, after, news, std::collections::VecDeque::new(), 0u8);
-    let stream = futures::stream::unfold(
-        state,
-        |(svc, id, mut last, mut news, mut pending, mut ended)| async move {
-            loop {
-                if let Some((seq, data)) = pending.pop_front() {
-                    last = seq;
-                    let ev = SseEvent::default().id(seq.to_string()).data::<String>(data);
-                    return Some((
-                        Ok::<_, Infallible>(ev),
-                        (svc, id, last, news, pending, ended),
-                    ));
-                }
-                if ended > 1 {
-                    return None;
-                }
-                // Final first, then the events: a run's last event is stored before it
-                // is marked final, so nothing is missed. (A cancel marks it first and
-                // stores its event just after: one more short look catches that.)
-                let is_final = match svc.store.run(&id) {
-                    Ok(Some(r)) => r.state.is_final(),
-                    _ => true,
-                };
-                let fresh = svc.store.events_after(&id, last).unwrap_or_default();
-                if fresh.is_empty() {
-                    let wait = if is_final || svc.is_stopping() {
-                        ended += 1;
-                        Duration::from_millis(200)
-                    } else {
-                        Duration::from_secs(1)
-                    };
-                    if ended <= 1 {
-                        let _ = tokio::time::timeout(wait, news.recv()).await;
-                    }
-                    continue;
-                }
-                pending.extend(fresh);
-            }
-        },
-    );
+    let stream = futures::stream::unfold(EventStream::new(svc, id, after), |mut s| async move {
+        let (seq, data) = s.next().await?;
+        let ev = SseEvent::default().id(seq.to_string()).data::<String>(data);
+        Some((Ok::<_, Infallible>(ev), s))
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// One subscriber's view of a run's events: what the store holds after `last`, then each
+/// event as it is stored, until the run is final.
+struct EventStream {
+    svc: Arc<Service>,
+    id: String,
+    last: i64,
+    news: tokio::sync::broadcast::Receiver<super::News>,
+    pending: std::collections::VecDeque<(i64, String)>,
+    /// Read the store before waiting again: at the start, after a gap, a lagging
+    /// receiver or a quiet second, and after the final state's event.
+    look: bool,
+    /// Looks that found the run final with nothing new.
+    ended: u8,
+}
+
+impl EventStream {
+    fn new(svc: Arc<Service>, id: String, after: i64) -> EventStream {
+        // Subscribed before the first look, so nothing stored after it is missed.
+        let news = svc.news.subscribe();
+        EventStream {
+            svc,
+            id,
+            last: after,
+            news,
+            pending: Default::default(),
+            look: true,
+            ended: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Option<(i64, String)> {
+        loop {
+            if let Some((seq, data)) = self.pending.pop_front() {
+                self.last = seq;
+                return Some((seq, data));
+            }
+            if self.ended > 1 {
+                return None;
+            }
+            if self.look {
+                // Final first, then the events: a run's last event is stored before it
+                // is marked final, so nothing is missed. (A cancel marks it first and
+                // stores its event just after: one more short look catches that.)
+                let is_final = match self.svc.store.run(&self.id) {
+                    Ok(Some(r)) => r.state.is_final(),
+                    _ => true,
+                };
+                let fresh = self
+                    .svc
+                    .store
+                    .events_after(&self.id, self.last)
+                    .unwrap_or_default();
+                if !fresh.is_empty() {
+                    self.pending.extend(fresh);
+                    continue;
+                }
+                if is_final || self.svc.is_stopping() {
+                    self.ended += 1;
+                    if self.ended <= 1 {
+                        let wait = Duration::from_millis(200);
+                        let _ = tokio::time::timeout(wait, self.news_of_this_run()).await;
+                    }
+                    continue;
+                }
+                self.look = false;
+            }
+            match tokio::time::timeout(Duration::from_secs(1), self.news_of_this_run()).await {
+                Ok(Heard::Event(seq, data)) if seq == self.last + 1 => {
+                    self.look = is_final_state(&data);
+                    self.pending.push_back((seq, data.to_string()));
+                }
+                Ok(Heard::Event(seq, _)) if seq <= self.last => {}
+                // The final state comes as an event; a look each second catches the rest.
+                Ok(Heard::RowChanged) => {}
+                _ => self.look = true,
+            }
+        }
+    }
+
+    /// The next news of this run. Other runs' news wakes no stream: with many runs and
+    /// subscribers that would be many reads.
+    async fn news_of_this_run(&mut self) -> Heard {
+        loop {
+            match self.news.recv().await {
+                Ok(n) if n.run != self.id => continue,
+                Ok(n) => match n.event {
+                    Some((seq, data)) => return Heard::Event(seq, data),
+                    None => return Heard::RowChanged,
+                },
+                // It may have missed this run's events.
+                Err(_) => return Heard::Lagged,
+            }
+        }
+    }
+}
+
+enum Heard {
+    Event(i64, Arc<str>),
+    RowChanged,
+    Lagged,
+}
+
+/// A state event naming a final state: the stream looks at the store to end.
+fn is_final_state(data: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(data).is_ok_and(|v| {
+        v["event"] == "state"
+            && serde_json::from_value::<RunState>(v["state"].clone()).is_ok_and(|s| s.is_final())
+    })
 }
 
 /// The run's events as plain text, one line each.

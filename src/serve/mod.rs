@@ -59,14 +59,32 @@ pub struct Service {
     pub store: Arc<dyn Store>,
     pub data: PathBuf,
     max_running: usize,
-    /// Run ids with news (events or state), for the streams.
-    pub news: broadcast::Sender<String>,
+    /// Runs with news, for the streams.
+    pub news: broadcast::Sender<News>,
     wake: Notify,
     /// Clusters with a run executing now.
     busy: Mutex<HashSet<String>>,
     /// Runs executing now, and how to stop them.
     interrupts: Mutex<HashMap<String, Interrupt>>,
     stopping: AtomicBool,
+}
+
+/// News of a run for its event streams: an event just stored (its number and text), or
+/// `None` when only the run's row changed. Streams that are caught up take the event from
+/// here rather than reading the store again.
+#[derive(Debug, Clone)]
+pub struct News {
+    pub run: String,
+    pub event: Option<(i64, Arc<str>)>,
+}
+
+impl News {
+    fn event(run: &str, seq: i64, text: String) -> News {
+        News {
+            run: run.to_string(),
+            event: Some((seq, text.into())),
+        }
+    }
 }
 
 /// The database's file in the data folder.
@@ -117,10 +135,11 @@ impl Service {
         if let Some(map) = event.as_object_mut() {
             map.insert("at".into(), store::now().into());
         }
-        if let Err(e) = self.store.append_event(run, &event.to_string()) {
-            tracing::error!("cannot store an event of {run}: {e}");
+        let text = event.to_string();
+        match self.store.append_event(run, &text) {
+            Ok(seq) => drop(self.news.send(News::event(run, seq, text))),
+            Err(e) => tracing::error!("cannot store an event of {run}: {e}"),
         }
-        let _ = self.news.send(run.to_string());
     }
 
     /// Saves the run and records its new state as an event.
@@ -130,7 +149,10 @@ impl Service {
             serde_json::json!({"event": "state", "state": run.state, "error": run.error}),
         );
         self.store.update_run(run)?;
-        let _ = self.news.send(run.id.clone());
+        let _ = self.news.send(News {
+            run: run.id.clone(),
+            event: None,
+        });
         Ok(())
     }
 
@@ -343,14 +365,18 @@ impl Service {
             if let Some(map) = event.as_object_mut() {
                 map.insert("at".into(), store::now().into());
             }
-            if let Err(e) = store.append_event(&id, &event.to_string()) {
+            let text = event.to_string();
+            let stored = store.append_event(&id, &text);
+            if let Err(e) = &stored {
                 tracing::error!("cannot store an event of {id}: {e}");
             }
             if matches!(kind.as_str(), "finished" | "failed" | "skipped") {
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 let _ = store.set_progress(&id, n);
             }
-            let _ = news.send(id.clone());
+            if let Ok(seq) = stored {
+                let _ = news.send(News::event(&id, seq, text));
+            }
         })
     }
 
