@@ -2,8 +2,7 @@
 //! on loopback, driven by a real HTTP client.
 //!
 //! 1. 1,000 plan runs (`only: infra`) queued at once (20 clients) over 10 clusters of
-//!    listed hosts,
-//!    whose infrastructure layer is the in-memory provider: POST latency, then the time
+//!    listed hosts, whose infrastructure layer is the in-memory provider: POST latency, then the time
 //!    until every run is final (the queue's throughput: claim, plan, events, state).
 //! 2. 100 SSE subscribers on one run that makes a cluster's containers (the Docker
 //!    provider, `only: infra`), attached while it waits for confirmation: the delivery
@@ -15,7 +14,7 @@
 //! small, as a check (which also asserts every run ended and every subscriber got every
 //! event).
 
-#[allow(dead_code, unused_imports)] // the bench uses only part of the harness
+#[allow(unused_imports)] // the bench uses only part of the harness
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -153,9 +152,9 @@ async fn get_latencies(api: &Api, runs: &[String], clients: usize, total: usize)
     all
 }
 
-/// 2. Subscribers on a run that creates a cluster's containers (`only: infra`, the
-/// Docker provider), attached while it waits for its confirmation; then it is confirmed,
-/// applied and destroyed.
+/// Part 2: subscribers on a run that creates a cluster's containers (`only: infra`, on
+/// the Docker provider), attached while it waits for its confirmation; then it is
+/// confirmed, applied and destroyed.
 async fn fan_out(server: &Server, key: &SshKey, subscribers: usize) {
     if !common::hosts::require_testbed() {
         println!("SSE fan-out: skipped (no testbed: bash scripts/testbed.sh up)");
