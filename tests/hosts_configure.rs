@@ -322,7 +322,9 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
     let key = SshKey::generate();
     let net = Network::create("cfg");
     let hs = start_hosts(&net, 3, &key);
-    let c = connect(spec(&net, &hs.iter().collect::<Vec<_>>(), &key, ""), &key).await;
+    let mut s = spec(&net, &hs.iter().collect::<Vec<_>>(), &key, "");
+    s.packages.unsafe_io = true;
+    let mut c = connect(s, &key).await;
 
     // Asked to stop once PostgreSQL is installed on the primary: the tasks running then
     // finish, nothing new starts, and the next run goes on from there.
@@ -355,6 +357,18 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
         [TaskStatus::Ok]
     );
     assert!(first.recap.changed() > 0);
+    // `packages.unsafe_io` is dpkg's setting on every host; replicas made no
+    // install-time cluster (their seed replaces what they made after).
+    const UNSAFE_IO: &str = "/etc/dpkg/dpkg.cfg.d/pgform-unsafe-io";
+    for h in &hs {
+        assert_eq!(h.ssh_ok(&format!("cat {UNSAFE_IO}")), "force-unsafe-io\n");
+    }
+    for replica in ["replica-0", "replica-1"] {
+        let task = "replica cluster, unsynced until its seed";
+        let mut made = cut.statuses(replica, task);
+        made.extend(first.statuses(replica, task));
+        assert!(made.contains(&TaskStatus::Changed), "{replica}: {made:?}");
+    }
     let v = c.verify().await;
     assert_eq!(v.replicas.len(), 2, "{v:?}");
     assert!(
@@ -431,6 +445,19 @@ async fn bare_hosts_become_a_streaming_cluster_and_a_rerun_changes_nothing() {
         [TaskStatus::Ok]
     );
     assert_eq!(c.verify().await.replicas.len(), 2);
+
+    // Turned off, the setting goes.
+    c.spec.packages.unsafe_io = false;
+    let run = c.run(false).await;
+    let changed = run.changed();
+    assert_eq!(changed.len(), 3, "{changed:?}");
+    assert!(
+        changed.iter().all(|c| c.contains(" dpkg with fsync:")),
+        "{changed:?}"
+    );
+    for h in &hs {
+        assert!(!h.ssh(&format!("test -e {UNSAFE_IO}")).status.success());
+    }
 }
 
 /// Synchronous mode; then, on the converged cluster: a check run changes nothing; a

@@ -457,6 +457,7 @@ pub fn vars(
         replication_user => spec.postgres.replication_user.clone(),
         replication_password => password.to_string(),
         apt_mirror => spec.packages.apt_mirror.clone().unwrap_or_default(),
+        apt_unsafe_io => spec.packages.unsafe_io,
         settings => settings(spec, nodes, node),
         hba_block => hba_block(spec, nodes),
         replica_slots => replicas.iter().map(|r| r.slot()).collect::<Vec<_>>(),

@@ -187,6 +187,12 @@ pub struct PackagesSpec {
     /// An apt repository that becomes the hosts' only package source (air-gapped sites,
     /// local testing), e.g. "http://10.232.0.1:8765" for a flat repository.
     pub apt_mirror: Option<String>,
+    /// dpkg without fsync (`force-unsafe-io`, as Docker's Debian images do): a faster
+    /// first install. The risk: a host that loses power during any package operation
+    /// (while this is on) may keep empty or cut files that dpkg believes installed;
+    /// reinstall the packages then. Off by default; turning it off removes the setting.
+    #[serde(default)]
+    pub unsafe_io: bool,
 }
 
 /// The machines: type per role, image, disks.
