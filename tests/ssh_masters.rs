@@ -202,3 +202,54 @@ async fn with_keeping_off_the_master_ends_with_the_run() {
     assert_ne!(again.control_socket(), socket);
     again.close().await;
 }
+
+/// The CLI's switch (`--ssh-persist`, `PGFORM_SSH_PERSIST`): by default a command leaves
+/// its master in the private directory for the next one; with 0 it leaves nothing behind.
+#[tokio::test]
+async fn the_cli_keeps_masters_unless_told_not_to() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("clikeep");
+    let host = Host::start(&net, "clikeep", 12, &key);
+    let runtime = tempfile::tempdir().unwrap();
+    let runtime_env = (
+        "XDG_RUNTIME_DIR".to_string(),
+        runtime.path().display().to_string(),
+    );
+    let work = common::cli::Work::new("clikeep", vec![runtime_env.clone()]);
+    let off = common::cli::Work::new(
+        "clikeep-off",
+        vec![runtime_env, ("PGFORM_SSH_PERSIST".into(), "0".into())],
+    );
+    let spec = format!(
+        "name = \"clikeep\"\nprovider = \"hosts\"\n[[hosts]]\naddress = \"{}\"\n\
+         role = \"primary\"\n[ssh]\nprivate_key_file = {:?}\n",
+        host.ip(),
+        key.private
+    );
+    work.write("c.toml", &spec);
+    off.write("c.toml", &spec);
+    let masters = runtime.path().join("pgform-ssh");
+    let sockets = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&masters)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+
+    // `plan` reaches the host (check mode on a bare host: changes to make).
+    work.pgform(&["plan", "-f", "c.toml", "--ssh-persist", "0"])
+        .expect(0);
+    off.pgform(&["plan", "-f", "c.toml"]).expect(0);
+    assert_eq!(sockets(), Vec::<std::path::PathBuf>::new());
+
+    work.pgform(&["plan", "-f", "c.toml"]).expect(0);
+    let kept = sockets();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let pid = master_pid(&kept[0].join("master")).expect("the kept master answers");
+    // Ended here: it would otherwise outlive the test by its idle time.
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+}
