@@ -74,6 +74,10 @@ fn cases(password_file: &Path) -> Vec<(&'static str, String)> {
             "defaults with a key file (2 replicas)",
             "[ssh]\npublic_key_file = \"~/.ssh/id.pub\"\n".to_string(),
         ),
+        (
+            "Patroni + etcd (2 replicas): member ports, a leader-following connection",
+            "[ssh]\npublic_key_file = \"~/.ssh/id.pub\"\n[ha]\nmode = \"patroni\"\n".to_string(),
+        ),
     ]
 }
 
@@ -107,6 +111,12 @@ fn export_is_formatted_parses_and_matches_the_graph() {
             }
         }
         terraform_fmt_check(&dir, name);
+        let outputs = &files[Path::new("outputs.tf")];
+        assert_eq!(
+            outputs.contains("target_session_attrs=read-write"),
+            spec.ha.patroni(),
+            "{name}: under Patroni (only) primary_connection names every node\n{outputs}"
+        );
         let parsed: BTreeMap<String, hcl::Body> = files
             .iter()
             .map(|(p, text)| {

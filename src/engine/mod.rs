@@ -445,27 +445,41 @@ pub fn outputs(state: &State, spec: Option<&ClusterSpec>) -> BTreeMap<String, se
             "public_ip": host(a, "public_ip"),
         })
     };
-    if state.resources.contains_key(&primary) {
-        out.insert("primary".into(), node(&primary));
-        if let Some(ip) = host(&primary, "public_ip").or_else(|| host(&primary, "private_ip")) {
-            let mut conn = match &user {
-                Some(u) => format!("postgresql://{u}@{ip}:5432/postgres"),
-                None => format!("postgresql://{ip}:5432/postgres"),
-            };
-            if let Some(ca) = &ca_file {
-                conn.push_str(&format!(
-                    "?sslmode=verify-full&sslrootcert={}",
-                    url_path(&ca.display().to_string())
-                ));
-            }
-            out.insert("primary_connection".into(), json!(conn));
-        }
-    }
     let replica_addresses: Vec<&Address> = state
         .resources
         .keys()
         .filter(|a| a.kind == kind && a.name == "replica")
         .collect();
+    if state.resources.contains_key(&primary) {
+        out.insert("primary".into(), node(&primary));
+        let reach = |a: &Address| host(a, "public_ip").or_else(|| host(a, "private_ip"));
+        if let Some(ip) = reach(&primary) {
+            let login = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+            // Under Patroni any node may lead: every node, and libpq keeps the one
+            // that accepts writes.
+            let conn = if spec.is_some_and(|s| s.ha.patroni()) {
+                let every: Vec<String> = std::iter::once(ip)
+                    .chain(replica_addresses.iter().filter_map(|a| reach(a)))
+                    .map(|h| format!("{h}:5432"))
+                    .collect();
+                format!(
+                    "postgresql://{login}{}/postgres?{}",
+                    every.join(","),
+                    connection_options(Session::ReadWrite, ca_file.as_deref())
+                )
+            } else {
+                let mut conn = format!("postgresql://{login}{ip}:5432/postgres");
+                if let Some(ca) = &ca_file {
+                    conn.push_str(&format!(
+                        "?sslmode=verify-full&sslrootcert={}",
+                        url_path(&ca.display().to_string())
+                    ));
+                }
+                conn
+            };
+            out.insert("primary_connection".into(), json!(conn));
+        }
+    }
     let replicas: Vec<_> = replica_addresses.iter().map(|a| node(a)).collect();
     out.insert("replicas".into(), json!(replicas));
     // Application connections: the spec's addresses for listed hosts, else the
@@ -560,6 +574,10 @@ mod tls_output_tests {
             "public_ip".into(),
             crate::graph::Value::Str("203.0.113.5".into()),
         );
+        let r0 = crate::state::ResourceState {
+            outputs: Default::default(),
+            ..r.clone()
+        };
         state
             .resources
             .insert(Address::new(Kind::Instance, "primary"), r);
@@ -578,6 +596,25 @@ mod tls_output_tests {
         assert_eq!(
             out["primary_connection"],
             "postgresql://replicator@203.0.113.5:5432/postgres"
+        );
+
+        // Under Patroni the spec's primary may not lead: every node, read-write.
+        let mut r = crate::state::ResourceState {
+            id: Some("i-2".into()),
+            ..r0
+        };
+        r.outputs.insert(
+            "private_ip".into(),
+            crate::graph::Value::Str("10.0.1.7".into()),
+        );
+        state
+            .resources
+            .insert(Address::indexed(Kind::Instance, "replica", 0), r);
+        spec.ha.mode = crate::spec::HaMode::Patroni;
+        let out = outputs(&state, Some(&spec));
+        assert_eq!(
+            out["primary_connection"],
+            "postgresql://replicator@203.0.113.5:5432,10.0.1.7:5432/postgres?target_session_attrs=read-write"
         );
     }
 }

@@ -950,13 +950,24 @@ fn outputs_tf(spec: &ClusterSpec) -> String {
             "Public address of the primary (empty without one).",
             "aws_instance.primary.public_ip",
         ),
-        output(
-            "primary_connection",
-            "Connection string of the primary, without a password.",
-            &format!(
-                "\"postgresql://{user}@${{coalesce(aws_instance.primary.public_ip, aws_instance.primary.private_ip)}}:5432/postgres\""
-            ),
-        ),
+        if spec.ha.patroni() {
+            // Any node may lead: every node, and libpq keeps the one that takes writes.
+            output(
+                "primary_connection",
+                "Connection string of the leader (every node; libpq keeps the one that accepts writes), without a password.",
+                &format!(
+                    "\"postgresql://{user}@${{join(\",\", [for m in concat([aws_instance.primary], aws_instance.replica) : \"${{coalesce(m.public_ip, m.private_ip)}}:5432\"])}}/postgres?target_session_attrs=read-write\""
+                ),
+            )
+        } else {
+            output(
+                "primary_connection",
+                "Connection string of the primary, without a password.",
+                &format!(
+                    "\"postgresql://{user}@${{coalesce(aws_instance.primary.public_ip, aws_instance.primary.private_ip)}}:5432/postgres\""
+                ),
+            )
+        },
         output(
             "replica_private_ips",
             "Private addresses of the replicas, by index.",
