@@ -182,6 +182,20 @@ fn ha_export_reads_every_secret_at_run_time_and_passes_lint() {
     tools::assert_ansible_lint_production(dir.path());
 }
 
+/// The tasks that report a change in Ansible's output, with the host.
+fn changed_tasks(output: &str) -> String {
+    let mut task = "";
+    let mut out = Vec::new();
+    for line in output.lines() {
+        if line.starts_with("TASK [") {
+            task = line;
+        } else if line.starts_with("changed: [") {
+            out.push(format!("{task} {line}"));
+        }
+    }
+    out.join("\n")
+}
+
 /// The plays' hosts in Ansible's output: `ok`/`changed` lines of play `play`.
 fn hosts_of_play(output: &str, play: &str) -> Vec<String> {
     let start = output
@@ -369,11 +383,12 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
         assert_no_secret(&format!("a command line on {}", h.name), &ps);
     }
 
-    let (second, _) = run("second");
+    let (second, second_output) = run("second");
     assert_eq!(second.len(), 3, "{second:?}");
     assert!(
         second.iter().all(|(_, c)| *c == 0),
-        "a converged rerun changed something: {second:?}"
+        "a converged rerun changed something: {second:?}\n{}",
+        changed_tasks(&second_output)
     );
 
     // The leader's plays follow Patroni, not the spec's order: after a switchover to
@@ -385,7 +400,8 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     let (third, output) = run("after a switchover");
     assert!(
         third.iter().all(|(_, c)| *c == 0),
-        "a rerun after the switchover changed something: {third:?}"
+        "a rerun after the switchover changed something: {third:?}\n{}",
+        changed_tasks(&output)
     );
     assert_eq!(
         hosts_of_play(&output, "Databases and users"),
