@@ -1750,3 +1750,26 @@ fn data_volume_tasks(
             .set("vars", vars),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_marks_become_inventory_lookups_and_the_rest_stays_literal() {
+        let text = format!(
+            "[\"host all \\\"r{{{{x}}}}\\\" {ADDRESS_MARK}primary@/32\",\"{ADDRESS_MARK}replica-0@:2379\"]"
+        );
+        assert_eq!(
+            addressed(&text),
+            "{% raw %}[\"host all \\\"r{{x}}\\\" {% endraw %}{{ hostvars['primary']['private_address'] }}\
+             /32\",\"{{ hostvars['replica-0']['private_address'] }}:2379\"]"
+        );
+        assert_eq!(addressed("no address"), "no address");
+        // Marked strings are Jinja, not `!unsafe` data.
+        assert_eq!(
+            vars_value(&serde_json::Value::String(format!("{ADDRESS_MARK}a@"))),
+            Y::String("{{ hostvars['a']['private_address'] }}".into())
+        );
+    }
+}
