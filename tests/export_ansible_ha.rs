@@ -46,6 +46,16 @@ fn spec_for(
     key: Option<&Path>,
     mirror: Option<&str>,
 ) -> ClusterSpec {
+    parse_str(
+        &spec_text(dir, addresses, key, mirror),
+        Path::new("ha.toml"),
+    )
+    .expect("valid spec")
+    .spec
+}
+
+/// The text of [`spec_for`]'s spec (writes the password files).
+fn spec_text(dir: &Path, addresses: &[String], key: Option<&Path>, mirror: Option<&str>) -> String {
     for (file, pw) in [
         ("rest.pw", REST_PASSWORD),
         ("su.pw", SUPERUSER_PASSWORD),
@@ -83,9 +93,7 @@ fn spec_for(
             "[[hosts]]\naddress = \"{a}\"\nrole = \"{role}\"\n"
         ));
     }
-    parse_str(&text, Path::new("ha.toml"))
-        .expect("valid spec")
-        .spec
+    text
 }
 
 fn export_to(spec: &ClusterSpec, dir: &Path) -> pgform::export::Files {
@@ -425,4 +433,20 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
         recap.hosts.values().all(|c| c.changed == 0),
         "pgform's check would change hosts Ansible configured: {recap:?}"
     );
+    // And so does `pgform plan` with the same spec (the hosts provider keeps no state
+    // of its own before an apply).
+    let work = common::cli::Work::new("pgform-ansha", vec![]);
+    work.write(
+        "ha.toml",
+        &spec_text(
+            key.dir(),
+            &addrs,
+            Some(&key.private),
+            Some(&net.apt_mirror()),
+        ),
+    );
+    work.pgform(&["-f", "ha.toml", "plan"])
+        .expect(0)
+        .stdout_has("No changes. The hosts match the spec.");
+    work.assert_absent_everywhere(&SECRETS, &["ha.toml"]);
 }
