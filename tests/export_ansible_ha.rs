@@ -188,6 +188,29 @@ fn ha_export_reads_every_secret_at_run_time_and_passes_lint() {
         }
     }
     tools::assert_ansible_lint_production(dir.path());
+    // Before any machine exists (Terraform's outputs as the inventory): the same
+    // variables, since no address is written.
+    let later = ansible::export(
+        &spec,
+        &Inventory::Terraform {
+            dir: "../terraform".into(),
+            nodes: cluster::planned_nodes(&spec),
+        },
+    )
+    .expect("export before the machines exist");
+    assert!(later.contains_key(Path::new("inventory.py")));
+    for name in [
+        "group_vars/all/main.yml",
+        "group_vars/all/vault.yml",
+        "site.yml",
+    ] {
+        // site.yml's header names the inventory file.
+        assert_eq!(
+            later[Path::new(name)].replace("inventory.py", "inventory.ini"),
+            files[Path::new(name)],
+            "{name}"
+        );
+    }
 }
 
 /// The tasks that report a change in Ansible's output, with the host.
