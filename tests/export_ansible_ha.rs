@@ -213,6 +213,16 @@ fn ha_export_reads_every_secret_at_run_time_and_passes_lint() {
     }
 }
 
+/// `spec_text`'s text with shared_buffers (a restart) and work_mem (a reload) changed.
+fn changed_parameters(text: &str) -> String {
+    let old = "[postgres.parameters]\nwork_mem = \"8MB\"\n";
+    assert!(text.contains(old), "{text}");
+    text.replace(
+        old,
+        "shared_buffers = \"192MB\"\n[postgres.parameters]\nwork_mem = \"16MB\"\n",
+    )
+}
+
 /// The tasks that report a change in Ansible's output, with the host.
 fn changed_tasks(output: &str) -> String {
     let mut task = "";
@@ -440,6 +450,40 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
         "{output}"
     );
 
+    // A parameter change through the spec, exported again: the playbook changes the
+    // dynamic configuration, Patroni gives every member the new values (work_mem:
+    // a reload), and the one that needs a restart (shared_buffers) is restarted
+    // through Patroni on every member, nothing left pending; a rerun changes nothing.
+    let text = changed_parameters(&spec_text(
+        key.dir(),
+        &addrs,
+        Some(&key.private),
+        Some(&net.apt_mirror()),
+    ));
+    let spec = parse_str(&text, Path::new("ha.toml"))
+        .expect("valid spec")
+        .spec;
+    export_to(&spec, dir.path());
+    let (fourth, output) = run("parameters changed");
+    assert!(fourth.iter().any(|(_, c)| *c > 0), "{fourth:?}\n{output}");
+    let now = ha::cluster(&nodes, &conns).await.expect("/cluster answers");
+    assert_eq!(
+        now.leader(),
+        Some(target.as_str()),
+        "the leader stays: {now:?}"
+    );
+    assert!(now.members.iter().all(|m| !m.pending_restart), "{now:?}");
+    for n in &nodes {
+        let got = query(&n.name, "SHOW shared_buffers; SHOW work_mem;".into()).await;
+        assert_eq!(got.as_deref(), Ok("192MB\n16MB"), "{}", n.name);
+    }
+    let (fifth, output) = run("parameters converged");
+    assert!(
+        fifth.iter().all(|(_, c)| *c == 0),
+        "a rerun after the parameter change changed something: {fifth:?}\n{}",
+        changed_tasks(&output)
+    );
+
     // pgform's own check finds nothing to change on the hosts Ansible configured:
     // the same packages, settings files (rendered from the same templates), daemons,
     // certificates, dynamic configuration, databases and users.
@@ -459,15 +503,7 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     // And so does `pgform plan` with the same spec (the hosts provider keeps no state
     // of its own before an apply).
     let work = common::cli::Work::new("pgform-ansha", vec![]);
-    work.write(
-        "ha.toml",
-        &spec_text(
-            key.dir(),
-            &addrs,
-            Some(&key.private),
-            Some(&net.apt_mirror()),
-        ),
-    );
+    work.write("ha.toml", &text);
     work.pgform(&["-f", "ha.toml", "plan"])
         .expect(0)
         .stdout_has("No changes. The hosts match the spec.");

@@ -136,7 +136,7 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
         "ansible.cfg".into(),
         ANSIBLE_CFG.replace("INVENTORY", inventory_file),
     );
-    files.insert("site.yml".into(), site(&book, inventory_file, patroni)?);
+    files.insert("site.yml".into(), site(spec, &book, inventory_file)?);
     for (path, bytes) in Playbook::files() {
         if let Some(name) = path.strip_prefix("templates/") {
             let text = std::str::from_utf8(bytes).map_err(|_| {
@@ -707,7 +707,8 @@ fn proxy_command(spec: &ClusterSpec) -> Option<String> {
 /// The group the HA mode's leader plays run on (see [`leader_play`]).
 const LEADER_GROUP: &str = "pgform_leader";
 
-fn site(book: &Playbook, inventory_file: &str, patroni: bool) -> Result<String, ExportError> {
+fn site(spec: &ClusterSpec, book: &Playbook, inventory_file: &str) -> Result<String, ExportError> {
+    let patroni = spec.ha.patroni();
     let mut tx = Translator::default();
     let mut plays = vec![preflight(patroni)];
     let mut leader_known = false;
@@ -728,6 +729,12 @@ fn site(book: &Playbook, inventory_file: &str, patroni: bool) -> Result<String, 
         for group in groups {
             plays.push(tx.play(play, group)?);
         }
+    }
+    if patroni {
+        // As pgform's run settles after its plays: replicas first, the leader last.
+        let wait = hosts::ha::settle_timeout(spec).as_secs();
+        plays.push(restart_play("pgform_not_leader", wait));
+        plays.push(restart_play(LEADER_GROUP, wait));
     }
     let text = yaml::document(&Y::Sequence(plays));
     let source = if patroni {
@@ -837,6 +844,133 @@ fn leader_play() -> Y {
         ("become", Y::Bool(false)),
         ("gather_facts", Y::Bool(false)),
         ("tasks", Y::Sequence(vec![wait, ask, group, one])),
+    ])
+}
+
+/// HA: the restarts a changed parameter needs, one member of `group` at a time, as
+/// pgform's run does them after its plays: once the member runs the dynamic
+/// configuration (Patroni's settings file holds the spec's parameters and the server
+/// read it; waited for up to `wait_seconds`), Patroni's REST API restarts it if a
+/// restart is pending (`restart_pending`: otherwise it answers 503, "restart conditions
+/// are not satisfied"), then it must run again with nothing pending. A member whose
+/// PostgreSQL does not run (a replica being cloned) starts with the configuration.
+fn restart_play(group: &str, wait_seconds: u64) -> Y {
+    let member = "pgform_patroni_member";
+    let restarted = "pgform_patroni_restart";
+    let settings = "pgform_member_settings";
+    let rest = "http://{{ private_address }}:8008";
+    let runs = s(&format!("{member}.json.state | default('') == 'running'"));
+    let get_member = |name: &str| {
+        T::new(name).module(
+            "ansible.builtin.uri",
+            map([
+                ("url", s(&format!("{rest}/patroni"))),
+                (
+                    "status_code",
+                    Y::Sequence(vec![Y::Number(200.into()), Y::Number(503.into())]),
+                ),
+            ]),
+        )
+    };
+    let tasks = vec![
+        get_member("Ask Patroni about this member")
+            .set("register", s(member))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+        T::new("The member runs the dynamic configuration")
+            .module(
+                "community.postgresql.postgresql_query",
+                map([
+                    (
+                        "query",
+                        s("SELECT coalesce(pg_conf_load_time() >= \
+                           (pg_stat_file(current_setting('config_file'), true)).modification, false) AS loaded,\n\
+                           (SELECT count(*) FROM json_each_text(%(wanted)s::json) AS w WHERE NOT EXISTS (\n\
+                           SELECT 1 FROM pg_file_settings AS f WHERE f.sourcefile = current_setting('config_file')\n\
+                           AND lower(f.name) = lower(w.key) AND f.setting = w.value)) AS missing"),
+                    ),
+                    (
+                        "named_args",
+                        map([(
+                            "wanted",
+                            s("{{ (patroni_dcs | from_json).postgresql.parameters | to_json }}"),
+                        )]),
+                    ),
+                ]),
+            )
+            .set("become_user", s("postgres"))
+            .set("register", s(settings))
+            .set(
+                "until",
+                s(&format!(
+                    "{settings}.query_result[0].loaded and {settings}.query_result[0].missing == 0"
+                )),
+            )
+            .set("retries", Y::Number(wait_seconds.into()))
+            .set("delay", Y::Number(1.into()))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false))
+            .set("when", runs.clone()),
+        T::new("Restart if a restart is pending")
+            .module(
+                "ansible.builtin.uri",
+                map([
+                    ("url", s(&format!("{rest}/restart"))),
+                    ("method", s("POST")),
+                    ("url_username", s("{{ rest_user }}")),
+                    ("url_password", s("{{ ha_passwords.rest }}")),
+                    ("force_basic_auth", Y::Bool(true)),
+                    ("body_format", s("json")),
+                    ("body", map([("restart_pending", Y::Bool(true))])),
+                    ("return_content", Y::Bool(true)),
+                    (
+                        "status_code",
+                        Y::Sequence(vec![Y::Number(200.into()), Y::Number(503.into())]),
+                    ),
+                ]),
+            )
+            .set("register", s(restarted))
+            .set("changed_when", s(&format!("{restarted}.status == 200")))
+            .set(
+                "failed_when",
+                s(&format!(
+                    "{restarted}.status == 503 and 'conditions are not satisfied' \
+                     not in {restarted}.content | default('')"
+                )),
+            )
+            .set("no_log", Y::Bool(true))
+            .set("when", runs),
+        get_member("The member runs again, nothing pending")
+            .set("register", s(&format!("{member}_after")))
+            .set(
+                "until",
+                s(&format!(
+                    "{member}_after.json.state | default('') == 'running' \
+                     and not ({member}_after.json.pending_restart | default(false))"
+                )),
+            )
+            .set("retries", Y::Number(90.into()))
+            .set("delay", Y::Number(1.into()))
+            .set("changed_when", Y::Bool(false))
+            .set("when", s(&format!("{restarted}.status | default(0) == 200"))),
+    ];
+    map([
+        (
+            "name",
+            s(if group == LEADER_GROUP {
+                "Pending restart of the leader"
+            } else {
+                "Pending restarts of the replicas"
+            }),
+        ),
+        ("hosts", s(group)),
+        ("serial", Y::Number(1.into())),
+        ("become", Y::Bool(true)),
+        ("gather_facts", Y::Bool(false)),
+        (
+            "tasks",
+            Y::Sequence(tasks.into_iter().map(T::done).collect()),
+        ),
     ])
 }
 
