@@ -1691,8 +1691,8 @@ fn daemon_tasks(
 /// REST API, then PATCHed (authenticated) with the spec's, parameters it no longer has
 /// set to null (removed). Patroni writes the DCS only when the patch changes something;
 /// the task reports a change when the configuration it answers differs from the one
-/// read. The restarts a changed parameter may need are left to `pgform restart
-/// --pending` (pgform's own run does them).
+/// read. The restarts a changed parameter may need come after the plays
+/// ([`restart_play`]).
 fn patroni_config_tasks(
     name: &str,
     c: &crate::tasks::patroni::PatroniConfig,
