@@ -13,6 +13,13 @@
 //! `group_vars/all/vault.yml` reads it from the environment
 //! (`PGFORM_REPLICATION_PASSWORD`), ready to be replaced by a vault value.
 //!
+//! The HA mode (`ha.mode = "patroni"`) translates `playbooks/patroni.yml` with the same
+//! pieces: its address-dependent variables (etcd's members, Patroni's pg_hba lines) are
+//! the native text with each address as inventory Jinja ([`addressed`]), the leader's
+//! plays run on the node Patroni's REST API names ([`leader_play`]), pending restarts
+//! follow the plays ([`restart_play`]), and Patroni's passwords are `ha_passwords` in
+//! `vault.yml`, looked up from the spec's sources when the playbook runs.
+//!
 //! The output passes ansible-lint's `production` profile (tested).
 
 use std::collections::BTreeMap;
