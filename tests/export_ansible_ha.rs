@@ -508,4 +508,24 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
         .expect(0)
         .stdout_has("No changes. The hosts match the spec.");
     work.assert_absent_everywhere(&SECRETS, &["ha.toml"]);
+
+    // A host that runs the plain mode's cluster is refused before anything changes
+    // anywhere, as pgform refuses it.
+    let plain = "/etc/postgresql/15/main/postgresql.conf";
+    hs[1].ssh_ok(&format!(
+        "mkdir -p /etc/postgresql/15/main && touch {plain}"
+    ));
+    let (ok, output) = tools::run_playbook(
+        &bin,
+        dir.path(),
+        &["--private-key", &key_arg],
+        &[(ansible::PASSWORD_ENV, PASSWORD)],
+    );
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("runs the plain mode's PostgreSQL cluster (15/main)"),
+        "{output}"
+    );
+    assert!(!output.contains("PLAY [Data volume]"), "{output}");
+    hs[1].ssh_ok("rm -r /etc/postgresql/15/main");
 }

@@ -991,22 +991,71 @@ fn preflight(patroni: bool) -> Y {
             )));
         }
     }
-    map([
+    let mut tasks = vec![map([
+        ("name", s("The passwords are set")),
+        ("no_log", Y::Bool(true)),
+        (
+            "ansible.builtin.assert",
+            map([("that", Y::Sequence(that)), ("quiet", Y::Bool(true))]),
+        ),
+    ])];
+    if patroni {
+        tasks.extend(no_plain_cluster());
+    }
+    let mut play = map([
         ("name", s("Check variables")),
         ("hosts", s("all")),
         ("gather_facts", Y::Bool(false)),
-        (
-            "tasks",
-            Y::Sequence(vec![map([
-                ("name", s("The passwords are set")),
-                ("no_log", Y::Bool(true)),
-                (
-                    "ansible.builtin.assert",
-                    map([("that", Y::Sequence(that)), ("quiet", Y::Bool(true))]),
-                ),
-            ])]),
-        ),
-    ])
+        ("tasks", Y::Sequence(tasks)),
+    ]);
+    // HA: one refused host stops the run everywhere before anything changed.
+    if patroni && let Y::Mapping(m) = &mut play {
+        m.insert(s("any_errors_fatal"), Y::Bool(true));
+    }
+    play
+}
+
+/// HA: refuses hosts that run the plain mode's cluster (Debian's `<major>/main`, which
+/// the HA mode never makes), as pgform's run does: Patroni started beside it could
+/// promote the wrong node.
+fn no_plain_cluster() -> [Y; 2] {
+    let found = "pgform_plain_cluster";
+    [
+        map([
+            ("name", s("Look for the plain mode's cluster")),
+            (
+                "ansible.builtin.stat",
+                map([(
+                    "path",
+                    s("/etc/postgresql/{{ pg_version }}/main/postgresql.conf"),
+                )]),
+            ),
+            ("register", s(found)),
+        ]),
+        map([
+            ("name", s("No plain-mode cluster on the host")),
+            (
+                "ansible.builtin.assert",
+                map([
+                    (
+                        "that",
+                        Y::Sequence(vec![s(&format!("not {found}.stat.exists"))]),
+                    ),
+                    (
+                        "fail_msg",
+                        s(
+                            "{{ inventory_hostname }} runs the plain mode's PostgreSQL cluster \
+                           ({{ pg_version }}/main): this playbook does not convert a plain cluster \
+                           to Patroni, and starting Patroni beside it could promote the wrong node; \
+                           nothing was changed. Keep ha.mode = \"plain\" for this cluster, or make \
+                           a new HA cluster and move the data (pg_dump / pg_restore)",
+                        ),
+                    ),
+                    ("quiet", Y::Bool(true)),
+                ]),
+            ),
+        ]),
+    ]
 }
 
 /// A task or play name as ansible-lint wants it: starting with a capital letter.
