@@ -13,6 +13,13 @@
 //! `group_vars/all/vault.yml` reads it from the environment
 //! (`PGFORM_REPLICATION_PASSWORD`), ready to be replaced by a vault value.
 //!
+//! The HA mode (`ha.mode = "patroni"`) translates `playbooks/patroni.yml` with the same
+//! pieces: its address-dependent variables (etcd's members, Patroni's pg_hba lines) are
+//! the native text with each address as inventory Jinja ([`addressed`]), the leader's
+//! plays run on the node Patroni's REST API names ([`leader_play`]), pending restarts
+//! follow the plays ([`restart_play`]), and Patroni's passwords are `ha_passwords` in
+//! `vault.yml`, looked up from the spec's sources when the playbook runs.
+//!
 //! The output passes ansible-lint's `production` profile (tested).
 
 use std::collections::BTreeMap;
@@ -109,17 +116,18 @@ pub fn choose_inventory(
 }
 
 /// The cluster as an Ansible project: inventory, playbook, templates, variables. Pure.
-/// The HA mode's task list has no Ansible translation yet.
-const HA_NOT_EXPORTED: &str = "ha.mode = \"patroni\" cannot be exported to Ansible yet; \
-     export with ha.mode = \"plain\", or run `pgform apply`";
-
+/// The HA mode's task list (`playbooks/patroni.yml`) is translated the same way; its
+/// leader's plays run on the node Patroni names (see [`leader_play`]).
 pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, ExportError> {
-    if spec.ha.patroni() {
-        return Err(ExportError::Input(HA_NOT_EXPORTED.into()));
-    }
+    let patroni = spec.ha.patroni();
     let nodes = inventory.nodes();
     check_nodes(nodes, matches!(inventory, Inventory::Hosts(_)))?;
-    let book = Playbook::embedded().map_err(|e| ExportError::Input(e.to_string()))?;
+    let book = if patroni {
+        Playbook::embedded_file(crate::tasks::PATRONI)
+    } else {
+        Playbook::embedded()
+    }
+    .map_err(|e| ExportError::Input(e.to_string()))?;
     let mut files = Files::new();
     let inventory_file = match inventory {
         Inventory::Hosts(nodes) => {
@@ -135,7 +143,7 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
         "ansible.cfg".into(),
         ANSIBLE_CFG.replace("INVENTORY", inventory_file),
     );
-    files.insert("site.yml".into(), site(&book, inventory_file)?);
+    files.insert("site.yml".into(), site(spec, &book, inventory_file)?);
     for (path, bytes) in Playbook::files() {
         if let Some(name) = path.strip_prefix("templates/") {
             let text = std::str::from_utf8(bytes).map_err(|_| {
@@ -149,8 +157,11 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
     for (k, v) in &common {
         main.insert(Y::String(k.clone()), vars_value(v));
     }
-    for (k, v) in inventory_vars(spec) {
-        main.insert(Y::String(k.into()), Y::String(v));
+    // The HA mode's address-dependent variables are Jinja already (see `variables`).
+    if !patroni {
+        for (k, v) in inventory_vars(spec) {
+            main.insert(Y::String(k.into()), Y::String(v));
+        }
     }
     for (k, v) in tls_vars(spec) {
         main.insert(
@@ -193,11 +204,7 @@ pub fn export(spec: &ClusterSpec, inventory: &Inventory) -> Result<Files, Export
              # Ready to be replaced by an ansible-vault encrypted value:\n\
              #   ansible-vault encrypt_string --name replication_password\n\
              replication_password: \"{{{{ lookup('env', '{PASSWORD_ENV}') }}}}\"\n{}",
-            yaml::document(&map([(
-                "pgform_user_passwords",
-                access::vault_passwords(spec)
-            )]))
-            .trim_start_matches("---\n")
+            yaml::document(&vault_secrets(spec)).trim_start_matches("---\n")
         ),
     );
     for (name, vars) in per_node {
@@ -409,10 +416,29 @@ fn variables(
     spec: &ClusterSpec,
     nodes: &[Node],
 ) -> Result<(Vars, BTreeMap<String, Vars>), ExportError> {
+    let patroni = spec.ha.patroni();
+    // HA: each address as a mark that `vars_value` turns into Jinja over the inventory.
+    let marked: Vec<Node> = nodes
+        .iter()
+        .map(|n| Node {
+            private_address: format!("{ADDRESS_MARK}{}@", n.name),
+            ..n.clone()
+        })
+        .collect();
+    let no_passwords = hosts::ha::Passwords {
+        rest: String::new(),
+        superuser: String::new(),
+        rewind: String::new(),
+    };
     let mut all = Vec::new();
-    for n in nodes {
+    for (n, m) in nodes.iter().zip(&marked) {
         // No password goes in: the export never sees it.
-        let v = to_json(&hosts::vars(spec, nodes, n, "", &BTreeMap::new()))
+        let native = if patroni {
+            hosts::ha::vars(spec, &marked, m, "", &BTreeMap::new(), &no_passwords)
+        } else {
+            hosts::vars(spec, nodes, n, "", &BTreeMap::new())
+        };
+        let v = to_json(&native)
             .map_err(|e| ExportError::Input(format!("variables of {}: {e}", n.name)))?;
         let serde_json::Value::Object(map) = v else {
             return Err(ExportError::Input(format!(
@@ -422,6 +448,11 @@ fn variables(
         };
         let mut vars: Vars = map.into_iter().collect();
         vars.remove("replication_password");
+        // HA: the passwords come from `vault.yml`, the node's address from the inventory.
+        vars.remove("ha_passwords");
+        if patroni {
+            vars.remove("private_address");
+        }
         // TLS: files come from `pgform_tls_dir` (see [`tls_vars`]), names are pgform's.
         vars.remove("tls_names");
         vars.remove("tls_local_dir");
@@ -453,6 +484,60 @@ fn variables(
         })
         .collect();
     Ok((common, per_node))
+}
+
+/// Marks a node's address in the HA mode's variables: `@pgform-address-of-<node>@`.
+const ADDRESS_MARK: &str = "@pgform-address-of-";
+
+/// A variable's text with each [`ADDRESS_MARK`] replaced by the node's
+/// `private_address` from the inventory, the rest kept literally: the text
+/// [`hosts::ha::vars`] gives natively once the addresses are known.
+fn addressed(text: &str) -> String {
+    let literal = |t: &str| {
+        if t.contains(['{', '}', '%', '#']) {
+            format!("{{% raw %}}{t}{{% endraw %}}")
+        } else {
+            t.to_string()
+        }
+    };
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(ADDRESS_MARK) {
+        let after = &rest[i + ADDRESS_MARK.len()..];
+        let Some(end) = after.find('@') else {
+            break;
+        };
+        out.push_str(&literal(&rest[..i]));
+        // Node names are checked (`check_nodes`): letters, digits, `-`, `_`, `.`.
+        out.push_str(&format!(
+            "{{{{ hostvars['{}']['private_address'] }}}}",
+            &after[..end]
+        ));
+        rest = &after[end + 1..];
+    }
+    out.push_str(&literal(rest));
+    out
+}
+
+/// `vault.yml`'s secrets beside the replication password: the users' passwords and,
+/// in the HA mode, Patroni's (`ha_passwords`, as pgform's run has them), each looked up
+/// when the playbook runs from the source the spec names.
+fn vault_secrets(spec: &ClusterSpec) -> Y {
+    let mut m = Mapping::new();
+    m.insert(s("pgform_user_passwords"), access::vault_passwords(spec));
+    if spec.ha.patroni() {
+        let mut ha = Mapping::new();
+        for (key, secret) in ["rest", "superuser", "rewind"]
+            .into_iter()
+            .zip(spec.ha.secrets())
+        {
+            if let Some(lookup) = access::lookup(&secret.source) {
+                ha.insert(s(key), s(&lookup));
+            }
+        }
+        m.insert(s("ha_passwords"), Y::Mapping(ha));
+    }
+    Y::Mapping(m)
 }
 
 /// [`ADDRESS_VARS`] as Jinja over the inventory: the same text [`hosts::vars`] gives
@@ -570,6 +655,7 @@ fn vars_value(v: &serde_json::Value) -> Y {
         J::Null => Y::Null,
         J::Bool(b) => Y::Bool(*b),
         J::Number(n) => serde_norway::to_value(n).unwrap_or(Y::Null),
+        J::String(t) if t.contains(ADDRESS_MARK) => Y::String(addressed(t)),
         J::String(t) if t.contains('{') || t.contains('%') => {
             Y::Tagged(Box::new(serde_norway::value::TaggedValue {
                 tag: serde_norway::value::Tag::new("unsafe"),
@@ -625,55 +711,351 @@ fn proxy_command(spec: &ClusterSpec) -> Option<String> {
 
 // --- The playbook --------------------------------------------------------------------
 
-fn site(book: &Playbook, inventory_file: &str) -> Result<String, ExportError> {
+/// The group the HA mode's leader plays run on (see [`leader_play`]).
+const LEADER_GROUP: &str = "pgform_leader";
+
+fn site(spec: &ClusterSpec, book: &Playbook, inventory_file: &str) -> Result<String, ExportError> {
+    let patroni = spec.ha.patroni();
     let mut tx = Translator::default();
-    let mut plays = vec![preflight()];
+    let mut plays = vec![preflight(patroni)];
+    let mut leader_known = false;
     for play in &book.plays {
+        // HA: the primary's plays run on the node Patroni names, found first.
+        let primary = if patroni { LEADER_GROUP } else { "primary" };
+        if patroni && play.hosts == Hosts::Primary && !leader_known {
+            plays.push(leader_play());
+            leader_known = true;
+        }
         let groups: Vec<&str> = match (play.hosts, play.order) {
             (Hosts::All, Order::ReplicasFirst) => vec!["replicas", "primary"],
             (Hosts::All, Order::PrimaryFirst) => vec!["primary", "replicas"],
             (Hosts::All, Order::Parallel) => vec!["all"],
-            (Hosts::Primary, _) => vec!["primary"],
+            (Hosts::Primary, _) => vec![primary],
             (Hosts::Replicas, _) => vec!["replicas"],
         };
         for group in groups {
             plays.push(tx.play(play, group)?);
         }
     }
+    if patroni {
+        // As pgform's run settles after its plays: replicas first, the leader last.
+        let wait = hosts::ha::settle_timeout(spec).as_secs();
+        plays.push(restart_play("pgform_not_leader", wait));
+        plays.push(restart_play(LEADER_GROUP, wait));
+    }
     let text = yaml::document(&Y::Sequence(plays));
+    let source = if patroni {
+        "playbooks/patroni.yml; the leader's plays run where Patroni's REST API says it leads"
+    } else {
+        "playbooks/site.yml"
+    };
     Ok(format!(
         "---\n\
-         # Generated by pgform from its embedded task list (playbooks/site.yml): the same\n\
+         # Generated by pgform from its embedded task list ({source}): the same\n\
          # plays, tasks and handlers, as Ansible modules. Variables: group_vars/, host_vars/.\n\
          # Run: {PASSWORD_ENV}=... ansible-playbook -i {inventory_file} site.yml\n{}",
         text.trim_start_matches("---\n")
     ))
 }
 
-/// Refuses to run without the password (an unset variable would set an empty one).
-fn preflight() -> Y {
+/// HA: waits until Patroni names a running leader (a first bootstrap elects one), then
+/// asks each node's REST API whether it leads (`/leader`: 200 on the leader only) and
+/// puts that node in [`LEADER_GROUP`], as pgform's run does before the primary's plays:
+/// the spec's first node need not be the leader.
+fn leader_play() -> Y {
+    let cluster = "pgform_patroni_cluster";
+    let leads = "pgform_patroni_leader";
+    let rest = "http://{{ private_address }}:8008";
+    let task = |name: &str, module: &str, args: Y| map([("name", s(name)), (module, args)]);
+    let read = |t: Y, register: &str| {
+        let Y::Mapping(mut m) = t else { return t };
+        m.insert(s("register"), s(register));
+        m.insert(s("changed_when"), Y::Bool(false));
+        m.insert(s("check_mode"), Y::Bool(false));
+        Y::Mapping(m)
+    };
+    let mut wait = read(
+        task(
+            "Patroni names a running leader",
+            "ansible.builtin.uri",
+            map([("url", s(&format!("{rest}/cluster")))]),
+        ),
+        cluster,
+    );
+    if let Y::Mapping(m) = &mut wait {
+        m.insert(
+            s("until"),
+            s(&format!(
+                "{cluster}.json is defined and ({cluster}.json.members | default([]) \
+                 | selectattr('role', 'in', ['leader', 'master']) \
+                 | selectattr('state', 'equalto', 'running') | list | length > 0)"
+            )),
+        );
+        m.insert(s("retries"), Y::Number(240.into()));
+        m.insert(s("delay"), Y::Number(1.into()));
+    }
+    let ask = read(
+        task(
+            "Ask Patroni whether this node leads",
+            "ansible.builtin.uri",
+            map([
+                ("url", s(&format!("{rest}/leader"))),
+                (
+                    "status_code",
+                    Y::Sequence(vec![Y::Number(200.into()), Y::Number(503.into())]),
+                ),
+            ]),
+        ),
+        leads,
+    );
+    let mut group = task(
+        "Group the leader",
+        "ansible.builtin.group_by",
+        map([(
+            "key",
+            s(&format!(
+                "{{{{ '{LEADER_GROUP}' if {leads}.status == 200 else 'pgform_not_leader' }}}}"
+            )),
+        )]),
+    );
+    // Grouping changes nothing on the hosts (Ansible reports it as a change).
+    if let Y::Mapping(m) = &mut group {
+        m.insert(s("changed_when"), Y::Bool(false));
+    }
+    let mut one = task(
+        "Exactly one node leads",
+        "ansible.builtin.assert",
+        map([
+            (
+                "that",
+                Y::Sequence(vec![s(&format!(
+                    "groups['{LEADER_GROUP}'] | default([]) | length == 1"
+                ))]),
+            ),
+            (
+                "fail_msg",
+                s(&format!(
+                    "Patroni's REST API names {{{{ groups['{LEADER_GROUP}'] | default([]) | length }}}} leader(s); \
+                     see /var/log/pgform-patroni.log on the hosts"
+                )),
+            ),
+            ("quiet", Y::Bool(true)),
+        ]),
+    );
+    if let Y::Mapping(m) = &mut one {
+        m.insert(s("run_once"), Y::Bool(true));
+    }
     map([
-        ("name", s("Check variables")),
+        ("name", s("Patroni's leader")),
         ("hosts", s("all")),
+        ("become", Y::Bool(false)),
+        ("gather_facts", Y::Bool(false)),
+        ("tasks", Y::Sequence(vec![wait, ask, group, one])),
+    ])
+}
+
+/// HA: the restarts a changed parameter needs, one member of `group` at a time, as
+/// pgform's run does them after its plays: once the member runs the dynamic
+/// configuration (Patroni's settings file holds the spec's parameters and the server
+/// read it; waited for up to `wait_seconds`), Patroni's REST API restarts it if a
+/// restart is pending (`restart_pending`: otherwise it answers 503, "restart conditions
+/// are not satisfied"), then it must run again with nothing pending. A member whose
+/// PostgreSQL does not run (a replica being cloned) starts with the configuration.
+fn restart_play(group: &str, wait_seconds: u64) -> Y {
+    let member = "pgform_patroni_member";
+    let restarted = "pgform_patroni_restart";
+    let settings = "pgform_member_settings";
+    let rest = "http://{{ private_address }}:8008";
+    let runs = s(&format!("{member}.json.state | default('') == 'running'"));
+    let get_member = |name: &str| {
+        T::new(name).module(
+            "ansible.builtin.uri",
+            map([
+                ("url", s(&format!("{rest}/patroni"))),
+                (
+                    "status_code",
+                    Y::Sequence(vec![Y::Number(200.into()), Y::Number(503.into())]),
+                ),
+            ]),
+        )
+    };
+    let tasks = vec![
+        get_member("Ask Patroni about this member")
+            .set("register", s(member))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+        T::new("The member runs the dynamic configuration")
+            .module(
+                "community.postgresql.postgresql_query",
+                map([
+                    (
+                        "query",
+                        s("SELECT coalesce(pg_conf_load_time() >= \
+                           (pg_stat_file(current_setting('config_file'), true)).modification, false) AS loaded,\n\
+                           (SELECT count(*) FROM json_each_text(%(wanted)s::json) AS w WHERE NOT EXISTS (\n\
+                           SELECT 1 FROM pg_file_settings AS f WHERE f.sourcefile = current_setting('config_file')\n\
+                           AND lower(f.name) = lower(w.key) AND f.setting = w.value)) AS missing"),
+                    ),
+                    (
+                        "named_args",
+                        map([(
+                            "wanted",
+                            s("{{ (patroni_dcs | from_json).postgresql.parameters | to_json }}"),
+                        )]),
+                    ),
+                ]),
+            )
+            .set("become_user", s("postgres"))
+            .set("register", s(settings))
+            .set(
+                "until",
+                s(&format!(
+                    "{settings}.query_result[0].loaded and {settings}.query_result[0].missing == 0"
+                )),
+            )
+            .set("retries", Y::Number(wait_seconds.into()))
+            .set("delay", Y::Number(1.into()))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false))
+            .set("when", runs.clone()),
+        T::new("Restart if a restart is pending")
+            .module(
+                "ansible.builtin.uri",
+                map([
+                    ("url", s(&format!("{rest}/restart"))),
+                    ("method", s("POST")),
+                    ("url_username", s("{{ rest_user }}")),
+                    ("url_password", s("{{ ha_passwords.rest }}")),
+                    ("force_basic_auth", Y::Bool(true)),
+                    ("body_format", s("json")),
+                    ("body", map([("restart_pending", Y::Bool(true))])),
+                    ("return_content", Y::Bool(true)),
+                    (
+                        "status_code",
+                        Y::Sequence(vec![Y::Number(200.into()), Y::Number(503.into())]),
+                    ),
+                ]),
+            )
+            .set("register", s(restarted))
+            .set("changed_when", s(&format!("{restarted}.status == 200")))
+            .set(
+                "failed_when",
+                s(&format!(
+                    "{restarted}.status == 503 and 'conditions are not satisfied' \
+                     not in {restarted}.content | default('')"
+                )),
+            )
+            .set("no_log", Y::Bool(true))
+            .set("when", runs),
+        get_member("The member runs again, nothing pending")
+            .set("register", s(&format!("{member}_after")))
+            .set(
+                "until",
+                s(&format!(
+                    "{member}_after.json.state | default('') == 'running' \
+                     and not ({member}_after.json.pending_restart | default(false))"
+                )),
+            )
+            .set("retries", Y::Number(90.into()))
+            .set("delay", Y::Number(1.into()))
+            .set("changed_when", Y::Bool(false))
+            .set("when", s(&format!("{restarted}.status | default(0) == 200"))),
+    ];
+    map([
+        (
+            "name",
+            s(if group == LEADER_GROUP {
+                "Pending restart of the leader"
+            } else {
+                "Pending restarts of the replicas"
+            }),
+        ),
+        ("hosts", s(group)),
+        ("serial", Y::Number(1.into())),
+        ("become", Y::Bool(true)),
         ("gather_facts", Y::Bool(false)),
         (
             "tasks",
-            Y::Sequence(vec![map([
-                ("name", s("The replication password is set")),
-                ("no_log", Y::Bool(true)),
-                (
-                    "ansible.builtin.assert",
-                    map([
-                        (
-                            "that",
-                            Y::Sequence(vec![s("replication_password | length > 0")]),
-                        ),
-                        ("quiet", Y::Bool(true)),
-                    ]),
-                ),
-            ])]),
+            Y::Sequence(tasks.into_iter().map(T::done).collect()),
         ),
     ])
+}
+
+/// Refuses to run without the passwords (an unset variable would set an empty one).
+fn preflight(patroni: bool) -> Y {
+    let mut that = vec![s("replication_password | length > 0")];
+    if patroni {
+        for key in ["rest", "superuser", "rewind"] {
+            that.push(s(&format!(
+                "ha_passwords.{key} is defined and ha_passwords.{key} | length > 0"
+            )));
+        }
+    }
+    let mut tasks = vec![map([
+        ("name", s("The passwords are set")),
+        ("no_log", Y::Bool(true)),
+        (
+            "ansible.builtin.assert",
+            map([("that", Y::Sequence(that)), ("quiet", Y::Bool(true))]),
+        ),
+    ])];
+    if patroni {
+        tasks.extend(no_plain_cluster());
+    }
+    let mut play = map([
+        ("name", s("Check variables")),
+        ("hosts", s("all")),
+        ("gather_facts", Y::Bool(false)),
+        ("tasks", Y::Sequence(tasks)),
+    ]);
+    // HA: one refused host stops the run everywhere before anything changed.
+    if patroni && let Y::Mapping(m) = &mut play {
+        m.insert(s("any_errors_fatal"), Y::Bool(true));
+    }
+    play
+}
+
+/// HA: refuses hosts that run the plain mode's cluster (Debian's `<major>/main`, which
+/// the HA mode never makes), as pgform's run does: Patroni started beside it could
+/// promote the wrong node.
+fn no_plain_cluster() -> [Y; 2] {
+    let found = "pgform_plain_cluster";
+    [
+        map([
+            ("name", s("Look for the plain mode's cluster")),
+            (
+                "ansible.builtin.stat",
+                map([(
+                    "path",
+                    s("/etc/postgresql/{{ pg_version }}/main/postgresql.conf"),
+                )]),
+            ),
+            ("register", s(found)),
+        ]),
+        map([
+            ("name", s("No plain-mode cluster on the host")),
+            (
+                "ansible.builtin.assert",
+                map([
+                    (
+                        "that",
+                        Y::Sequence(vec![s(&format!("not {found}.stat.exists"))]),
+                    ),
+                    (
+                        "fail_msg",
+                        s(
+                            "{{ inventory_hostname }} runs the plain mode's PostgreSQL cluster \
+                           ({{ pg_version }}/main): this playbook does not convert a plain cluster \
+                           to Patroni, and starting Patroni beside it could promote the wrong node; \
+                           nothing was changed. Keep ha.mode = \"plain\" for this cluster, or make \
+                           a new HA cluster and move the data (pg_dump / pg_restore)",
+                        ),
+                    ),
+                    ("quiet", Y::Bool(true)),
+                ]),
+            ),
+        ]),
+    ]
 }
 
 /// A task or play name as ansible-lint wants it: starting with a capital letter.
@@ -837,7 +1219,11 @@ impl Translator {
             Action::Package { mut names } => {
                 if !self.extra_packages {
                     self.extra_packages = true;
-                    names.extend(EXTRA_PACKAGES.iter().map(|p| p.to_string()));
+                    for p in EXTRA_PACKAGES {
+                        if !names.iter().any(|n| n == p) {
+                            names.push(p.to_string());
+                        }
+                    }
                 }
                 out.push(T::new(name).module(
                     "ansible.builtin.apt",
@@ -1175,8 +1561,18 @@ impl Translator {
                 }
                 notifying = vec![0, 1, 2];
             }
-            Action::Daemon(_) | Action::PatroniConfig(_) => {
-                return Err(ExportError::Input(HA_NOT_EXPORTED.into()));
+            Action::Daemon(d) => {
+                out.extend(daemon_tasks(name, &d, self.register())?);
+                notifying = vec![];
+            }
+            Action::PatroniConfig(c) => {
+                out.extend(patroni_config_tasks(
+                    name,
+                    &c,
+                    self.register(),
+                    self.register(),
+                ));
+                notifying = vec![];
             }
             Action::StandbyTls(t) => {
                 // Standbys seeded by the export's base backup already verify the
@@ -1289,6 +1685,123 @@ impl Translator {
         }
         Ok(tasks)
     }
+}
+
+/// `daemon` (see `tasks/daemon.rs`): the native module's own shell text, so that a
+/// host runs etcd and Patroni the same way whichever tool started them: the unit with
+/// systemd, else the program as its user with pgform's pid file and start stamp. Its
+/// state decides: `stopped` starts, `stale` (settings newer than the last start or
+/// reload) reloads or restarts, `running` does nothing.
+fn daemon_tasks(
+    name: &str,
+    d: &crate::tasks::daemon::Daemon,
+    state: String,
+) -> Result<Vec<T>, ExportError> {
+    use crate::remote::shell::ha as sh;
+    use crate::tasks::daemon::OnChange;
+    let words = [&d.name, &d.user, &d.env_file, &d.config, &d.log]
+        .into_iter()
+        .chain(&d.argv);
+    if let Some(w) = words.into_iter().find(|w| w.contains(['{', '%', '#'])) {
+        return Err(ExportError::Input(format!(
+            "task `{name}`: the daemon argument `{w}` cannot be exported (no Jinja there)"
+        )));
+    }
+    let shell = |text: &str| map([("cmd", s(text))]);
+    let stale = format!("{state}.stdout == 'stale'");
+    let start = sh::daemon_start(&d.name, &d.user, &d.argv, &d.env_file, &d.log);
+    let mut out = vec![
+        T::new(&format!("{name}: state"))
+            .module(
+                "ansible.builtin.shell",
+                shell(sh::daemon_state(&d.name, &d.config).text()),
+            )
+            .set("register", s(&state))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+    ];
+    let (verb, text) = match d.on_change {
+        OnChange::Reload => ("reload", sh::daemon_reload(&d.name)),
+        OnChange::Restart => ("stop to restart", sh::daemon_stop(&d.name)),
+    };
+    out.push(
+        T::new(&format!("{name}: {verb} (its settings changed)"))
+            .module("ansible.builtin.shell", shell(text.text()))
+            .set("changed_when", Y::Bool(true))
+            .set("when", s(&stale)),
+    );
+    let starts = match d.on_change {
+        OnChange::Reload => format!("{state}.stdout == 'stopped'"),
+        OnChange::Restart => format!("{state}.stdout in ['stopped', 'stale']"),
+    };
+    out.push(
+        T::new(name)
+            .module("ansible.builtin.shell", shell(start.text()))
+            .set("changed_when", Y::Bool(true))
+            .set("when", s(&starts)),
+    );
+    Ok(out)
+}
+
+/// `patroni_config` (see `tasks/patroni.rs`): the dynamic configuration read from the
+/// REST API, then PATCHed (authenticated) with the spec's, parameters it no longer has
+/// set to null (removed). Patroni writes the DCS only when the patch changes something;
+/// the task reports a change when the configuration it answers differs from the one
+/// read. The restarts a changed parameter may need come after the plays
+/// ([`restart_play`]).
+fn patroni_config_tasks(
+    name: &str,
+    c: &crate::tasks::patroni::PatroniConfig,
+    current: String,
+    patched: String,
+) -> Vec<T> {
+    let vars = map([
+        ("pgform_rest", s(&c.rest)),
+        // The native argument is the configuration as JSON text.
+        ("pgform_config", s(&c.config)),
+        ("pgform_wanted", s("{{ pgform_config | from_json }}")),
+        (
+            "pgform_removed",
+            s(&format!(
+                "{{{{ ({current}.json.postgresql.parameters | default({{}})).keys() \
+                 | difference(pgform_wanted.postgresql.parameters.keys()) }}}}"
+            )),
+        ),
+    ]);
+    vec![
+        T::new(&format!("{name}: read"))
+            .module(
+                "ansible.builtin.uri",
+                map([("url", s("{{ pgform_rest }}/config"))]),
+            )
+            .set("vars", vars.clone())
+            .set("register", s(&current))
+            .set("changed_when", Y::Bool(false))
+            .set("check_mode", Y::Bool(false)),
+        T::new(name)
+            .module(
+                "ansible.builtin.uri",
+                map([
+                    ("url", s("{{ pgform_rest }}/config")),
+                    ("method", s("PATCH")),
+                    ("url_username", s(&c.user)),
+                    ("url_password", s(&c.password)),
+                    ("force_basic_auth", Y::Bool(true)),
+                    ("body_format", s("json")),
+                    (
+                        "body",
+                        s("{{ pgform_wanted | combine({'postgresql': {'parameters': \
+                           dict(pgform_removed | product([none]))}}, recursive=True) }}"),
+                    ),
+                ]),
+            )
+            .set("vars", vars)
+            .set("register", s(&patched))
+            .set(
+                "changed_when",
+                s(&format!("{patched}.json != {current}.json")),
+            ),
+    ]
 }
 
 /// `data_volume` (see `tasks/volume.rs`): the device found the same way, refused when it
@@ -1426,4 +1939,27 @@ fn data_volume_tasks(
             )
             .set("vars", vars),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_marks_become_inventory_lookups_and_the_rest_stays_literal() {
+        let text = format!(
+            "[\"host all \\\"r{{{{x}}}}\\\" {ADDRESS_MARK}primary@/32\",\"{ADDRESS_MARK}replica-0@:2379\"]"
+        );
+        assert_eq!(
+            addressed(&text),
+            "{% raw %}[\"host all \\\"r{{x}}\\\" {% endraw %}{{ hostvars['primary']['private_address'] }}\
+             /32\",\"{{ hostvars['replica-0']['private_address'] }}:2379\"]"
+        );
+        assert_eq!(addressed("no address"), "no address");
+        // Marked strings are Jinja, not `!unsafe` data.
+        assert_eq!(
+            vars_value(&serde_json::Value::String(format!("{ADDRESS_MARK}a@"))),
+            Y::String("{{ hostvars['a']['private_address'] }}".into())
+        );
+    }
 }

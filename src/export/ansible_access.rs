@@ -177,17 +177,25 @@ pub(super) fn variables(spec: &ClusterSpec) -> Vec<(&'static str, serde_json::Va
 pub(super) fn vault_passwords(spec: &ClusterSpec) -> Y {
     let mut m = Mapping::new();
     for u in spec.postgres.users.iter().filter(|u| u.login) {
-        let lookup = match u.password_source() {
-            Some(crate::spec::SecretSource::Env(var)) => format!("lookup('env', {})", jinja(&var)),
-            Some(crate::spec::SecretSource::File(path)) => format!(
-                "lookup('file', {}).splitlines()[0]",
-                jinja(&path.display().to_string())
-            ),
-            _ => continue,
-        };
-        m.insert(s(&u.name), s(&format!("{{{{ {lookup} }}}}")));
+        if let Some(lookup) = u.password_source().as_ref().and_then(lookup) {
+            m.insert(s(&u.name), s(&lookup));
+        }
     }
     Y::Mapping(m)
+}
+
+/// A secret read when the playbook runs: Jinja looking up the environment variable or
+/// the file's first line; `None` for a value written in the spec (never exported).
+pub(super) fn lookup(source: &crate::spec::SecretSource) -> Option<String> {
+    let lookup = match source {
+        crate::spec::SecretSource::Env(var) => format!("lookup('env', {})", jinja(var)),
+        crate::spec::SecretSource::File(path) => format!(
+            "lookup('file', {}).splitlines()[0]",
+            jinja(&path.display().to_string())
+        ),
+        _ => return None,
+    };
+    Some(format!("{{{{ {lookup} }}}}"))
 }
 
 /// A Jinja string literal (JSON's escapes are Jinja's).

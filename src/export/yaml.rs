@@ -176,7 +176,9 @@ fn literal_block(s: &str, indent: usize) -> Option<String> {
 }
 
 /// A double-quoted scalar; a long one is folded at single spaces (a line break in a
-/// double-quoted scalar reads back as one space).
+/// double-quoted scalar reads back as one space), and a long run without spaces (JSON,
+/// say) is broken with an escaped line break (`\` at the line's end reads back as
+/// nothing; the next line's indentation is dropped).
 fn folded_quoted(s: &str, indent: usize, column: usize) -> String {
     let q = quoted(s);
     if column + q.len() <= MAX_LINE {
@@ -185,9 +187,28 @@ fn folded_quoted(s: &str, indent: usize, column: usize) -> String {
     let mut out = String::new();
     let mut line_len = column;
     let bytes: Vec<char> = q.chars().collect();
+    // Characters left of the escape sequence being written (never broken).
+    let mut escape = 0;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
+        let in_escape = escape > 0;
+        escape = match (escape, c) {
+            (0, '\\') => 1,
+            (1, 'u') => 4,
+            (0, _) => 0,
+            (n, _) => n - 1,
+        };
+        let breakable = !in_escape
+            && i > 1
+            && i + 1 < bytes.len()
+            && !matches!(c, ' ' | '\t')
+            && !matches!(bytes[i - 1], ' ' | '\t');
+        if breakable && line_len + 1 >= MAX_LINE {
+            out.push_str("\\\n");
+            pad(&mut out, indent);
+            line_len = indent;
+        }
         // Fold at a single space between two non-spaces, outside an escape.
         let foldable = c == ' '
             && i > 0
@@ -239,13 +260,25 @@ mod tests {
         let back: Y = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(&back, v, "{text}");
         for line in text.lines() {
-            assert!(line.len() <= MAX_LINE + 10, "long line: {line}");
+            assert!(line.chars().count() <= MAX_LINE + 10, "long line: {line}");
+        }
+    }
+
+    #[test]
+    fn long_strings_without_spaces_break_outside_escapes() {
+        for shift in 0..12 {
+            let unit = format!("{}\u{1}\"\\é{{x}}", "a".repeat(shift));
+            let text = unit.repeat(40);
+            let mut m = serde_norway::Mapping::new();
+            m.insert(Y::String("key".into()), Y::String(text));
+            round_trip(&Y::Sequence(vec![Y::Mapping(m)]));
         }
     }
 
     #[test]
     fn values_read_back_unchanged() {
         let long = "word ".repeat(60) + "end";
+        let json = r#"{"k":"v\"q\\u00e9",""#.repeat(30) + "é\"}";
         let doc: Y = serde_norway::from_str(&format!(
             r#"
 - name: a play
@@ -260,7 +293,7 @@ mod tests {
       when: ["a", "b"]
     - name: "{{{{ jinja }}}}"
       shell: "set -e\n  indented\nlast"
-      args: {{ text: {long:?}, n: 3, t: true, e: [], q: "a: b # c", s: "trailing ", u: "é\u0001" }}
+      args: {{ text: {long:?}, json: {json:?}, n: 3, t: true, e: [], q: "a: b # c", s: "trailing ", u: "é\u0001" }}
 "#
         ))
         .unwrap();

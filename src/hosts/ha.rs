@@ -327,7 +327,7 @@ fn plain_refusal(found: &[&str], version: u32) -> String {
 
 /// How long the members get to take a new dynamic configuration (Patroni reads it
 /// once a loop: `loop_wait`, twice for a slow loop, plus a margin).
-fn settle_timeout(spec: &ClusterSpec) -> Duration {
+pub fn settle_timeout(spec: &ClusterSpec) -> Duration {
     Duration::from_secs(2 * u64::from(spec.ha.loop_wait) + 30)
 }
 

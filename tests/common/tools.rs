@@ -67,3 +67,48 @@ pub fn assert_ansible_lint_production(dir: &Path) {
         dir.display()
     );
 }
+
+/// The counts of an `ansible-playbook` PLAY RECAP: `(host, changed)` per host; panics
+/// when a host failed or was unreachable.
+pub fn playbook_recap(output: &str) -> Vec<(String, u32)> {
+    let start = output
+        .find("PLAY RECAP")
+        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{output}"));
+    let mut out = Vec::new();
+    for line in output[start..].lines().skip(1) {
+        let Some((host, counts)) = line.split_once(" : ") else {
+            continue;
+        };
+        let get = |k: &str| -> u32 {
+            counts
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= in recap line {line:?}"))
+        };
+        assert_eq!(get("failed"), 0, "{line}\n{output}");
+        assert_eq!(get("unreachable"), 0, "{line}\n{output}");
+        out.push((host.trim().to_string(), get("changed")));
+    }
+    out
+}
+
+/// Runs `ansible-playbook -i inventory.ini site.yml ARGS` in an exported directory
+/// with `env` set (host keys not checked: the test hosts are new); returns its exit
+/// success and its output (stdout then stderr).
+pub fn run_playbook(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(bin)
+        .current_dir(dir)
+        .args(["-i", "inventory.ini", "site.yml"])
+        .args(args)
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ansible-playbook");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
