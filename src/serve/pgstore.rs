@@ -426,26 +426,37 @@ impl Store for PgStore {
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                 &[&CLAIM_LOCK],
             )?;
-            let found = tx.query_opt(
+            let candidates = tx.query(
                 &format!(
                     "SELECT {RUN_COLUMNS} FROM runs q WHERE state = 'queued'
                        AND NOT (cluster = ANY($1))
                        AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.cluster = q.cluster
                                          AND a.state IN ('planning', 'applying'))
-                     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                     ORDER BY seq LIMIT 8 FOR UPDATE SKIP LOCKED"
                 ),
                 &[&skip],
             )?;
-            let Some(row) = found else {
+            // A run's lock may still be held for a moment by the process that last
+            // executed it (it releases it after saving the run): skip it, never wait.
+            let mut claimed = None;
+            for row in &candidates {
+                let run = run_from_row(row)?;
+                let locked: bool = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                        &[&format!("{RUN_LOCK}{}", run.id)],
+                    )?
+                    .try_get(0)?;
+                if locked {
+                    claimed = Some(run);
+                    break;
+                }
+            }
+            let Some(mut run) = claimed else {
                 return Ok(None);
             };
-            let mut run = run_from_row(&row)?;
             run.state = claim_state(&run);
             run.started_at.get_or_insert(now);
-            tx.execute(
-                "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-                &[&format!("{RUN_LOCK}{}", run.id)],
-            )?;
             tx.execute(
                 "UPDATE runs SET state = $2, started_at = $3 WHERE id = $1",
                 &[&run.id, &run.state.as_str(), &run.started_at],

@@ -15,11 +15,30 @@ pub enum StoreError {
     #[error("the database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the PostgreSQL store: {0}")]
-    Postgres(#[from] postgres::Error),
+    Postgres(String),
     #[error("the PostgreSQL store: {0}")]
     Unavailable(String),
     #[error("the database holds a value this pgform cannot read: {0}")]
     Corrupt(String),
+}
+
+impl From<postgres::Error> for StoreError {
+    /// The server's own message (`db error` alone says nothing), or the chain of causes.
+    fn from(e: postgres::Error) -> StoreError {
+        if let Some(db) = e.as_db_error() {
+            return StoreError::Postgres(db.message().to_string());
+        }
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        StoreError::Postgres(message)
+    }
 }
 
 /// A cluster's submitted spec: the document as sent (no inline secret), and its format.

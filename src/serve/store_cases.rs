@@ -115,12 +115,14 @@ pub fn one_run_per_cluster_is_claimed(s: &dyn Store) {
     // A skipped cluster is left for later; a planned and confirmed run applies.
     let (first, _l1) = s.claim_next(&["a".into()], "t").unwrap().unwrap();
     assert_eq!(first.id, ids[2]);
-    let (second, _l2) = s.claim_next(&[], "t").unwrap().unwrap();
+    let (second, l2) = s.claim_next(&[], "t").unwrap().unwrap();
     assert_eq!(second.id, ids[0]);
     assert!(s.claim_next(&[], "t").unwrap().is_none(), "a is busy");
     let mut done = second.clone();
     done.state = RunState::Planned;
     s.update_run(&done).unwrap();
+    // Its executor saves it, then lets it go.
+    drop(l2);
     let (third, _l3) = s.claim_next(&[], "t").unwrap().unwrap();
     assert_eq!(third.id, ids[1]);
     let mut confirmed = s.run(&ids[0]).unwrap().unwrap();
