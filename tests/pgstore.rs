@@ -38,7 +38,10 @@ fn opening_again_keeps_the_data_and_the_schema_version() {
     // A newer schema than this pgform knows is refused, not guessed at.
     db.query("INSERT INTO pgform_schema VALUES (99)");
     let err = PgStore::open(&url).err().expect("refused").to_string();
-    assert!(err.contains("version 99") && err.contains("upgrade"), "{err}");
+    assert!(
+        err.contains("version 99") && err.contains("upgrade"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,7 +55,10 @@ fn a_bad_password_or_address_is_a_clear_error() {
     );
     let err = PgStore::open(&url).err().expect("refused").to_string();
     assert!(err.contains("password authentication failed"), "{err}");
-    assert!(!err.contains("wrong"), "the password is not repeated: {err}");
+    assert!(
+        !err.contains("wrong"),
+        "the password is not repeated: {err}"
+    );
 }
 
 /// Several stores (as several processes) claim from one queue at once: every run is
@@ -150,7 +156,10 @@ fn tokens_are_made_listed_and_revoked_in_the_store() {
     assert!(out.status.success(), "{out:?}");
     let list = token(&["list"]);
     let text = String::from_utf8_lossy(&list.stdout).to_string();
-    assert!(text.contains("\tread\t*\t") && text.contains("live"), "{text}");
+    assert!(
+        text.contains("\tread\t*\t") && text.contains("live"),
+        "{text}"
+    );
     let id = text.split('\t').next().unwrap().to_string();
     assert!(token(&["revoke", &id]).status.success());
     let rows = db.query("SELECT revoked FROM tokens");
@@ -164,14 +173,26 @@ fn a_password_on_the_command_line_is_refused() {
     let Some(db) = pg::database() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(PGFORM)
-        .args(["token", "list", "--store", &db.url_with_password(), "--data"])
+        .args([
+            "token",
+            "list",
+            "--store",
+            &db.url_with_password(),
+            "--data",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--store") && err.contains("PGPASSWORD"), "{err}");
-    assert!(err.contains("PGFORM_STORE") && err.contains(".pgpass"), "{err}");
+    assert!(
+        err.contains("--store") && err.contains("PGPASSWORD"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PGFORM_STORE") && err.contains(".pgpass"),
+        "{err}"
+    );
     assert!(!err.contains(pg::PASSWORD), "{err}");
     // The same URL in the environment is fine: it is not in the argument list.
     let out = Command::new(PGFORM)

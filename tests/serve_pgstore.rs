@@ -120,10 +120,11 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
             "{owner} is one of the services"
         );
         executors.insert(pid_of(&owner));
-        by_cluster
-            .entry(c.clone())
-            .or_default()
-            .push((planning[0].2.clone(), planned.2.clone(), id.clone()));
+        by_cluster.entry(c.clone()).or_default().push((
+            planning[0].2.clone(),
+            planned.2.clone(),
+            id.clone(),
+        ));
     }
     assert_eq!(executors.len(), 2, "both services executed runs");
     // One run per cluster at a time: each run's planning starts after the previous
@@ -164,7 +165,11 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
         .filter(|(_, e)| e["event"] == "state")
         .map(|(_, e)| &e["state"])
         .collect();
-    assert_eq!(states.last().unwrap().as_str(), Some("applied"), "{states:?}");
+    assert_eq!(
+        states.last().unwrap().as_str(),
+        Some("applied"),
+        "{states:?}"
+    );
     assert_eq!(serve::cluster_containers(&cluster).len(), 3);
 
     // Kill A while both apply (one run each): B takes the runs queued meanwhile; A's

@@ -255,7 +255,7 @@ impl Service {
                     if let Err(e) = self.poll_cancels() {
                         tracing::error!("the worker cannot read the runs: {e}");
                     }
-                    if tick % RECOVER_EVERY == 0 && let Err(e) = self.recover() {
+                    if tick.is_multiple_of(RECOVER_EVERY) && let Err(e) = self.recover() {
                         tracing::error!("the worker cannot recover runs: {e}");
                     }
                 }

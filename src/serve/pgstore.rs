@@ -189,10 +189,10 @@ impl PgStore {
     /// string; a password not in it comes from `PGPASSWORD` or the password file.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
         let mut config = postgres::Config::from_str(url)?;
-        if config.get_user().is_none() {
-            if let Some(u) = std::env::var_os("PGUSER").or_else(|| std::env::var_os("USER")) {
-                config.user(u.to_string_lossy().as_ref());
-            }
+        if config.get_user().is_none()
+            && let Some(u) = std::env::var_os("PGUSER").or_else(|| std::env::var_os("USER"))
+        {
+            config.user(u.to_string_lossy().as_ref());
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));

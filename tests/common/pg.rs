@@ -60,11 +60,9 @@ impl Database {
                 .expect("query")
                 .into_iter()
                 .filter_map(|m| match m {
-                    postgres::SimpleQueryMessage::Row(r) => Some(
-                        (0..r.len())
-                            .map(|i| r.get(i).map(str::to_string))
-                            .collect(),
-                    ),
+                    postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
                     _ => None,
                 })
                 .collect()
@@ -82,7 +80,9 @@ pub fn database() -> Option<Database> {
         Ok(s) => s,
         Err(why) if std::env::var_os("CI").is_some() => panic!("no PostgreSQL server: {why}"),
         Err(why) => {
-            eprintln!("skipped: no PostgreSQL server ({why}); run `bash scripts/testbed.sh install`");
+            eprintln!(
+                "skipped: no PostgreSQL server ({why}); run `bash scripts/testbed.sh install`"
+            );
             return None;
         }
     };
@@ -180,7 +180,11 @@ impl PgServer {
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser}'{pg_ctl}' -D '{data}' \
              stop -m immediate; rm -rf '{dir}'",
             pid = std::process::id(),
-            runuser = if is_root() { "runuser -u postgres -- " } else { "" },
+            runuser = if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
             pg_ctl = pg_ctl.display(),
             data = data.display(),
             dir = dir.display(),
@@ -223,9 +227,7 @@ impl PgServer {
             format!("{e}\n{log}")
         })?;
         let server = PgServer { port, dir };
-        server.superuser(&format!(
-            "CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"
-        ));
+        server.superuser(&format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{PASSWORD}'"));
         Ok(server)
     }
 
