@@ -117,6 +117,20 @@ impl Conns {
     }
 }
 
+/// A connection holding a run's lock: released when dropped, before the connection
+/// closes (the server notices a closed connection a moment later, and another claim or
+/// recovery must not find the lock still held by a run that was saved final).
+struct Held(Conns);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.with(|db| {
+            db.batch_execute("SELECT pg_advisory_unlock_all()")?;
+            Ok(())
+        });
+    }
+}
+
 pub struct PgStore {
     pool: Conns,
     /// A connection kept for the next claim or recovery, when the last one held nothing.
@@ -465,7 +479,7 @@ impl Store for PgStore {
             Ok(Some(run))
         });
         match claimed {
-            Ok(Some(run)) => Ok(Some((run, Lease::new(conn)))),
+            Ok(Some(run)) => Ok(Some((run, Lease::new(Held(conn))))),
             Ok(None) => {
                 self.keep_spare(conn);
                 Ok(None)
@@ -486,7 +500,7 @@ impl Store for PgStore {
             Ok(row.try_get::<_, bool>(0)?)
         })?;
         if free {
-            Ok(Some(Lease::new(conn)))
+            Ok(Some(Lease::new(Held(conn))))
         } else {
             self.keep_spare(conn);
             Ok(None)
