@@ -506,3 +506,35 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancel asked through another service only sets the run's flag in the shared
+    /// store: the executor's worker reads it and interrupts the run.
+    #[test]
+    fn a_cancel_flagged_in_the_store_interrupts_the_executing_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Service::open(dir.path(), None, 1).unwrap();
+        let mut run = Run::new("c", RunKind::Apply, None);
+        svc.store.create_run(&mut run).unwrap();
+        let (claimed, _lease) = svc.store.claim_next(&[], "t").unwrap().unwrap();
+        let interrupt = Interrupt::default();
+        svc.interrupts
+            .lock()
+            .unwrap()
+            .insert(claimed.id.clone(), interrupt.clone());
+        svc.poll_cancels().unwrap();
+        assert!(!interrupt.is_triggered());
+        assert!(svc.store.request_cancel(&run.id, "t").unwrap());
+        svc.poll_cancels().unwrap();
+        assert!(interrupt.is_triggered());
+        // Recovery leaves a run this process executes alone.
+        svc.recover().unwrap();
+        assert_eq!(
+            svc.store.run(&run.id).unwrap().unwrap().state,
+            RunState::Planning
+        );
+    }
+}
