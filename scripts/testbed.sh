@@ -50,7 +50,9 @@ readonly HTTP_LOG=/var/log/pgform-apt-http.log
 # loop device to a container host as its EBS disk. (The host image has both from
 # debootstrap's minbase: blkid, findmnt, mount, mkfs.ext4.) postgresql-client-15: the
 # tests connect from this machine as applications do (TLS with verify-full).
-readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client util-linux e2fsprogs postgresql-client-15"
+# postgresql-15: the PostgreSQL store's tests start a throwaway server of their own
+# (tests/common/pg.rs); Debian's own `main` cluster is not wanted (see cmd_install).
+readonly HOST_PACKAGES="docker.io debootstrap dpkg-dev openssh-client util-linux e2fsprogs postgresql-client-15 postgresql-15"
 
 usage() {
     cat <<EOF
@@ -138,6 +140,14 @@ cmd_install() {
         return
     fi
     ensure_apt_lists "${missing[@]}"
+    # Installing the server must not create and start a `main` cluster on this machine:
+    # the tests run servers of their own.
+    local conf=/etc/postgresql-common/createcluster.conf
+    if ! grep -qx 'create_main_cluster = false' "$conf" 2>/dev/null; then
+        mkdir -p "$(dirname "$conf")"
+        [[ -e "$conf" ]] && sed -i '/^[#[:space:]]*create_main_cluster/d' "$conf"
+        printf 'create_main_cluster = false\n' >>"$conf"
+    fi
     log "install: apt-get install ${missing[*]}"
     if ! apt_install "${missing[@]}"; then
         # Lists older than the mirror name versions it no longer has: refresh, retry once.
@@ -148,7 +158,9 @@ cmd_install() {
 }
 
 apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    # confold: keep a config file written before its package (createcluster.conf).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >/dev/null
 }
 
 docker_answers() {

@@ -1262,7 +1262,7 @@ pub fn log_line(v: &serde_json::Value) -> String {
     let event = s("event").unwrap_or_else(|| "event".into());
     let mut rest: Vec<String> = Vec::new();
     for k in [
-        "state", "address", "op", "host", "task", "status", "id", "error", "summary",
+        "state", "by", "address", "op", "host", "task", "status", "id", "error", "summary",
     ] {
         match &v[k] {
             serde_json::Value::Null => {}

@@ -2,7 +2,8 @@
 //! apply, destroy) are kept in a [`store::Store`] with their event log, executed by a
 //! worker (one run per cluster at a time, a global cap), and survive restarts.
 //!
-//! - [`store`]: the database (SQLite by default).
+//! - [`store`]: the database (SQLite by default); [`pgstore`]: PostgreSQL, shared by
+//!   several service processes.
 //! - [`run`]: a run and its state machine.
 //! - [`exec`]: the cluster operations the worker calls.
 //! - [`api`]: the HTTP API under `/v1`, its errors and its OpenAPI document.
@@ -13,8 +14,11 @@ pub mod api;
 pub mod auth;
 pub mod compat;
 pub mod exec;
+pub mod pgstore;
 pub mod run;
 pub mod store;
+#[doc(hidden)]
+pub mod store_cases;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -48,6 +52,9 @@ pub enum ServeError {
 
 pub struct Config {
     pub data: PathBuf,
+    /// A PostgreSQL connection string (`postgres://USER@HOST:PORT/DB`); `None`: the
+    /// SQLite file in `data`.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     /// At most this many runs execute at once (over all clusters).
     pub max_running: usize,
@@ -67,6 +74,8 @@ pub struct Service {
     /// Runs executing now, and how to stop them.
     interrupts: Mutex<HashMap<String, Interrupt>>,
     stopping: AtomicBool,
+    /// Who executes runs here (`pid@host`), recorded in each claimed run's events.
+    pub owner: String,
 }
 
 /// News of a run for its event streams: an event just stored (its number and text), or
@@ -93,13 +102,22 @@ pub fn db_path(data: &Path) -> PathBuf {
 }
 
 impl Service {
-    pub fn open(data: &Path, max_running: usize) -> Result<Arc<Service>, ServeError> {
+    /// Opens the store: PostgreSQL when `store` names one, else the SQLite file in
+    /// `data`.
+    pub fn open(
+        data: &Path,
+        store: Option<&str>,
+        max_running: usize,
+    ) -> Result<Arc<Service>, ServeError> {
         for dir in [data.to_path_buf(), data.join("states"), data.join("specs")] {
             std::fs::create_dir_all(&dir).map_err(|source| ServeError::Io { path: dir, source })?;
         }
-        let store = store::SqliteStore::open(&db_path(data))?;
+        let store: Arc<dyn Store> = match store {
+            Some(url) => Arc::new(pgstore::PgStore::open(url)?),
+            None => Arc::new(store::SqliteStore::open(&db_path(data))?),
+        };
         Ok(Arc::new(Service {
-            store: Arc::new(store),
+            store,
             data: data.to_path_buf(),
             max_running: max_running.max(1),
             news: broadcast::channel(1024).0,
@@ -107,6 +125,7 @@ impl Service {
             busy: Mutex::new(HashSet::new()),
             interrupts: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            owner: format!("{}@{}", std::process::id(), crate::state::hostname()),
         }))
     }
 
@@ -125,7 +144,10 @@ impl Service {
     /// Loads the cluster's stored spec as the operations need it.
     pub fn load_cluster(&self, row: &ClusterRow) -> Result<exec::Cluster, exec::ExecError> {
         let path = self.spec_path(&row.name, &row.format);
-        std::fs::write(&path, &row.spec_text)
+        // Written whole then renamed: another service on the same folder may read it.
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &row.spec_text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| exec::ExecError::from(format!("cannot write {}: {e}", path.display())))?;
         Ok(exec::load(&path, &self.state_path(&row.name))?.0)
     }
@@ -170,8 +192,10 @@ impl Service {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// After a restart: runs that were planning plan again; runs that were applying are
-    /// interrupted (the state lock died with the process).
+    /// Runs whose executing process is gone (at start, this process's own from before
+    /// a crash; with a shared store, any dead process's): runs that were planning plan
+    /// again; runs that were applying are interrupted (the state lock died with the
+    /// process).
     pub fn recover(&self) -> Result<(), StoreError> {
         for state in [RunState::Planning, RunState::Applying] {
             let runs = self.store.runs(&store::RunFilter {
@@ -179,7 +203,18 @@ impl Service {
                 limit: usize::MAX >> 1,
                 ..Default::default()
             })?;
-            for mut run in runs {
+            for run in runs {
+                if self.executes(&run.id) {
+                    continue;
+                }
+                // Held while the run is fixed; `None`: its process is alive.
+                let Some(_lease) = self.store.take_orphan(&run.id)? else {
+                    continue;
+                };
+                // Read again under the lease: it may have finished meanwhile.
+                let Some(mut run) = self.store.run(&run.id)?.filter(|r| r.state == state) else {
+                    continue;
+                };
                 if state == RunState::Planning {
                     run.state = RunState::Queued;
                 } else {
@@ -202,12 +237,50 @@ impl Service {
         Ok(())
     }
 
+    /// Whether this process executes the run now.
+    fn executes(&self, run: &str) -> bool {
+        self.interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(run)
+    }
+
+    /// Interrupts the runs executing here whose cancel was asked for elsewhere (another
+    /// process on the same store).
+    fn poll_cancels(&self) -> Result<(), StoreError> {
+        let running: Vec<(String, Interrupt)> = self
+            .interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, i)| (id.clone(), i.clone()))
+            .collect();
+        for (id, interrupt) in running {
+            if !interrupt.is_triggered() && self.store.run(&id)?.is_some_and(|r| r.cancel_requested)
+            {
+                interrupt.trigger();
+            }
+        }
+        Ok(())
+    }
+
     /// Picks queued runs whose cluster is free, up to the cap, until stopped.
+    /// Also, each second, stops runs canceled elsewhere, and every few seconds recovers
+    /// the runs of processes that died (other services on a shared store).
     pub async fn worker(self: Arc<Self>) {
+        let mut tick = 0u32;
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    tick = tick.wrapping_add(1);
+                    if let Err(e) = self.poll_cancels() {
+                        tracing::error!("the worker cannot read the runs: {e}");
+                    }
+                    if tick.is_multiple_of(RECOVER_EVERY) && let Err(e) = self.recover() {
+                        tracing::error!("the worker cannot recover runs: {e}");
+                    }
+                }
             }
             if self.is_stopping() {
                 return;
@@ -219,21 +292,21 @@ impl Service {
     }
 
     fn start_queued(self: &Arc<Self>) -> Result<(), StoreError> {
-        let queued = self.store.runs(&store::RunFilter {
-            state: Some(RunState::Queued),
-            limit: 1000,
-            ..Default::default()
-        })?;
-        for run in queued {
-            {
-                let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let skip: Vec<String> = {
+                let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
                 if busy.len() >= self.max_running {
-                    break;
+                    return Ok(());
                 }
-                if !busy.insert(run.cluster.clone()) {
-                    continue;
-                }
-            }
+                busy.iter().cloned().collect()
+            };
+            let Some((run, lease)) = self.store.claim_next(&skip, &store::now())? else {
+                return Ok(());
+            };
+            self.busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.cluster.clone());
             let interrupt = Interrupt::default();
             self.interrupts
                 .lock()
@@ -245,6 +318,8 @@ impl Service {
                 if let Err(e) = svc.execute(run, interrupt).await {
                     tracing::error!("run {id}: {e}");
                 }
+                // Released once the run is final (or left for recovery).
+                drop(lease);
                 svc.interrupts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -256,34 +331,21 @@ impl Service {
                 svc.wake_worker();
             });
         }
-        Ok(())
     }
 
     /// Plans the run (unless it was planned and confirmed), then applies it when it is
     /// approved.
+    /// The run was claimed: it is `planning` or `applying`.
     async fn execute(&self, mut run: Run, interrupt: Interrupt) -> Result<(), StoreError> {
-        let Some(row) = self.store.cluster(&run.cluster)? else {
-            run.error = Some(format!("the cluster `{}` has no spec", run.cluster));
-            run.finish(RunState::Errored);
-            return self.save_run(&run);
-        };
-        let needs_plan = run.plan.is_none() || !run.approved;
-        let next = if needs_plan {
-            RunState::Planning
-        } else {
-            RunState::Applying
-        };
-        // Taken only if still queued: a cancel may have come since the queue was read.
-        let now = store::now();
-        if !self.store.claim_run(&run.id, next, &now)? {
-            return Ok(());
-        }
-        run.state = next;
-        run.started_at.get_or_insert(now);
+        let needs_plan = run.state == RunState::Planning;
         self.event(
             &run.id,
-            serde_json::json!({"event": "state", "state": next}),
+            serde_json::json!({"event": "state", "state": run.state, "by": self.owner}),
         );
+        let Some(row) = self.store.cluster(&run.cluster)? else {
+            let message = format!("the cluster `{}` has no spec", run.cluster);
+            return self.fail(run, message);
+        };
         let cluster = match self.load_cluster(&row) {
             Ok(c) => c,
             Err(e) => return self.fail(run, e.message),
@@ -408,6 +470,9 @@ impl Service {
     }
 }
 
+/// Every so many worker ticks (seconds), runs whose process died are recovered.
+const RECOVER_EVERY: u32 = 5;
+
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
@@ -415,7 +480,7 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 /// Runs the service until SIGTERM or Ctrl-C. Prints the address it listens on first
 /// (`listening on http://ADDR`), so a port of 0 can be used.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let svc = Service::open(&config.data, config.max_running)?;
+    let svc = Service::open(&config.data, config.store.as_deref(), config.max_running)?;
     let has_tokens = svc.store.tokens()?.iter().any(|t| !t.revoked);
     if !has_tokens && !is_loopback(&config.listen) {
         return Err(ServeError::OpenBeyondLoopback(config.listen));
@@ -465,5 +530,37 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cancel asked through another service only sets the run's flag in the shared
+    /// store: the executor's worker reads it and interrupts the run.
+    #[test]
+    fn a_cancel_flagged_in_the_store_interrupts_the_executing_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = Service::open(dir.path(), None, 1).unwrap();
+        let mut run = Run::new("c", RunKind::Apply, None);
+        svc.store.create_run(&mut run).unwrap();
+        let (claimed, _lease) = svc.store.claim_next(&[], "t").unwrap().unwrap();
+        let interrupt = Interrupt::default();
+        svc.interrupts
+            .lock()
+            .unwrap()
+            .insert(claimed.id.clone(), interrupt.clone());
+        svc.poll_cancels().unwrap();
+        assert!(!interrupt.is_triggered());
+        assert!(svc.store.request_cancel(&run.id, "t").unwrap());
+        svc.poll_cancels().unwrap();
+        assert!(interrupt.is_triggered());
+        // Recovery leaves a run this process executes alone.
+        svc.recover().unwrap();
+        assert_eq!(
+            svc.store.run(&run.id).unwrap().unwrap().state,
+            RunState::Planning
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! What the service keeps: clusters' submitted specs, runs, their append-only event
-//! log, token hashes, idempotency keys and the audit log. Behind [`Store`] so that a
-//! PostgreSQL store can follow; [`SqliteStore`] is the embedded default.
+//! log, token hashes, idempotency keys and the audit log. Behind [`Store`]:
+//! [`SqliteStore`] is the embedded default (one process); [`super::pgstore::PgStore`]
+//! lets several processes share one PostgreSQL database.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -13,8 +14,31 @@ use super::run::{Run, RunKind, RunState};
 pub enum StoreError {
     #[error("the database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("the PostgreSQL store: {0}")]
+    Postgres(String),
+    #[error("the PostgreSQL store: {0}")]
+    Unavailable(String),
     #[error("the database holds a value this pgform cannot read: {0}")]
     Corrupt(String),
+}
+
+impl From<postgres::Error> for StoreError {
+    /// The server's own message (`db error` alone says nothing), or the chain of causes.
+    fn from(e: postgres::Error) -> StoreError {
+        if let Some(db) = e.as_db_error() {
+            return StoreError::Postgres(db.message().to_string());
+        }
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        StoreError::Postgres(message)
+    }
 }
 
 /// A cluster's submitted spec: the document as sent (no inline secret), and its format.
@@ -70,6 +94,20 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// Held while a run executes (or while recovery fixes it): proof to other processes
+/// that its executor is alive. Dropping it releases it. The SQLite store, used by one
+/// process, needs none.
+pub struct Lease(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
+
+impl Lease {
+    pub fn none() -> Lease {
+        Lease(None)
+    }
+    pub fn new(held: impl std::any::Any + Send) -> Lease {
+        Lease(Some(Box::new(held)))
+    }
+}
+
 pub trait Store: Send + Sync {
     fn put_cluster(&self, c: &ClusterRow) -> Result<(), StoreError>;
     fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, StoreError>;
@@ -79,9 +117,14 @@ pub trait Store: Send + Sync {
     fn create_run(&self, run: &mut Run) -> Result<(), StoreError>;
     fn run(&self, id: &str) -> Result<Option<Run>, StoreError>;
     fn update_run(&self, run: &Run) -> Result<(), StoreError>;
-    /// The worker takes a queued run: sets `state` (and the start time, once) only if
-    /// the run is still queued (a cancel may have come first). `false` when it was not.
-    fn claim_run(&self, id: &str, state: RunState, now: &str) -> Result<bool, StoreError>;
+    /// The worker takes the oldest queued run whose cluster has no run executing (in
+    /// any process sharing the store) and is not in `skip`: marks it `planning` (or
+    /// `applying` when it was planned and confirmed) with the start time (once), and
+    /// returns it with its lease, held while it executes. `None` when nothing is ready.
+    fn claim_next(&self, skip: &[String], now: &str) -> Result<Option<(Run, Lease)>, StoreError>;
+    /// The lease of a run marked `planning` or `applying` whose executing process is
+    /// gone, held while recovery fixes the run; `None` when that process is alive.
+    fn take_orphan(&self, id: &str) -> Result<Option<Lease>, StoreError>;
     /// Asks a live run to stop: a queued or planned one is canceled at once; a planning
     /// or applying one is flagged for the worker. `false` when the run is not live.
     fn request_cancel(&self, id: &str, now: &str) -> Result<bool, StoreError>;
@@ -236,7 +279,16 @@ fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<Result<Run, String>> {
     Ok(parse())
 }
 
-fn layer_text(run: &Run) -> Option<String> {
+/// What a claimed run becomes: it plans, unless it was planned and confirmed.
+pub fn claim_state(run: &Run) -> RunState {
+    if run.plan.is_none() || !run.approved {
+        RunState::Planning
+    } else {
+        RunState::Applying
+    }
+}
+
+pub(crate) fn layer_text(run: &Run) -> Option<String> {
     run.only
         .and_then(|l| serde_json::to_value(l).ok())
         .and_then(|v| v.as_str().map(str::to_string))
@@ -362,15 +414,45 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_run(&self, id: &str, state: RunState, now: &str) -> Result<bool, StoreError> {
-        self.with(|db| {
-            db.execute(
-                "UPDATE runs SET state = ?2, started_at = COALESCE(started_at, ?3)
-                 WHERE id = ?1 AND state = 'queued'",
-                params![id, state.as_str(), now],
-            )
-            .map(|n| n == 1)
-        })
+    fn claim_next(&self, skip: &[String], now: &str) -> Result<Option<(Run, Lease)>, StoreError> {
+        let skip = serde_json::to_string(skip).unwrap_or_default();
+        let row = self.with(|db| {
+            // One connection: the select and the update cannot interleave with another
+            // claim.
+            let found = db
+                .query_row(
+                    &format!(
+                        "SELECT {RUN_COLUMNS} FROM runs q WHERE state = 'queued'
+                           AND cluster NOT IN (SELECT value FROM json_each(?1))
+                           AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.cluster = q.cluster
+                                             AND a.state IN ('planning', 'applying'))
+                         ORDER BY seq LIMIT 1"
+                    ),
+                    [&skip],
+                    run_from_row,
+                )
+                .optional()?;
+            if let Some(Ok(run)) = &found {
+                db.execute(
+                    "UPDATE runs SET state = ?2, started_at = COALESCE(started_at, ?3)
+                     WHERE id = ?1",
+                    params![run.id, claim_state(run).as_str(), now],
+                )?;
+            }
+            Ok(found)
+        })?;
+        let Some(mut run) = row.transpose().map_err(StoreError::Corrupt)? else {
+            return Ok(None);
+        };
+        run.state = claim_state(&run);
+        run.started_at.get_or_insert_with(|| now.to_string());
+        Ok(Some((run, Lease::none())))
+    }
+
+    fn take_orphan(&self, _id: &str) -> Result<Option<Lease>, StoreError> {
+        // One process per database: at start, and for runs it does not execute, the
+        // executor is gone.
+        Ok(Some(Lease::none()))
     }
 
     fn request_cancel(&self, id: &str, now: &str) -> Result<bool, StoreError> {
@@ -601,6 +683,7 @@ pub fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::store_cases as cases;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -609,94 +692,11 @@ mod tests {
     }
 
     #[test]
-    fn runs_round_trip_and_page_by_cursor() {
-        let (_d, s) = store();
-        for c in ["a", "b", "a"] {
-            let mut r = Run::new(c, RunKind::Plan, None);
-            s.create_run(&mut r).unwrap();
+    fn all_cases() {
+        for (name, case) in cases::ALL {
+            let (_d, s) = store();
+            eprintln!("case {name}");
+            case(&s);
         }
-        let a = s
-            .runs(&RunFilter {
-                cluster: Some("a".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(a.len(), 2);
-        let mut r = a[0].clone();
-        r.state = RunState::Planned;
-        r.plan = Some("{}".into());
-        r.result = Some(serde_json::json!({"x": 1}));
-        s.update_run(&r).unwrap();
-        let back = s.run(&r.id).unwrap().unwrap();
-        assert_eq!(back.state, RunState::Planned);
-        assert_eq!(back.result, r.result);
-        let page = s
-            .runs(&RunFilter {
-                after: Some(a[0].seq),
-                limit: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].cluster, "b");
-    }
-
-    #[test]
-    fn a_canceled_run_cannot_be_claimed() {
-        let (_d, s) = store();
-        let mut r = Run::new("a", RunKind::Plan, None);
-        s.create_run(&mut r).unwrap();
-        assert!(s.request_cancel(&r.id, "t").unwrap());
-        assert!(!s.claim_run(&r.id, RunState::Planning, "t").unwrap());
-        assert_eq!(s.run(&r.id).unwrap().unwrap().state, RunState::Canceled);
-        let mut q = Run::new("a", RunKind::Plan, None);
-        s.create_run(&mut q).unwrap();
-        assert!(s.claim_run(&q.id, RunState::Planning, "t").unwrap());
-        // Planning: flagged, not canceled yet; the worker decides.
-        assert!(s.request_cancel(&q.id, "t").unwrap());
-        let back = s.run(&q.id).unwrap().unwrap();
-        assert_eq!(back.state, RunState::Planning);
-        assert!(back.cancel_requested);
-        assert!(!s.claim_run(&q.id, RunState::Planning, "t").unwrap());
-    }
-
-    #[test]
-    fn events_are_numbered_per_run() {
-        let (_d, s) = store();
-        assert_eq!(s.append_event("r1", "{}").unwrap(), 1);
-        assert_eq!(s.append_event("r1", "{}").unwrap(), 2);
-        assert_eq!(s.append_event("r2", "{}").unwrap(), 1);
-        assert_eq!(s.events_after("r1", 1).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn idempotency_replays_and_refuses_another_body() {
-        let (_d, s) = store();
-        assert_eq!(
-            s.idempotency_begin("k", "t", "h1").unwrap(),
-            Idempotency::New
-        );
-        assert_eq!(
-            s.idempotency_begin("k", "t", "h1").unwrap(),
-            Idempotency::InFlight
-        );
-        s.idempotency_finish("k", "t", 202, "{}").unwrap();
-        assert_eq!(
-            s.idempotency_begin("k", "t", "h1").unwrap(),
-            Idempotency::Done {
-                status: 202,
-                body: "{}".into()
-            }
-        );
-        assert_eq!(
-            s.idempotency_begin("k", "t", "h2").unwrap(),
-            Idempotency::Mismatch
-        );
-        // Another caller's key of the same name is its own.
-        assert_eq!(
-            s.idempotency_begin("k", "u", "h2").unwrap(),
-            Idempotency::New
-        );
     }
 }

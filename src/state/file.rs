@@ -272,7 +272,8 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn hostname() -> String {
+/// This machine's name, for lock holders and run owners.
+pub fn hostname() -> String {
     fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{Address, Attrs, Value};
 
 pub use file::{
-    LockInfo, StateError, StateStore, backup_path, force_unlock, lock_path, read, to_json,
+    LockInfo, StateError, StateStore, backup_path, force_unlock, hostname, lock_path, read, to_json,
 };
 
 /// Everything recorded for one cluster.

@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod hosts;
+pub mod pg;
 pub mod proxy;
 pub mod serve;
 pub mod tools;

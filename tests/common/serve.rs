@@ -28,11 +28,18 @@ impl Server {
 
     /// [`Server::start`] with more environment (e.g. a `DOCKER_HOST` that answers nothing).
     pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_args(data, &[], env, "serve.stderr")
+    }
+
+    /// [`Server::start`] with more arguments (e.g. `--store URL`) and environment, its
+    /// stderr in DATA/`stderr` (several services may share a data folder).
+    pub fn start_args(data: &Path, args: &[&str], env: &[(&str, &str)], stderr: &str) -> Server {
         std::fs::create_dir_all(data).unwrap();
-        let stderr = data.join("serve.stderr");
+        let stderr = data.join(stderr);
         let mut child = Command::new(PGFORM)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
             .env("DOCKER_HOST", hosts::docker_host())
             .env("PGFORM_REPLICATION_PASSWORD", PASSWORD)
             .env("PGFORM_SSH_PERSIST", "0")

@@ -1,0 +1,206 @@
+//! The PostgreSQL store against a real server (tests/common/pg.rs): the same cases as the
+//! SQLite store, claims by several stores at once (as several processes), leases, the
+//! schema's version, and `pgform token --store`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::cli::PGFORM;
+use common::pg;
+use pgform::serve::pgstore::PgStore;
+use pgform::serve::run::{Run, RunKind, RunState};
+use pgform::serve::store::Store;
+use pgform::serve::store_cases;
+
+#[test]
+fn the_store_cases_pass_on_postgres() {
+    for (name, case) in store_cases::ALL {
+        let Some(db) = pg::database() else { return };
+        eprintln!("case {name}");
+        let store = PgStore::open(&db.url_with_password()).unwrap();
+        case(&store);
+    }
+}
+
+#[test]
+fn opening_again_keeps_the_data_and_the_schema_version() {
+    let Some(db) = pg::database() else { return };
+    let url = db.url_with_password();
+    let mut run = Run::new("a", RunKind::Plan, None);
+    PgStore::open(&url).unwrap().create_run(&mut run).unwrap();
+    let again = PgStore::open(&url).unwrap();
+    assert_eq!(again.run(&run.id).unwrap().unwrap().cluster, "a");
+    let versions = db.query("SELECT version FROM pgform_schema ORDER BY version");
+    assert_eq!(versions, vec![vec![Some("1".to_string())]]);
+    // A newer schema than this pgform knows is refused, not guessed at.
+    db.query("INSERT INTO pgform_schema VALUES (99)");
+    let err = PgStore::open(&url).err().expect("refused").to_string();
+    assert!(
+        err.contains("version 99") && err.contains("upgrade"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_password_or_address_is_a_clear_error() {
+    let Some(db) = pg::database() else { return };
+    let url = format!(
+        "postgres://{}:wrong@127.0.0.1:{}/{}",
+        pg::ROLE,
+        db.port,
+        db.name
+    );
+    let err = PgStore::open(&url).err().expect("refused").to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        !err.contains("wrong"),
+        "the password is not repeated: {err}"
+    );
+}
+
+/// Several stores (as several processes) claim from one queue at once: every run is
+/// claimed exactly once, and a cluster never has two runs executing.
+#[test]
+fn concurrent_claims_take_each_run_once_and_one_per_cluster() {
+    let Some(db) = pg::database() else { return };
+    let url = db.url_with_password();
+    let first = PgStore::open(&url).unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..40 {
+        let mut r = Run::new(&format!("c{}", i % 4), RunKind::Plan, None);
+        first.create_run(&mut r).unwrap();
+        ids.insert(r.id);
+    }
+    let stores: Vec<Arc<PgStore>> = (0..4)
+        .map(|_| Arc::new(PgStore::open(&url).unwrap()))
+        .collect();
+    let executing: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let claimed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let threads: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let (s, executing, claimed) = (s.clone(), executing.clone(), claimed.clone());
+            std::thread::spawn(move || {
+                let mut idle = 0;
+                while idle < 20 {
+                    let Some((mut run, lease)) = s.claim_next(&[], "t").unwrap() else {
+                        idle += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    };
+                    idle = 0;
+                    assert_eq!(run.state, RunState::Planning);
+                    if let Some(other) = executing
+                        .lock()
+                        .unwrap()
+                        .insert(run.cluster.clone(), run.id.clone())
+                    {
+                        panic!("{} claimed while {other} executes", run.id);
+                    }
+                    claimed.lock().unwrap().push(run.id.clone());
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    executing.lock().unwrap().remove(&run.cluster);
+                    run.state = RunState::Planned;
+                    s.update_run(&run).unwrap();
+                    drop(lease);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let claimed = claimed.lock().unwrap().clone();
+    assert_eq!(claimed.len(), ids.len(), "each run once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+/// A run's lease shows its executor alive to other stores; once released (the process
+/// died: its connection closed), recovery may take the run.
+#[test]
+fn an_executing_runs_lease_keeps_recovery_off_it() {
+    let Some(db) = pg::database() else { return };
+    let url = db.url_with_password();
+    let (a, b) = (PgStore::open(&url).unwrap(), PgStore::open(&url).unwrap());
+    let mut r = Run::new("c", RunKind::Plan, None);
+    a.create_run(&mut r).unwrap();
+    let (run, lease) = a.claim_next(&[], "t").unwrap().unwrap();
+    assert_eq!(run.id, r.id);
+    assert!(b.take_orphan(&r.id).unwrap().is_none(), "a holds it");
+    drop(lease);
+    let held = b.take_orphan(&r.id).unwrap().expect("a let it go");
+    assert!(a.take_orphan(&r.id).unwrap().is_none(), "b holds it now");
+    drop(held);
+    drop(a);
+    assert!(b.take_orphan(&r.id).unwrap().is_some());
+}
+
+#[test]
+fn tokens_are_made_listed_and_revoked_in_the_store() {
+    let Some(db) = pg::database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let token = |args: &[&str]| {
+        Command::new(PGFORM)
+            .arg("token")
+            .args(args)
+            .args(["--store", &db.url, "--data"])
+            .arg(dir.path())
+            .envs(db.env())
+            .output()
+            .unwrap()
+    };
+    let out = token(&["create", "--role", "read"]);
+    assert!(out.status.success(), "{out:?}");
+    let list = token(&["list"]);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        text.contains("\tread\t*\t") && text.contains("live"),
+        "{text}"
+    );
+    let id = text.split('\t').next().unwrap().to_string();
+    assert!(token(&["revoke", &id]).status.success());
+    let rows = db.query("SELECT revoked FROM tokens");
+    assert_eq!(rows, vec![vec![Some("t".to_string())]]);
+    // Nothing went to the SQLite file.
+    assert!(!dir.path().join("pgform.db").exists());
+}
+
+#[test]
+fn a_password_on_the_command_line_is_refused() {
+    let Some(db) = pg::database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(PGFORM)
+        .args([
+            "token",
+            "list",
+            "--store",
+            &db.url_with_password(),
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--store") && err.contains("PGPASSWORD"),
+        "{err}"
+    );
+    assert!(
+        err.contains("PGFORM_STORE") && err.contains(".pgpass"),
+        "{err}"
+    );
+    assert!(!err.contains(pg::PASSWORD), "{err}");
+    // The same URL in the environment is fine: it is not in the argument list.
+    let out = Command::new(PGFORM)
+        .args(["token", "list", "--data"])
+        .arg(dir.path())
+        .env("PGFORM_STORE", db.url_with_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!dir.path().join("pgform.db").exists());
+}
