@@ -81,30 +81,6 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// `host -> changed` from the PLAY RECAP, with the failed/unreachable counts checked.
-fn recap(output: &str) -> Vec<(String, u32)> {
-    let start = output
-        .find("PLAY RECAP")
-        .unwrap_or_else(|| panic!("no PLAY RECAP in:\n{output}"));
-    let mut out = Vec::new();
-    for line in output[start..].lines().skip(1) {
-        let Some((host, counts)) = line.split_once(" : ") else {
-            continue;
-        };
-        let get = |k: &str| -> u32 {
-            counts
-                .split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {k}= in recap line {line:?}"))
-        };
-        assert_eq!(get("failed"), 0, "{line}\n{output}");
-        assert_eq!(get("unreachable"), 0, "{line}\n{output}");
-        out.push((host.trim().to_string(), get("changed")));
-    }
-    out
-}
-
 #[test]
 fn export_has_the_templates_and_variables_and_never_the_password() {
     let addrs: Vec<String> = ["10.9.0.11", "10.9.0.12", "10.9.0.13"]
@@ -230,7 +206,7 @@ async fn exported_playbook_builds_a_streaming_cluster_and_a_rerun_changes_nothin
         );
         assert!(out.status.success(), "{label} run failed:\n{all}");
         assert!(!all.contains(PASSWORD), "password in the output:\n{all}");
-        recap(&all)
+        tools::playbook_recap(&all)
     };
     let first = run("first");
     assert_eq!(first.len(), 3, "{first:?}");
