@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
@@ -14,7 +15,7 @@ use crate::engine::{self, Interrupt};
 use crate::ops::{self, Approval, Cluster, Layer as OpsLayer};
 use crate::plan::{self, Plan};
 use crate::spec;
-use crate::state::{self, StateStore};
+use crate::state;
 
 pub async fn run(cli: Cli) -> Result<Outcome> {
     let g = &cli.global;
@@ -46,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Serve(args) => super::serve::serve(args).await,
         Command::Token(cmd) => super::serve::token(cmd),
         Command::ForceUnlock => {
-            match state::force_unlock(&g.state_path())? {
+            match states_of(g)?.force_unlock()? {
                 Some(holder) => println!("Removed the lock held by {holder}."),
                 None => println!("The state was not locked."),
             }
@@ -109,7 +110,8 @@ fn validate(g: &Global, json: bool) -> Result<Outcome> {
 pub(super) fn load(g: &Global) -> Result<Cluster> {
     let (cluster, warnings) = Cluster::load(&g.file, &g.state_path())?;
     print_warnings(&warnings);
-    Ok(cluster)
+    let states = g.states(&cluster.spec.name)?;
+    Ok(cluster.with_states(states))
 }
 
 fn print_warnings(warnings: &[String]) {
@@ -313,9 +315,9 @@ fn read_plan(file: &Path) -> Result<Plan> {
 
 fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
     // The state alone has the outputs when the spec cannot be read.
-    let outputs = match Cluster::load(&g.file, &g.state_path()) {
-        Ok((cluster, _)) => ops::outputs(&cluster)?,
-        Err(_) => ops::outputs_at(None, &g.state_path())?,
+    let outputs = match load(g) {
+        Ok(cluster) => ops::outputs(&cluster)?,
+        Err(_) => ops::outputs_at(None, &*states_of(g)?)?,
     };
     match name {
         Some(name) => {
@@ -337,11 +339,23 @@ fn output(g: &Global, name: Option<&str>, json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// Where the state is kept. A state file needs no spec (it is read when the spec
+/// cannot be); a store's state is found by the spec's cluster name.
+fn states_of(g: &Global) -> Result<Arc<dyn state::Backend>> {
+    match Cluster::load(&g.file, &g.state_path()) {
+        Ok((cluster, _)) => g.states(&cluster.spec.name),
+        Err(_) if g.state_store()?.is_none() => {
+            Ok(Arc::new(state::FileStates::new(&g.state_path())))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
-    let path = g.state_path();
+    let states = &states_of(g)?;
     match cmd {
         StateCommand::List => {
-            if let Some(state) = state::read(&path)? {
+            if let Some(state) = states.read()? {
                 for (address, r) in &state.resources {
                     println!(
                         "{address}\t{}",
@@ -352,8 +366,9 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
         }
         StateCommand::Show { address } => {
             let address: crate::graph::Address = address.parse().map_err(anyhow::Error::msg)?;
-            let state =
-                state::read(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let state = states
+                .read()?
+                .with_context(|| format!("{} does not exist yet", states.place()))?;
             let r = state.resources.get(&address).with_context(|| {
                 format!("{address} is not in the state; `pgform state list` shows what is")
             })?;
@@ -361,12 +376,12 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
         }
         StateCommand::Rebuild { force } => {
             let spec = load(g)?.spec;
-            let mut store = StateStore::lock(&path, "state rebuild")?;
+            let mut store = states.lock("state rebuild")?;
             let existing = store.load_or_new(&spec.name)?;
             if !existing.resources.is_empty() && !force {
                 bail!(
                     "{} already records {} resource(s); pass --force to replace it",
-                    path.display(),
+                    states.place(),
                     existing.resources.len()
                 );
             }
@@ -377,7 +392,7 @@ async fn state_command(g: &Global, cmd: StateCommand) -> Result<Outcome> {
             store.save(&mut rebuilt)?;
             println!(
                 "Rebuilt {} from tags: {} resource(s).",
-                path.display(),
+                states.place(),
                 rebuilt.resources.len()
             );
             for a in rebuilt.resources.keys() {

@@ -9,8 +9,9 @@ mod report;
 mod serve;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -47,8 +48,12 @@ pub struct Global {
         value_name = "PATH"
     )]
     pub file: PathBuf,
-    /// The state file [default: beside the spec, <spec name>.pgstate.json].
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The state file [default: beside the spec, <spec name>.pgstate.json], or a
+    /// PostgreSQL store, postgres://USER@HOST:PORT/DB (the one `pgform serve --store`
+    /// uses), to keep the state and its lock there, shared with the service; its
+    /// password comes from PGPASSWORD or ~/.pgpass. The hosts' known keys and the default
+    /// TLS folder stay beside the spec.
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub state: Option<PathBuf>,
     /// Keep each host's SSH master this many idle seconds after the command, for the next
     /// one to reuse (in a private directory: $XDG_RUNTIME_DIR/pgform-ssh or
@@ -63,11 +68,45 @@ pub struct Global {
     pub ssh_persist: u64,
 }
 
+/// `path` as a PostgreSQL URL, when it is one.
+fn store_url(path: &Path) -> Option<&str> {
+    path.to_str()
+        .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
 impl Global {
+    /// The state file, or where the local files beside it go when `--state` names a
+    /// store.
     pub fn state_path(&self) -> PathBuf {
-        self.state
-            .clone()
-            .unwrap_or_else(|| self.file.with_extension("pgstate.json"))
+        match &self.state {
+            Some(path) if store_url(path).is_none() => path.clone(),
+            _ => self.file.with_extension("pgstate.json"),
+        }
+    }
+
+    /// The PostgreSQL store `--state` names, if it names one.
+    pub fn state_store(&self) -> anyhow::Result<Option<&str>> {
+        let Some(url) = self.state.as_deref().and_then(store_url) else {
+            return Ok(None);
+        };
+        if serve::store_url_has_password(url) {
+            anyhow::bail!(
+                "--state: the URL holds a password, and a process's arguments are visible \
+                 to every user of the machine; give it in PGPASSWORD or ~/.pgpass instead"
+            );
+        }
+        Ok(Some(url))
+    }
+
+    /// Where the state of `cluster` and its lock are kept.
+    pub fn states(&self, cluster: &str) -> anyhow::Result<Arc<dyn crate::state::Backend>> {
+        use crate::serve::store::Store as _;
+        Ok(match self.state_store()? {
+            Some(url) => crate::serve::pgstore::PgStore::open(url)?
+                .states(cluster)
+                .expect("the PostgreSQL store keeps states"),
+            None => Arc::new(crate::state::FileStates::new(&self.state_path())),
+        })
     }
 }
 

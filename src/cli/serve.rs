@@ -55,7 +55,7 @@ impl StoreArg {
 }
 
 /// Whether a libpq URL or key=value string carries a password.
-fn store_url_has_password(url: &str) -> bool {
+pub(super) fn store_url_has_password(url: &str) -> bool {
     match url.parse::<postgres::Config>() {
         Ok(c) => c.get_password().is_some(),
         // Unparsable: opening the store says why (its message does not repeat the

@@ -13,6 +13,7 @@ mod hosts;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use events::{Event, Sink, no_events};
 pub use hosts::{HostPlan, configure, forget_replaced_hosts, open, plan_hosts};
@@ -27,7 +28,7 @@ use crate::provider::docker::DockerProvider;
 use crate::provider::memory::MemoryProvider;
 use crate::provider::{Provider, ProviderError};
 use crate::spec::{ClusterSpec, ProviderKind, SpecError};
-use crate::state::{self, State, StateError, StateStore};
+use crate::state::{self, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -66,13 +67,17 @@ impl OpsError {
     }
 }
 
-/// A cluster: its spec, where relative paths in the spec start, and its state file.
+/// A cluster: its spec, where relative paths in the spec start, and its state.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub spec: ClusterSpec,
     /// The folder relative paths in the spec (price file, TLS folder) start from.
     pub spec_dir: Option<PathBuf>,
+    /// The state file; beside it are the hosts' known keys and the default TLS folder,
+    /// which stay local when the state itself is kept elsewhere (`states`).
     pub state_path: PathBuf,
+    /// Where the state and its lock are kept: the state file unless told otherwise.
+    pub states: Arc<dyn state::Backend>,
 }
 
 impl Cluster {
@@ -95,18 +100,24 @@ impl Cluster {
         Cluster {
             spec,
             spec_dir: spec_dir.map(Path::to_path_buf),
+            states: Arc::new(state::FileStates::new(&state_path)),
             state_path,
         }
     }
 
-    /// The state as it is on disk (no lock: reading is safe, writes are atomic); a new
-    /// one when there is none.
+    /// The same cluster with its state kept in `states` (a shared store).
+    pub fn with_states(self, states: Arc<dyn state::Backend>) -> Cluster {
+        Cluster { states, ..self }
+    }
+
+    /// The state as last saved (no lock: reading is safe, saves are atomic); a new one
+    /// when there is none.
     pub fn read_state(&self) -> Result<State, OpsError> {
         let cluster = &self.spec.name;
-        match state::read(&self.state_path)? {
+        match self.states.read()? {
             Some(s) if &s.cluster != cluster => Err(OpsError::Input(format!(
-                "{} belongs to cluster `{}`, but the spec is for `{cluster}`; pass --state to pick another file",
-                self.state_path.display(),
+                "{} belongs to cluster `{}`, but the spec is for `{cluster}`; pass --state to pick another one",
+                self.states.place(),
                 s.cluster
             ))),
             Some(s) => Ok(s),
@@ -360,10 +371,9 @@ async fn infra(
     options: &Options,
 ) -> Result<Option<ApplyReport>, OpsError> {
     let spec = &cluster.spec;
-    let mut store = StateStore::lock(
-        &cluster.state_path,
-        if destroy { "destroy" } else { "apply" },
-    )?;
+    let mut store = cluster
+        .states
+        .lock(if destroy { "destroy" } else { "apply" })?;
     let state = store.load_or_new(&spec.name)?;
     let provider = provider(spec).await?;
     let events = events::resource_sink(&options.events);
@@ -422,21 +432,21 @@ fn check_saved(plan: Plan, spec: &ClusterSpec) -> Result<Plan, OpsError> {
 /// The outputs (addresses, connection URLs, ...) from the state; listed hosts, which
 /// have no machines to record, take theirs from the spec.
 pub fn outputs(cluster: &Cluster) -> Result<BTreeMap<String, serde_json::Value>, OpsError> {
-    outputs_at(Some(&cluster.spec), &cluster.state_path)
+    outputs_at(Some(&cluster.spec), &*cluster.states)
 }
 
 /// [`outputs`] where the spec may be missing (the state alone still has them).
 pub fn outputs_at(
     spec: Option<&ClusterSpec>,
-    state_path: &Path,
+    states: &dyn state::Backend,
 ) -> Result<BTreeMap<String, serde_json::Value>, OpsError> {
-    let state = match (state::read(state_path)?, spec) {
+    let state = match (states.read()?, spec) {
         (Some(state), _) => state,
         (None, Some(spec)) if spec.provider == ProviderKind::Hosts => State::new(&spec.name),
         (None, _) => {
             return Err(OpsError::Input(format!(
-                "no state at {}: run `pgform apply` first",
-                state_path.display()
+                "{} does not exist yet: run `pgform apply` first",
+                states.place()
             )));
         }
     };

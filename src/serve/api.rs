@@ -622,8 +622,7 @@ async fn state(
 ) -> ApiResult<Response> {
     caller.require(Role::Read, Some(&name))?;
     cluster_row(&svc, &name)?;
-    let path = svc.state_path(&name);
-    match crate::state::read(&path) {
+    match svc.states(&name).read() {
         Ok(Some(s)) => {
             let text = crate::state::to_json(&s);
             Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
@@ -696,9 +695,10 @@ async fn lock(
 ) -> ApiResult<Response> {
     caller.require(Role::Read, Some(&name))?;
     cluster_row(&svc, &name)?;
-    let text = std::fs::read_to_string(crate::state::lock_path(&svc.state_path(&name)))
-        .unwrap_or_default();
-    let holder: Option<crate::state::LockInfo> = serde_json::from_str(&text).ok();
+    let holder = svc
+        .states(&name)
+        .holder()
+        .map_err(|e| ApiError::conflict("state", e.to_string()))?;
     Ok(
         axum::Json(serde_json::json!({"locked": holder.is_some(), "holder": holder}))
             .into_response(),
@@ -714,7 +714,9 @@ async fn force_unlock(
 ) -> ApiResult<Response> {
     caller.require(Role::Admin, Some(&name))?;
     cluster_row(&svc, &name)?;
-    let holder = crate::state::force_unlock(&svc.state_path(&name))
+    let holder = svc
+        .states(&name)
+        .force_unlock()
         .map_err(|e| ApiError::conflict("state", e.to_string()))?;
     Ok(
         axum::Json(serde_json::json!({"removed": holder.is_some(), "holder": holder}))

@@ -219,7 +219,9 @@ async fn state(
 ) -> ApiResult<Response> {
     caller.require(Role::Read, Some(&project))?;
     api::cluster_row(&svc, &project)?;
-    let state = crate::state::read(&svc.state_path(&project))
+    let state = svc
+        .states(&project)
+        .read()
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "state", e.to_string()))?
         .map(|s| serde_json::from_str::<Value>(&crate::state::to_json(&s)).unwrap_or_default());
     Ok(axum::Json(json!({"projectId": project, "state": state})).into_response())

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod compat;
 pub mod exec;
+pub mod pgstates;
 pub mod pgstore;
 pub mod run;
 pub mod store;
@@ -149,7 +150,16 @@ impl Service {
         std::fs::write(&tmp, &row.spec_text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| exec::ExecError::from(format!("cannot write {}: {e}", path.display())))?;
-        Ok(exec::load(&path, &self.state_path(&row.name))?.0)
+        let (cluster, _) = exec::load(&path, &self.state_path(&row.name))?;
+        Ok(cluster.with_states(self.states(&row.name)))
+    }
+
+    /// Where a cluster's state and its lock are kept: in the store when it keeps them
+    /// (PostgreSQL), else as a file in the service's folder.
+    pub fn states(&self, cluster: &str) -> Arc<dyn crate::state::Backend> {
+        self.store
+            .states(cluster)
+            .unwrap_or_else(|| Arc::new(crate::state::FileStates::new(&self.state_path(cluster))))
     }
 
     /// Stores an event for the run (with the time), then tells the streams.
@@ -226,10 +236,7 @@ impl Service {
                     run.finish(RunState::Interrupted);
                     // The lock died with the process; clear who it names, so that the
                     // lock endpoint and the CLI do not show a holder that is gone.
-                    drop(crate::state::StateStore::lock(
-                        &self.state_path(&run.cluster),
-                        "serve recovery",
-                    ));
+                    drop(self.states(&run.cluster).lock("serve recovery"));
                 }
                 self.save_run(&run)?;
             }

@@ -28,7 +28,8 @@ use super::store::{
 const POOL: usize = 4;
 
 /// The schema's versions, in order: the index + 1 is the version each makes.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clusters (
     name TEXT PRIMARY KEY, spec_text TEXT NOT NULL, format TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE runs (
@@ -50,25 +51,36 @@ CREATE TABLE idempotency (
 CREATE TABLE audit (
     id BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, token TEXT, method TEXT NOT NULL,
     path TEXT NOT NULL, status INTEGER NOT NULL);
-"#];
+"#,
+    r#"
+CREATE TABLE states (
+    cluster TEXT PRIMARY KEY, document TEXT NOT NULL, serial BIGINT NOT NULL,
+    previous TEXT, updated_at TEXT NOT NULL);
+CREATE TABLE state_locks (
+    cluster TEXT PRIMARY KEY, token TEXT NOT NULL, holder TEXT NOT NULL,
+    pid INTEGER NOT NULL, backend_start TIMESTAMPTZ);
+"#,
+];
 
 /// Advisory lock keys: `hashtextextended(name, 0)` of these names (a run's adds its id).
 const MIGRATE_LOCK: &str = "pgform:migrate";
 const CLAIM_LOCK: &str = "pgform:claim";
 const RUN_LOCK: &str = "pgform:run:";
 const EVENTS_LOCK: &str = "pgform:events:";
+pub(super) const STATE_LOCK: &str = "pgform:state:";
 
 type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
 
 /// A thread (or threads) owning connections, fed jobs over a channel. Dropping the last
-/// sender ends the threads and closes their connections.
-struct Conns {
+/// sender (clones share the threads) ends the threads and closes their connections.
+#[derive(Clone)]
+pub(super) struct Conns {
     jobs: mpsc::Sender<Job>,
     config: postgres::Config,
 }
 
 impl Conns {
-    fn spawn(config: &postgres::Config, threads: usize) -> Conns {
+    pub(super) fn spawn(config: &postgres::Config, threads: usize) -> Conns {
         let (jobs, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..threads {
@@ -90,9 +102,14 @@ impl Conns {
         }
     }
 
+    /// A connection of its own, with the same settings.
+    pub(super) fn dedicated(&self) -> Conns {
+        Conns::spawn(&self.config, 1)
+    }
+
     /// Runs `f` on one of the connections (connecting first when it has none, or lost
     /// it) and waits for its answer.
-    fn with<T: Send + 'static>(
+    pub(super) fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -227,7 +244,7 @@ impl PgStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .unwrap_or_else(|| Conns::spawn(&self.pool.config, 1))
+            .unwrap_or_else(|| self.pool.dedicated())
     }
 
     fn keep_spare(&self, conn: Conns) {
@@ -315,6 +332,13 @@ fn cluster_from_row(r: &Row) -> Result<ClusterRow, StoreError> {
 }
 
 impl Store for PgStore {
+    fn states(&self, cluster: &str) -> Option<Arc<dyn crate::state::Backend>> {
+        Some(Arc::new(super::pgstates::PgStates::new(
+            self.pool.clone(),
+            cluster,
+        )))
+    }
+
     fn put_cluster(&self, c: &ClusterRow) -> Result<(), StoreError> {
         let c = c.clone();
         self.pool.with(move |db| {

@@ -109,6 +109,12 @@ impl Lease {
 }
 
 pub trait Store: Send + Sync {
+    /// Where a cluster's state and its lock are kept when the store keeps them; `None`:
+    /// in the service's folder, as files.
+    fn states(&self, _cluster: &str) -> Option<std::sync::Arc<dyn crate::state::Backend>> {
+        None
+    }
+
     fn put_cluster(&self, c: &ClusterRow) -> Result<(), StoreError>;
     fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, StoreError>;
     fn clusters(&self) -> Result<Vec<ClusterRow>, StoreError>;

@@ -1,6 +1,7 @@
-//! The state file on disk: a versioned JSON document sorted by address (equal states
-//! serialise equally), written atomically (temp file, fsync, rename) with a backup of the
-//! state as it was before the run, and a lock file that a second writer cannot take.
+//! The state document (a versioned JSON document sorted by address: equal states
+//! serialise equally) and the file backend: written atomically (temp file, fsync, rename)
+//! with a backup of the state as it was before the run, and a lock file that a second
+//! writer cannot take.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -8,56 +9,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{ResourceState, State};
+use super::{Backend, LockInfo, LockedState, ResourceState, State, StateError, StateStore};
 use crate::graph::Address;
 
 const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} is not a pgform state file: {why}", path.display())]
-    Corrupt { path: PathBuf, why: String },
-    #[error(
-        "the state {} is locked by {holder}\n  another pgform is using it; wait for it to finish. If that process is gone, run `pgform force-unlock`",
-        path.display()
-    )]
-    Locked { path: PathBuf, holder: String },
-    #[error("{} belongs to cluster `{found}`, but the spec is for `{expected}`", path.display())]
-    WrongCluster {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
-}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// Who holds the lock; written into the lock file so a refused run can name them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LockInfo {
-    pub pid: u32,
-    pub operation: String,
-    pub host: String,
-    pub since: String,
-}
-
-impl std::fmt::Display for LockInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "`pgform {}` (pid {} on {}, since {})",
-            self.operation, self.pid, self.host, self.since
-        )
     }
 }
 
@@ -82,16 +42,20 @@ struct Record {
 
 /// Reads a state file; `None` when there is none yet.
 pub fn read(path: &Path) -> Result<Option<State>, StateError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
-    };
+    match fs::read_to_string(path) {
+        Ok(text) => from_json(&text, &format!("the state file {}", path.display())).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// Parses a state document; `place` names where it came from in errors.
+pub fn from_json(text: &str, place: &str) -> Result<State, StateError> {
     let corrupt = |why: String| StateError::Corrupt {
-        path: path.to_path_buf(),
+        place: place.to_string(),
         why,
     };
-    let disk: OnDisk = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    let disk: OnDisk = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
     if disk.format_version != FORMAT_VERSION {
         return Err(corrupt(format!(
             "format version {} (this pgform reads version {FORMAT_VERSION})",
@@ -103,12 +67,12 @@ pub fn read(path: &Path) -> Result<Option<State>, StateError> {
         .into_iter()
         .map(|r| (r.address, r.resource))
         .collect();
-    Ok(Some(State {
+    Ok(State {
         lineage: disk.lineage,
         serial: disk.serial,
         cluster: disk.cluster,
         resources,
-    }))
+    })
 }
 
 /// The state document as it is written to disk.
@@ -134,16 +98,31 @@ pub fn to_json(state: &State) -> String {
     text
 }
 
-/// A state file held under an exclusive lock for the life of the value.
-pub struct StateStore {
+/// The state in a file, its lock in a file beside it.
+#[derive(Debug, Clone)]
+pub struct FileStates {
     path: PathBuf,
-    lock: File,
-    backed_up: bool,
 }
 
-impl StateStore {
-    /// Takes the lock beside `path` for `operation`, or says who holds it.
-    pub fn lock(path: &Path, operation: &str) -> Result<StateStore, StateError> {
+impl FileStates {
+    pub fn new(path: &Path) -> FileStates {
+        FileStates {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Backend for FileStates {
+    fn place(&self) -> String {
+        format!("the state file {}", self.path.display())
+    }
+
+    fn read(&self) -> Result<Option<State>, StateError> {
+        read(&self.path)
+    }
+
+    fn lock(&self, operation: &str) -> Result<StateStore, StateError> {
+        let path = &self.path;
         let lock_path = lock_path(path);
         if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io(dir))?;
@@ -164,50 +143,50 @@ impl StateStore {
                     .map(|h| h.to_string())
                     .unwrap_or_else(|_| "another process".into());
                 return Err(StateError::Locked {
-                    path: path.to_path_buf(),
+                    place: self.place(),
                     holder,
                 });
             }
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
-        let info = LockInfo {
-            pid: std::process::id(),
-            operation: operation.to_string(),
-            host: hostname(),
-            since: now_rfc3339(),
-        };
+        let info = LockInfo::here(operation);
         lock.set_len(0).map_err(io(&lock_path))?;
         lock.seek(SeekFrom::Start(0)).map_err(io(&lock_path))?;
         lock.write_all(serde_json::to_string(&info).expect("lock info").as_bytes())
             .map_err(io(&lock_path))?;
-        Ok(StateStore {
-            path: path.to_path_buf(),
+        let held = LockedFile {
+            path: path.clone(),
             lock,
             backed_up: false,
-        })
+        };
+        Ok(StateStore::held(self.place(), Box::new(held)))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn holder(&self) -> Result<Option<LockInfo>, StateError> {
+        // The holder empties the file when it lets go.
+        let text = fs::read_to_string(lock_path(&self.path)).unwrap_or_default();
+        Ok(serde_json::from_str(&text).ok())
     }
 
-    /// The locked state, or a new empty one for `cluster`.
-    pub fn load_or_new(&self, cluster: &str) -> Result<State, StateError> {
-        match read(&self.path)? {
-            Some(s) if s.cluster != cluster => Err(StateError::WrongCluster {
-                path: self.path.clone(),
-                found: s.cluster,
-                expected: cluster.to_string(),
-            }),
-            Some(s) => Ok(s),
-            None => Ok(State::new(cluster)),
-        }
+    fn force_unlock(&self) -> Result<Option<String>, StateError> {
+        force_unlock(&self.path)
+    }
+}
+
+/// A state file under its lock.
+struct LockedFile {
+    path: PathBuf,
+    lock: File,
+    backed_up: bool,
+}
+
+impl LockedState for LockedFile {
+    fn read(&self) -> Result<Option<State>, StateError> {
+        read(&self.path)
     }
 
-    /// Writes `state` with its serial increased. The first write of a run first keeps
-    /// the previous file as `<state>.backup`.
-    pub fn save(&mut self, state: &mut State) -> Result<(), StateError> {
-        state.serial += 1;
+    /// The first write of a run first keeps the previous file as `<state>.backup`.
+    fn write(&mut self, state: &State) -> Result<(), StateError> {
         if !self.backed_up {
             if self.path.exists() {
                 fs::copy(&self.path, backup_path(&self.path)).map_err(io(&self.path))?;
@@ -218,7 +197,7 @@ impl StateStore {
     }
 }
 
-impl Drop for StateStore {
+impl Drop for LockedFile {
     fn drop(&mut self) {
         // An empty lock file tells `force-unlock` and readers nobody holds it.
         let _ = self.lock.set_len(0);
@@ -281,7 +260,8 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "this host".into())
 }
 
-fn now_rfc3339() -> String {
+/// Now, as an RFC 3339 UTC timestamp to the second.
+pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
