@@ -1,9 +1,10 @@
 //! Two `pgform serve` processes (the real binary) on one PostgreSQL store (a throwaway
-//! server, tests/common/pg.rs) and one data folder, on the Docker provider: every run
-//! executes exactly once, runs of one cluster never overlap, a run queued through one
-//! service is read and confirmed through the other, and after a SIGKILL the survivor
-//! takes the dead one's queued runs while only the dead one's applying run is
-//! interrupted.
+//! server, tests/common/pg.rs), each with a data folder of its own, on the Docker
+//! provider: every run executes exactly once, runs of one cluster never overlap, a run
+//! queued through one service is read and confirmed through the other, the state is
+//! kept in the store (the CLI plans from it, its lock keeps a holder and the services
+//! apart), and after a SIGKILL the survivor takes the dead one's queued runs while only
+//! the dead one's applying run is interrupted.
 //!
 //! Needs the host testbed and postgresql-15 (`bash scripts/testbed.sh up`, then
 //! `eval "$(bash scripts/testbed.sh env)"`); skipped without them, failed under `CI`.
@@ -11,11 +12,15 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::process::Command;
 use std::time::Duration;
 
+use common::cli::PGFORM;
 use common::hosts::{self, SshKey};
 use common::pg;
 use common::serve::{self, Api, Server};
+use pgform::serve::pgstore::PgStore;
+use pgform::serve::store::Store;
 use serde_json::{Value, json};
 
 const PLAN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -70,24 +75,24 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
     }
     let Some(db) = pg::database() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let key = SshKey::generate();
     let env = [("PGPASSWORD", pg::PASSWORD)];
     // One run at a time in each: the two services then share the queue.
     let args = ["--store", db.url.as_str(), "--max-running", "1"];
-    let a = Server::start_args(&data, &args, &env, "a.stderr");
-    let b = Server::start_args(&data, &args, &env, "b.stderr");
+    let a = Server::start_args(&data_a, &args, &env, "a.stderr");
+    let b = Server::start_args(&data_b, &args, &env, "b.stderr");
     let (api_a, api_b) = (a.client(None), b.client(None));
     let apis = [&api_a, &api_b];
 
     let mut clusters = Vec::new();
     let mut cleanups = Vec::new();
+    let mut specs = Vec::new();
     for i in 0..3 {
         let (name, third) = serve::unique_cluster("pgstore");
         cleanups.push(serve::Cleanup(name.clone()));
-        let r = apis[i % 2]
-            .put_spec(&name, &serve::docker_spec(&name, third, &key, 2))
-            .await;
+        specs.push(serve::docker_spec(&name, third, &key, 2));
+        let r = apis[i % 2].put_spec(&name, &specs[i]).await;
         assert_eq!(r.status, 200, "{r:?}");
         clusters.push(name);
     }
@@ -172,6 +177,40 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
     );
     assert_eq!(serve::cluster_containers(&cluster).len(), 3);
 
+    // The state is in the store, in neither service's folder: both serve it, and the
+    // CLI plans from it with nothing to change.
+    for data in [&data_a, &data_b] {
+        let file = data.join("states").join(format!("{cluster}.pgstate.json"));
+        assert!(!file.exists(), "{}", file.display());
+    }
+    let serial = db.query(&format!(
+        "SELECT serial FROM states WHERE cluster = '{cluster}'"
+    ));
+    let serial: u64 = serial[0][0].as_deref().unwrap().parse().unwrap();
+    assert!(serial > 0);
+    for api in apis {
+        let s = api.get(&format!("/v1/clusters/{cluster}/state")).await;
+        assert_eq!(s.status, 200, "{s:?}");
+        assert_eq!(s.body["serial"], serial, "{s:?}");
+    }
+    let spec_file = dir.path().join("cli.toml");
+    std::fs::write(&spec_file, &specs[0]).unwrap();
+    let out = Command::new(PGFORM)
+        .args([
+            "plan",
+            "--only",
+            "infra",
+            "--detailed-exitcode",
+            "--state",
+            &db.url,
+        ])
+        .arg("-f")
+        .arg(&spec_file)
+        .envs(db.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "no changes: {out:?}");
+
     // Kill A while both apply (one run each): B takes the runs queued meanwhile; A's
     // applying run is interrupted, B's goes on.
     let x = post_run(
@@ -218,7 +257,7 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
         api_b.wait_state(id, "no_changes", PLAN_TIMEOUT).await;
         assert_eq!(pid_of(&executor(&api_b, id).await), b.pid(), "B took {id}");
     }
-    let a2 = Server::start_args(&data, &args, &env, "a2.stderr");
+    let a2 = Server::start_args(&data_a, &args, &env, "a2.stderr");
     let api_a2 = a2.client(None);
     let dead = api_a2
         .wait_run(&on_a, Duration::from_secs(60), |r| r["final"] == true)
@@ -235,6 +274,52 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
         .get(&format!("/v1/clusters/{dead_cluster}/lock"))
         .await;
     assert_eq!(lock.body["locked"], false, "{lock:?}");
+
+    // A lock held elsewhere (as by a CLI apply) keeps the services off the state: the
+    // run that would change it fails naming the holder, and changes nothing. An admin's
+    // force-unlock takes the lock away, and the holder can then save nothing.
+    let store = PgStore::open(&db.url_with_password()).unwrap();
+    let states = store.states(&cluster).unwrap();
+    let mut held = states.lock("apply").unwrap();
+    let mut state = held.load_or_new(&cluster).unwrap();
+    let id = post_run(
+        &api_b,
+        json!({"cluster": cluster, "kind": "destroy", "only": "infra"}),
+    )
+    .await;
+    let run = api_b.wait_state(&id, "planned", PLAN_TIMEOUT).await;
+    let r = api_b
+        .post(
+            &format!("/v1/runs/{id}/confirm"),
+            json!({"plan_hash": run["plan_hash"]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let failed = api_a2
+        .wait_run(&id, APPLY_TIMEOUT, |r| r["final"] == true)
+        .await;
+    assert_eq!(failed["state"], "errored", "{failed}");
+    let why = failed["error"].as_str().unwrap_or_default();
+    assert!(why.contains("locked by `pgform apply`"), "{failed}");
+    assert_eq!(
+        serve::cluster_containers(&cluster).len(),
+        3,
+        "nothing destroyed"
+    );
+    let lock = api_a2.get(&format!("/v1/clusters/{cluster}/lock")).await;
+    assert_eq!(lock.body["locked"], true, "{lock:?}");
+    assert_eq!(lock.body["holder"]["operation"], "apply", "{lock:?}");
+    let r = api_b
+        .send(api_b.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/clusters/{cluster}/lock"),
+        ))
+        .await;
+    assert_eq!(r.body["removed"], true, "{r:?}");
+    let lost = held.save(&mut state).err().expect("refused").to_string();
+    assert!(lost.contains("force-unlock"), "{lost}");
+    drop(held);
+
     for s in [&b, &a2] {
         assert!(!s.stderr().contains("panicked"), "{}", s.stderr());
         assert!(!s.stderr().contains(pg::PASSWORD));

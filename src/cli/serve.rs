@@ -14,8 +14,10 @@ pub struct ServeArgs {
     /// The address to listen on; beyond loopback only once a token exists.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// The service's folder: DIR/pgform.db (runs, events, tokens, audit) and
-    /// DIR/states/<cluster>.pgstate.json (the CLI can drive the same cluster with --state).
+    /// The service's folder: DIR/pgform.db (runs, events, tokens, audit),
+    /// DIR/states/<cluster>.pgstate.json (the CLI can drive the same cluster with --state;
+    /// with --store postgres://..., the states are in the store), the hosts' known keys
+    /// and the TLS folders.
     #[arg(long, default_value = "./pgform-data", value_name = "DIR")]
     pub data: PathBuf,
     /// At most this many runs execute at once (one per cluster).

@@ -397,8 +397,10 @@ impl Store for SqliteStore {
     fn update_run(&self, run: &Run) -> Result<(), StoreError> {
         let result = run.result.as_ref().map(|v| v.to_string());
         self.with(|db| {
+            // A cancel asked for meanwhile is kept: only `request_cancel` sets the flag.
             db.execute(
-                "UPDATE runs SET state = ?2, approved = ?3, cancel_requested = ?4, plan = ?5,
+                "UPDATE runs SET state = ?2, approved = ?3,
+                   cancel_requested = cancel_requested OR ?4, plan = ?5,
                    plan_hash = ?6, error = ?7, result = ?8, done = ?9, total = ?10,
                    started_at = ?11, finished_at = ?12 WHERE id = ?1",
                 params![

@@ -100,6 +100,9 @@ pub fn a_canceled_run_cannot_be_claimed(s: &dyn Store) {
     assert_eq!(back.state, RunState::Planning);
     assert!(back.cancel_requested);
     assert_eq!(back.started_at.as_deref(), Some("t"));
+    // The worker saving its copy, read before the cancel, keeps the flag.
+    s.update_run(&claimed).unwrap();
+    assert!(s.run(&q.id).unwrap().unwrap().cancel_requested);
     assert!(s.claim_next(&[], "t").unwrap().is_none());
     // A canceled run is no longer live.
     assert!(!s.request_cancel(&r.id, "t").unwrap());
