@@ -1,5 +1,6 @@
-//! `pgform serve` under load: the real binary (SQLite store, default `--max-running 4`)
-//! on loopback, driven by a real HTTP client.
+//! `pgform serve` under load: the real binary (SQLite store, or with `-- postgres` the
+//! PostgreSQL store on a throwaway local server; default `--max-running 4`) on loopback,
+//! driven by a real HTTP client.
 //!
 //! 1. 1,000 plan runs (`only: infra`) queued at once (20 clients) over 10 clusters of
 //!    listed hosts, whose infrastructure layer is the in-memory provider: POST latency, then the time
@@ -214,11 +215,23 @@ async fn main() {
     let size = if measuring { MEASURE } else { CHECK };
     let dir = tempfile::tempdir().unwrap();
     let key = SshKey::generate();
-    let server = Server::start(&dir.path().join("data"));
+    let db = std::env::args()
+        .any(|a| a == "postgres")
+        .then(|| common::pg::database().expect("postgresql-15 (scripts/testbed.sh up)"));
+    let server = match &db {
+        Some(db) => Server::start_args(
+            &dir.path().join("data"),
+            &["--store", &db.url],
+            &[("PGPASSWORD", common::pg::PASSWORD)],
+            "serve.stderr",
+        ),
+        None => Server::start(&dir.path().join("data")),
+    };
     let api = server.client(None);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "pgform serve: {} plan runs over {} clusters, {} subscribers (load {})",
+        "pgform serve ({} store): {} plan runs over {} clusters, {} subscribers (load {})",
+        if db.is_some() { "PostgreSQL" } else { "SQLite" },
         size.runs,
         size.clusters,
         size.subscribers,
