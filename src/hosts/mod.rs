@@ -175,7 +175,8 @@ pub fn planned_nodes(spec: &ClusterSpec) -> Vec<Node> {
 }
 
 /// A node's name: `primary`, or `replica-<index>` (also PostgreSQL's cluster_name).
-fn node_name(replica_index: Option<u32>) -> String {
+/// A node's name from its machine's index among the replicas (`None`: the primary).
+pub fn node_name(replica_index: Option<u32>) -> String {
     match replica_index {
         None => "primary".to_string(),
         Some(i) => format!("replica-{i}"),

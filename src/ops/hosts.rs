@@ -27,6 +27,65 @@ pub async fn open(
     Ok((nodes, conns))
 }
 
+/// HA: before the infrastructure deletes or replaces the machine of the member that
+/// leads, the leader hands over to a member that stays (`members::hand_over_before`).
+/// Machines that do not answer are left out: without the leader's, there is nothing to
+/// hand over (Patroni fails over on its own).
+pub(super) async fn hand_over_before(
+    cluster: &Cluster,
+    state: &State,
+    plan: &crate::plan::Plan,
+    options: &Options,
+) -> Result<(), OpsError> {
+    use crate::plan::Action;
+    let spec = &cluster.spec;
+    // A stale plan is refused right after: nothing to hand over for it.
+    if !spec.ha.patroni() || plan.destroy || plan.serial != state.serial {
+        return Ok(());
+    }
+    let machine = |k: Kind| matches!(k, Kind::Instance | Kind::DockerContainer);
+    let leaving: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| machine(c.address.kind))
+        .filter(|c| matches!(c.action, Action::Delete | Action::Replace))
+        .map(|c| hosts::node_name(c.address.index))
+        .collect();
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    // Every machine the state records, the leaving ones with them.
+    let mut recorded = spec.clone();
+    recorded.postgres.replicas = state
+        .resources
+        .keys()
+        .filter(|a| machine(a.kind) && a.name == "replica")
+        .count() as u32;
+    let Ok(all) = hosts::inventory(&recorded, state) else {
+        return Ok(());
+    };
+    let known = hosts::default_known_hosts(&cluster.state_path, &spec.name);
+    let opens = all.iter().map(|n| {
+        let target = hosts::target(&recorded, n, &known);
+        async move { Connection::open(&target).await.ok() }
+    });
+    let (mut nodes, mut conns) = (Vec::new(), Vec::new());
+    for (n, c) in all.iter().zip(futures::future::join_all(opens).await) {
+        if let Some(c) = c {
+            nodes.push(n.clone());
+            conns.push(c);
+        }
+    }
+    let handed = hosts::ha::members::hand_over_before(&recorded, &nodes, &conns, &leaving).await;
+    for c in conns {
+        c.close().await;
+    }
+    if let Some(e) = handed? {
+        (options.events)(&Event::Task(e));
+    }
+    Ok(())
+}
+
 /// Runs the task list on the cluster's hosts, then (unless `check`) verifies that every
 /// replica streams. Fails when a task failed or verification did.
 pub async fn configure(
@@ -271,10 +330,7 @@ pub async fn forget_replaced_hosts(
         if before.resources.get(address).and_then(|b| b.id.as_ref()) == r.id.as_ref() {
             continue;
         }
-        let name = match address.index {
-            None => "primary".to_string(),
-            Some(i) => format!("replica-{i}"),
-        };
+        let name = hosts::node_name(address.index);
         for n in nodes.iter().filter(|n| n.name == name) {
             // A kept SSH master of the old host must not serve its successor.
             crate::remote::close_kept_masters(&n.connect_address, spec.ssh.port).await;

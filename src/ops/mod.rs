@@ -394,6 +394,7 @@ async fn infra(
             plan
         }
     };
+    hosts::hand_over_before(cluster, &state, &plan, options).await?;
     let apply_options = ApplyOptions {
         parallelism: options.parallelism,
         events,

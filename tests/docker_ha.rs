@@ -1,0 +1,91 @@
+//! The HA mode on the Docker provider, through the real binary: a 4-node Patroni cluster
+//! made from bare containers, then a scale-down that deletes the leader's container.
+//! The leader hands over to a member that stays before its container goes (a
+//! switchover, not a failover), the cluster keeps three streaming members on the
+//! timeline after that switchover, and a plan afterwards is converged.
+//!
+//! Needs the host testbed (`bash scripts/testbed.sh up`, then
+//! `eval "$(bash scripts/testbed.sh env)"`); skipped without it, failed under `CI`.
+
+mod common;
+
+use common::cli::Work;
+use common::hosts::{self, SshKey};
+use common::serve;
+use serde_json::Value;
+
+fn spec(work: &Work, cluster: &str, third: u8, key: &SshKey, replicas: u32) -> String {
+    for (file, pw) in [
+        ("rest.pw", "rest pw 1"),
+        ("su.pw", "superuser pw 1"),
+        ("rewind.pw", "rewind pw 12"),
+    ] {
+        work.write(file, &format!("{pw}\n"));
+    }
+    format!(
+        "{}\n[ha]\nmode = \"patroni\"\nrest_password_file = {:?}\n\
+         superuser_password_file = {:?}\nrewind_password_file = {:?}\n",
+        serve::docker_spec(cluster, third, key, replicas),
+        work.path("rest.pw"),
+        work.path("su.pw"),
+        work.path("rewind.pw"),
+    )
+}
+
+/// Patroni's view through `pgform status --json`.
+fn status(work: &Work) -> Value {
+    let run = work.pgform(&["status", "--json"]);
+    run.expect(0);
+    serde_json::from_str(&run.stdout).expect("status JSON")
+}
+
+fn timeline_of(status: &Value, member: &str) -> u64 {
+    status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == member)
+        .and_then(|m| m["timeline"].as_u64())
+        .unwrap_or_else(|| panic!("{member} has a timeline: {status}"))
+}
+
+#[test]
+fn the_leader_hands_over_before_its_container_is_deleted() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let (cluster, third) = serve::unique_cluster("dockerha");
+    let _cleanup = serve::Cleanup(cluster.clone());
+    let work = Work::new("pgform-docker-ha", Vec::new());
+    work.write("cluster.toml", &spec(&work, &cluster, third, &key, 3));
+    work.pgform(&["apply", "--auto-approve"]).expect(0);
+    work.pgform(&["switchover", "--to", "replica-2"]).expect(0);
+    let before = status(&work);
+    assert_eq!(before["leader"], "replica-2", "{before}");
+    let timeline = timeline_of(&before, "replica-2");
+
+    // replica-2's container goes: its leadership goes first, to a member that stays.
+    work.write("cluster.toml", &spec(&work, &cluster, third, &key, 2));
+    let scaled = work.pgform(&["apply", "--auto-approve"]);
+    scaled.expect(0).stdout_has("leader hands over");
+    scaled.stdout_has("switched over to");
+    assert_eq!(serve::cluster_containers(&cluster).len(), 3);
+    let after = status(&work);
+    let leader = after["leader"].as_str().expect("a leader").to_string();
+    assert!(
+        ["primary", "replica-0", "replica-1"].contains(&leader.as_str()),
+        "{after}"
+    );
+    let members = after["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{after}");
+    for m in members {
+        assert!(
+            matches!(m["state"].as_str(), Some("running" | "streaming")),
+            "{after}"
+        );
+    }
+    // One promotion since the switchover above: the handover.
+    assert_eq!(timeline_of(&after, &leader), timeline + 1, "{after}");
+    work.pgform(&["plan", "--detailed-exitcode"]).expect(0);
+}
