@@ -10,7 +10,7 @@
 //! - `force-unlock` removes the row and ends the holder's session, which frees its
 //!   advisory lock.
 
-use super::pgstore::{Conns, STATE_LOCK};
+use super::pgstore::{Conns, STATE_LOCK, Spares};
 use super::store::StoreError;
 use crate::state::{self, Backend, LockInfo, LockedState, State, StateError, StateStore};
 
@@ -18,6 +18,7 @@ use crate::state::{self, Backend, LockInfo, LockedState, State, StateError, Stat
 #[derive(Clone)]
 pub struct PgStates {
     pool: Conns,
+    spares: Spares,
     cluster: String,
 }
 
@@ -28,9 +29,10 @@ impl std::fmt::Debug for PgStates {
 }
 
 impl PgStates {
-    pub(super) fn new(pool: Conns, cluster: &str) -> PgStates {
+    pub(super) fn new(pool: Conns, spares: Spares, cluster: &str) -> PgStates {
         PgStates {
             pool,
+            spares,
             cluster: cluster.to_string(),
         }
     }
@@ -70,7 +72,7 @@ impl Backend for PgStates {
     }
 
     fn lock(&self, operation: &str) -> Result<StateStore, StateError> {
-        let conn = self.pool.dedicated();
+        let conn = self.spares.take(&self.pool);
         let token = uuid::Uuid::new_v4().to_string();
         let (cluster, key, ours) = (
             self.cluster.clone(),
@@ -108,13 +110,14 @@ impl Backend for PgStates {
             })
             .map_err(store_error)?;
         if let Some(holder) = refused {
+            self.spares.keep(conn);
             return Err(StateError::Locked {
                 place: self.place(),
                 holder,
             });
         }
         let held = LockedPg {
-            conn,
+            conn: Some(conn),
             states: self.clone(),
             token,
             backed_up: false,
@@ -166,7 +169,7 @@ impl Backend for PgStates {
 
 /// A held lock: its own connection (holding the advisory lock) and its token.
 struct LockedPg {
-    conn: Conns,
+    conn: Option<Conns>,
     states: PgStates,
     token: String,
     backed_up: bool,
@@ -219,9 +222,10 @@ impl LockedState for LockedPg {
         };
         // Once more on a new connection when the lock's own was cut (a force-unlock ends
         // it; the token check then says so): the transaction is idempotent.
-        let saved = match self.conn.with(save.clone()) {
+        let conn = self.conn.as_ref().expect("held until dropped");
+        let saved = match conn.with(save.clone()) {
             Ok(saved) => saved,
-            Err(_) => self.conn.with(save).map_err(store_error)?,
+            Err(_) => conn.with(save).map_err(store_error)?,
         };
         if !saved {
             return Err(StateError::LockLost {
@@ -236,15 +240,16 @@ impl LockedState for LockedPg {
 impl Drop for LockedPg {
     fn drop(&mut self) {
         let (cluster, token) = (self.states.cluster.clone(), self.token.clone());
-        // Unlocked before the connection closes: the server notices a closed connection
-        // a moment later, and the next taker must not find the lock still held.
-        let _ = self.conn.with(move |db| {
+        let Some(conn) = self.conn.take() else { return };
+        let _ = conn.with(move |db| {
             db.execute(
                 "DELETE FROM state_locks WHERE cluster = $1 AND token = $2",
                 &[&cluster, &token],
             )?;
-            db.batch_execute("SELECT pg_advisory_unlock_all()")?;
             Ok(())
         });
+        // Unlocked before the connection is kept or closes: the server notices a closed
+        // connection a moment later, and the next taker must not find the lock held.
+        self.states.spares.release(conn);
     }
 }

@@ -102,11 +102,6 @@ impl Conns {
         }
     }
 
-    /// A connection of its own, with the same settings.
-    pub(super) fn dedicated(&self) -> Conns {
-        Conns::spawn(&self.config, 1)
-    }
-
     /// Runs `f` on one of the connections (connecting first when it has none, or lost
     /// it) and waits for its answer.
     pub(super) fn with<T: Send + 'static>(
@@ -134,24 +129,61 @@ impl Conns {
     }
 }
 
-/// A connection holding a run's lock: released when dropped, before the connection
-/// closes (the server notices a closed connection a moment later, and another claim or
-/// recovery must not find the lock still held by a run that was saved final).
-struct Held(Conns);
+/// Connections of their own (one thread each) for session locks, kept for the next
+/// holder once they hold nothing: a new connection costs a thread and an authentication
+/// (SCRAM's key derivation, slow in a debug build), once per run otherwise.
+#[derive(Clone, Default)]
+pub(super) struct Spares(Arc<Mutex<Vec<Conns>>>);
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.0.with(|db| {
+/// At most this many kept (about the runs executing at once).
+const SPARES: usize = 8;
+
+impl Spares {
+    /// A connection of its own: a kept one, or a new one like `pool`'s.
+    pub(super) fn take(&self, pool: &Conns) -> Conns {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.unwrap_or_else(|| Conns::spawn(&pool.config, 1))
+    }
+
+    /// Keeps `conn`, whose session holds no lock.
+    pub(super) fn keep(&self, conn: Conns) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < SPARES {
+            kept.push(conn);
+        }
+    }
+
+    /// Releases the session locks `conn` holds, then keeps it; one that cannot is closed.
+    pub(super) fn release(&self, conn: Conns) {
+        let unlocked = conn.with(|db| {
             db.batch_execute("SELECT pg_advisory_unlock_all()")?;
             Ok(())
         });
+        if unlocked.is_ok() {
+            self.keep(conn);
+        }
+    }
+}
+
+/// A connection holding a run's lock: released when dropped, before the connection is
+/// kept or closes (the server notices a closed connection a moment later, and another
+/// claim or recovery must not find the lock still held by a run that was saved final).
+struct Held {
+    conn: Option<Conns>,
+    spares: Spares,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.spares.release(conn);
+        }
     }
 }
 
 pub struct PgStore {
     pool: Conns,
-    /// A connection kept for the next claim or recovery, when the last one held nothing.
-    spare: Mutex<Option<Conns>>,
+    spares: Spares,
 }
 
 /// How the service finds a store password that is not in the URL: `PGPASSWORD`, then
@@ -232,23 +264,25 @@ impl PgStore {
         let config = with_password(config);
         let store = PgStore {
             pool: Conns::spawn(&config, POOL),
-            spare: Mutex::new(None),
+            spares: Spares::default(),
         };
         store.pool.with(migrate)?;
         Ok(store)
     }
 
-    /// A connection of its own: the spare, or a new one.
     fn dedicated(&self) -> Conns {
-        self.spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_else(|| self.pool.dedicated())
+        self.spares.take(&self.pool)
     }
 
     fn keep_spare(&self, conn: Conns) {
-        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        self.spares.keep(conn);
+    }
+
+    fn held(&self, conn: Conns) -> Lease {
+        Lease::new(Held {
+            conn: Some(conn),
+            spares: self.spares.clone(),
+        })
     }
 }
 
@@ -335,6 +369,7 @@ impl Store for PgStore {
     fn states(&self, cluster: &str) -> Option<Arc<dyn crate::state::Backend>> {
         Some(Arc::new(super::pgstates::PgStates::new(
             self.pool.clone(),
+            self.spares.clone(),
             cluster,
         )))
     }
@@ -503,7 +538,7 @@ impl Store for PgStore {
             Ok(Some(run))
         });
         match claimed {
-            Ok(Some(run)) => Ok(Some((run, Lease::new(Held(conn))))),
+            Ok(Some(run)) => Ok(Some((run, self.held(conn)))),
             Ok(None) => {
                 self.keep_spare(conn);
                 Ok(None)
@@ -524,7 +559,7 @@ impl Store for PgStore {
             Ok(row.try_get::<_, bool>(0)?)
         })?;
         if free {
-            Ok(Some(Lease::new(Held(conn))))
+            Ok(Some(self.held(conn)))
         } else {
             self.keep_spare(conn);
             Ok(None)
