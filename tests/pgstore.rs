@@ -288,7 +288,7 @@ fn states_are_saved_locked_and_released_in_the_store() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut taker = a.lock("apply").unwrap();
-    let err = again.save(&mut next).err().expect("lost").to_string();
+    let err = again.save(&mut next).expect_err("lost").to_string();
     assert!(
         err.contains("removed") && err.contains("run again"),
         "{err}"
@@ -312,7 +312,7 @@ fn force_unlock_takes_the_lock_from_its_holder() {
     let removed = b.force_unlock().unwrap().expect("a holder");
     assert!(removed.contains("`pgform apply`"), "{removed}");
     let mut next = b.lock("apply").unwrap();
-    let err = stuck.save(&mut state).err().expect("refused").to_string();
+    let err = stuck.save(&mut state).expect_err("refused").to_string();
     assert!(err.contains("force-unlock"), "{err}");
     let mut current = next.load_or_new("demo").unwrap();
     assert_eq!(current.serial, 1, "the refused save changed nothing");

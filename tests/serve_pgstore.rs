@@ -316,7 +316,7 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
         ))
         .await;
     assert_eq!(r.body["removed"], true, "{r:?}");
-    let lost = held.save(&mut state).err().expect("refused").to_string();
+    let lost = held.save(&mut state).expect_err("refused").to_string();
     assert!(lost.contains("force-unlock"), "{lost}");
     drop(held);
 

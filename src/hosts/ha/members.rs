@@ -432,6 +432,48 @@ async fn slots_dropped(
     }
 }
 
+/// Before the infrastructure deletes or replaces the machines of the members named in
+/// `leaving`: when one of them leads, a switchover to a member that stays (checked by
+/// reading the new leader). `nodes` are every machine the state records. Nothing to do
+/// when no Patroni answers (a first run) or the leader stays; when no staying member can
+/// take over, the cluster fails over once the machine is gone, and the event says so.
+pub async fn hand_over_before(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    leaving: &[String],
+) -> Result<Option<TaskEvent>, HostsError> {
+    let started = Instant::now();
+    let Some(view) = super::cluster(nodes, conns).await else {
+        return Ok(None);
+    };
+    let Some(leader) = view.leader().filter(|l| leaving.iter().any(|n| n == l)) else {
+        return Ok(None);
+    };
+    let staying: Vec<Node> = nodes
+        .iter()
+        .filter(|n| !leaving.contains(&n.name))
+        .cloned()
+        .collect();
+    let summary = match super::candidate(spec, &view, &staying) {
+        Some(to) => {
+            super::switchover(spec, nodes, conns, Some(&to)).await?;
+            format!("{leader} leads and its machine goes: switched over to {to} first")
+        }
+        None => format!(
+            "{leader} leads and its machine goes, and no member that stays can take over \
+             (none is running and caught up): Patroni fails over once it is gone"
+        ),
+    };
+    Ok(Some(event(
+        leader,
+        "leader hands over",
+        false,
+        summary,
+        started,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,46 +560,4 @@ mod tests {
         let e = check_names(&view, &renamed).unwrap_err().to_string();
         assert!(e.contains("10.0.0.3 runs Patroni member replica-1"), "{e}");
     }
-}
-
-/// Before the infrastructure deletes or replaces the machines of the members named in
-/// `leaving`: when one of them leads, a switchover to a member that stays (checked by
-/// reading the new leader). `nodes` are every machine the state records. Nothing to do
-/// when no Patroni answers (a first run) or the leader stays; when no staying member can
-/// take over, the cluster fails over once the machine is gone, and the event says so.
-pub async fn hand_over_before(
-    spec: &ClusterSpec,
-    nodes: &[Node],
-    conns: &[Connection],
-    leaving: &[String],
-) -> Result<Option<TaskEvent>, HostsError> {
-    let started = Instant::now();
-    let Some(view) = super::cluster(nodes, conns).await else {
-        return Ok(None);
-    };
-    let Some(leader) = view.leader().filter(|l| leaving.iter().any(|n| n == l)) else {
-        return Ok(None);
-    };
-    let staying: Vec<Node> = nodes
-        .iter()
-        .filter(|n| !leaving.contains(&n.name))
-        .cloned()
-        .collect();
-    let summary = match super::candidate(spec, &view, &staying) {
-        Some(to) => {
-            super::switchover(spec, nodes, conns, Some(&to)).await?;
-            format!("{leader} leads and its machine goes: switched over to {to} first")
-        }
-        None => format!(
-            "{leader} leads and its machine goes, and no member that stays can take over \
-             (none is running and caught up): Patroni fails over once it is gone"
-        ),
-    };
-    Ok(Some(event(
-        leader,
-        "leader hands over",
-        false,
-        summary,
-        started,
-    )))
 }
