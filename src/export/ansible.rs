@@ -1574,6 +1574,13 @@ impl Translator {
                 ));
                 notifying = vec![];
             }
+            Action::PatroniTakeover(_) => {
+                // Only in playbooks/patroni-convert.yml, which the export does not
+                // translate (a plain cluster is converted by pgform itself).
+                return Err(ExportError::Input(format!(
+                    "task `{name}`: the conversion of a plain cluster is not exported"
+                )));
+            }
             Action::StandbyTls(t) => {
                 // Standbys seeded by the export's base backup already verify the
                 // primary; one seeded earlier without TLS gets `sslmode=verify-full`.
