@@ -577,6 +577,7 @@ fn merge(into: &mut Recap, other: Recap) {
         h.failed += c.failed;
     }
     into.failures.extend(other.failures);
+    into.interrupted |= other.interrupted;
     for (task, s) in other.task_seconds {
         *into.task_seconds.entry(task).or_default() += s;
     }
