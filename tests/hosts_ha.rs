@@ -831,7 +831,11 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
         .as_array()
         .expect("host changes")
         .iter()
-        .filter(|e| e["summary"].as_str().is_some_and(|s| s.contains("data kept")))
+        .filter(|e| {
+            e["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("data kept"))
+        })
         .count();
     assert_eq!(conversions, 3, "{doc}");
     for h in &hosts {
@@ -839,7 +843,12 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
             "{enabled} && test ! -e /etc/patroni/config.yml && ! dpkg -s patroni >/dev/null 2>&1"
         ));
     }
-    assert_eq!(c.query("primary", "SELECT pg_is_in_recovery();").await.as_deref(), Ok("f"));
+    assert_eq!(
+        c.query("primary", "SELECT pg_is_in_recovery();")
+            .await
+            .as_deref(),
+        Ok("f")
+    );
 
     // Stopped once Patroni runs on the old primary: it leads, the replicas are still
     // the plain mode's (streaming from it), and the next apply finishes.
@@ -870,7 +879,10 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
     let stopped = stopped.expect("the first part runs");
     assert!(stopped.interrupted, "{stopped:#?}");
     assert_eq!(
-        ha::wait_for_leader(&c.nodes, &c.conns, VERIFY_TIMEOUT).await.unwrap().as_deref(),
+        ha::wait_for_leader(&c.nodes, &c.conns, VERIFY_TIMEOUT)
+            .await
+            .unwrap()
+            .as_deref(),
         Some("primary")
     );
     for h in &hosts[1..] {
@@ -894,7 +906,10 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
     let deadline = Instant::now() + VERIFY_TIMEOUT;
     loop {
         let slots = c
-            .query("primary", "SELECT string_agg(slot_name, ',' ORDER BY 1) FROM pg_replication_slots;")
+            .query(
+                "primary",
+                "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots;",
+            )
             .await;
         if slots.as_deref() == Ok("replica_0,replica_1") {
             break;
@@ -920,7 +935,10 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
 
     // Back to plain: refused, nothing changed.
     work.write("ha.toml", &plain_text);
-    for args in [&["-f", "ha.toml", "plan"][..], &["-f", "ha.toml", "apply", "--auto-approve"]] {
+    for args in [
+        &["-f", "ha.toml", "plan"][..],
+        &["-f", "ha.toml", "apply", "--auto-approve"],
+    ] {
         work.pgform(args)
             .expect(1)
             .stderr_has("does not turn an HA cluster back into a plain one")

@@ -237,9 +237,8 @@ pub async fn configure(
             ..vars(spec, nodes, &nodes[i], password, &users, &ha)
         },
     };
-    let runs = |nodes: &[Node]| -> Vec<HostRun> {
-        (0..nodes.len()).map(|i| run_of(nodes, i)).collect()
-    };
+    let runs =
+        |nodes: &[Node]| -> Vec<HostRun> { (0..nodes.len()).map(|i| run_of(nodes, i)).collect() };
     let part = |plays| Playbook {
         plays,
         templates: book.templates.clone(),
@@ -308,7 +307,8 @@ async fn convert(
     opts: &RunOptions,
 ) -> Result<Recap, HostsError> {
     let book = Playbook::embedded_file(PATRONI_CONVERT)?;
-    let on = |which: &[usize]| -> Vec<HostRun> { which.iter().map(|&i| run_of(nodes, i)).collect() };
+    let on =
+        |which: &[usize]| -> Vec<HostRun> { which.iter().map(|&i| run_of(nodes, i)).collect() };
     let of = |role: Plain| -> Vec<usize> {
         plain
             .iter()
@@ -1164,7 +1164,10 @@ mod tests {
         assert_eq!(unsafe_conversion(&["primary"], None, 15), None);
         assert_eq!(unsafe_conversion(&[], Some("primary"), 15), None);
         let e = unsafe_conversion(&["primary", "replica-1"], None, 15).unwrap();
-        assert!(e.contains("primary, replica-1 each run a plain primary (15/main)"), "{e}");
+        assert!(
+            e.contains("primary, replica-1 each run a plain primary (15/main)"),
+            "{e}"
+        );
         assert!(e.contains("fix: make the others replicas"), "{e}");
         let e = unsafe_conversion(&["replica-1"], Some("primary"), 15).unwrap();
         assert!(e.contains("led by primary"), "{e}");

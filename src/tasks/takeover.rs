@@ -163,6 +163,10 @@ mod tests {
         assert!(s.contains("becomes Patroni's leader"), "{s}");
         assert!(s.contains("data kept, PostgreSQL restarts"), "{s}");
         assert!(s.contains("15/main disabled"), "{s}");
-        assert!(Plain::Replica.summary(15).contains("once the old primary leads"));
+        assert!(
+            Plain::Replica
+                .summary(15)
+                .contains("once the old primary leads")
+        );
     }
 }

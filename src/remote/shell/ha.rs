@@ -186,7 +186,9 @@ pub fn plain_cluster(version: u32) -> Sh {
          if test -f {sig}; then echo replica; else echo primary; fi; fi",
         pc = quote(&format!("{conf}/postgresql.conf")),
         start = quote(&format!("{conf}/start.conf")),
-        sig = quote(&format!("/var/lib/postgresql/{version}/main/standby.signal")),
+        sig = quote(&format!(
+            "/var/lib/postgresql/{version}/main/standby.signal"
+        )),
     ))
 }
 
@@ -260,7 +262,10 @@ mod tests {
     fn the_plain_cluster_is_read_and_retired_by_its_start_conf() {
         let p = plain_cluster(15).text().to_string();
         assert!(p.contains("/etc/postgresql/15/main/start.conf"), "{p}");
-        assert!(p.contains("/var/lib/postgresql/15/main/standby.signal"), "{p}");
+        assert!(
+            p.contains("/var/lib/postgresql/15/main/standby.signal"),
+            "{p}"
+        );
         let r = plain_cluster_retire(15).text().to_string();
         assert!(r.contains("pg_ctlcluster 15 main stop"), "{r}");
         assert!(
