@@ -935,14 +935,19 @@ async fn a_plain_cluster_converts_to_patroni_with_its_data() {
 
     // Back to plain: refused, nothing changed.
     work.write("ha.toml", &plain_text);
-    for args in [
-        &["-f", "ha.toml", "plan"][..],
-        &["-f", "ha.toml", "apply", "--auto-approve"],
-    ] {
-        work.pgform(args)
-            .expect(1)
-            .stderr_has("does not turn an HA cluster back into a plain one")
-            .stderr_has("fix: keep ha.mode = \"patroni\"");
+    let refusal = "does not turn an HA cluster back into a plain one";
+    let fix = "fix: keep ha.mode = \"patroni\"";
+    // The plan shows it as the hosts' reason; apply fails with it.
+    work.pgform(&["-f", "ha.toml", "plan"])
+        .expect(1)
+        .stdout_has(refusal)
+        .stdout_has(fix);
+    work.pgform(&["-f", "ha.toml", "apply", "--auto-approve"])
+        .expect(1)
+        .stderr_has(refusal)
+        .stderr_has(fix);
+    for h in &hosts {
+        h.ssh_ok("grep -qx disabled /etc/postgresql/15/main/start.conf");
     }
     assert_eq!(c.leader().await, "primary");
 }
