@@ -779,8 +779,14 @@ async fn patroni_scales_three_to_four_and_back() {
     assert_eq!(c.view().await.members.len(), 3);
 }
 
+/// A plain cluster (primary + 2 streaming replicas, made by pgform's apply) whose spec
+/// switches to `ha.mode = "patroni"`: the plan says what the conversion does and check
+/// mode changes nothing; a conversion stopped after the old primary became Patroni's
+/// leader is finished by the next apply; the data is on every member, the old primary
+/// leads, both replicas stream through Patroni's slots, Debian's cluster is disabled, a
+/// rerun changes nothing, and going back to plain is refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_plain_cluster_is_not_handed_to_patroni() {
+async fn a_plain_cluster_converts_to_patroni_with_its_data() {
     if !hosts::require_testbed() {
         return;
     }
@@ -790,45 +796,158 @@ async fn a_plain_cluster_is_not_handed_to_patroni() {
         .map(|i| Host::start(&net, &format!("hapl{i}"), 51 + i, &key))
         .collect();
     let refs: Vec<&Host> = hosts.iter().collect();
-    let text = spec_text(&net, &refs, &key, "");
-    let plain_text = text.replace("mode = \"patroni\"", "mode = \"plain\"");
-    let plain = parse_str(&plain_text, Path::new("ha.toml"))
-        .expect("valid spec")
-        .spec;
+    let ha_text = spec_text(&net, &refs, &key, "");
+    let plain_text = ha_text.replace("mode = \"patroni\"", "mode = \"plain\"");
+    let work = common::cli::Work::new("pgform-hapl", vec![]);
+    work.write("ha.toml", &plain_text);
+    work.pgform(&["-f", "ha.toml", "apply", "--auto-approve"])
+        .expect(0);
+    let plain = parse_str(&plain_text, Path::new("ha.toml")).unwrap().spec;
     let c = Cluster::connect(plain, &key).await;
-    let first = c.run(false).await;
-    assert!(!first.recap.failed(), "{:#?}", first.recap.failures);
-    cluster::verify(&c.spec, &c.nodes, &c.conns, VERIFY_TIMEOUT)
-        .await
-        .expect("the plain cluster streams");
     c.query(
         "primary",
-        "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('plain');",
+        "CREATE TABLE kept (v int PRIMARY KEY); \
+         INSERT INTO kept SELECT generate_series(1, 1000);",
     )
     .await
-    .expect("a row");
+    .expect("rows on the plain primary");
+    let count = "SELECT count(*) FROM kept;";
+    let enabled = "! grep -qx disabled /etc/postgresql/15/main/start.conf";
 
-    // The same hosts with ha.mode = "patroni": refused, in check mode too, and nothing
-    // of the HA mode lands.
-    let ha = Cluster::connect(spec(&net, &refs, &key, ""), &key).await;
-    for check in [true, false] {
-        let refused = ha.try_run(check).await.err().expect("refused").to_string();
-        assert!(
-            refused.contains("primary, replica-0, replica-1 already run(s) the plain mode's"),
-            "{refused}"
-        );
-        assert!(
-            refused.contains("fix: keep ha.mode = \"plain\""),
-            "{refused}"
-        );
+    // The plan names the conversion on every node (text and JSON); nothing changes.
+    work.write("ha.toml", &ha_text);
+    let plan = work.pgform(&["-f", "ha.toml", "plan"]);
+    plan.expect(0);
+    for host in ["primary", "replica-0", "replica-1"] {
+        plan.stdout_has(&format!(
+            "{host}: plain cluster handed to Patroni: convert Debian's 15/main (plain mode) to Patroni"
+        ));
     }
+    plan.stdout_has("becomes Patroni's leader; data kept, PostgreSQL restarts");
+    let json = work.pgform(&["-f", "ha.toml", "plan", "--json"]);
+    json.expect(0);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan JSON");
+    let conversions = doc["hosts"]["changes"]
+        .as_array()
+        .expect("host changes")
+        .iter()
+        .filter(|e| {
+            e["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("data kept"))
+        })
+        .count();
+    assert_eq!(conversions, 3, "{doc}");
     for h in &hosts {
-        h.ssh_ok("test ! -e /etc/patroni/config.yml && ! dpkg -s patroni >/dev/null 2>&1");
+        h.ssh_ok(&format!(
+            "{enabled} && test ! -e /etc/patroni/config.yml && ! dpkg -s patroni >/dev/null 2>&1"
+        ));
     }
     assert_eq!(
-        c.query("primary", "SELECT v FROM kept;").await.as_deref(),
-        Ok("plain")
+        c.query("primary", "SELECT pg_is_in_recovery();")
+            .await
+            .as_deref(),
+        Ok("f")
     );
-    let again = c.run(false).await;
-    assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());
+
+    // Stopped once Patroni runs on the old primary: it leads, the replicas are still
+    // the plain mode's (streaming from it), and the next apply finishes.
+    let ha = parse_str(&ha_text, Path::new("ha.toml")).unwrap().spec;
+    let interrupt = pgform::engine::Interrupt::default();
+    let stop = interrupt.clone();
+    let opts = RunOptions {
+        events: Some(Arc::new(move |e: &TaskEvent| {
+            eprintln!("{:>10} {:?} {}", e.host, e.status, e.task);
+            if e.host == "primary" && e.task == "Patroni running" && e.status == TaskStatus::Changed
+            {
+                stop.trigger();
+            }
+        })),
+        interrupt,
+        ..Default::default()
+    };
+    let stopped = cluster::configure(&ha, &c.nodes, &c.conns, common::cli::PASSWORD, &opts).await;
+    if stopped.is_err() {
+        for h in &hosts {
+            eprintln!(
+                "--- {}:\n{}",
+                h.name,
+                String::from_utf8_lossy(&h.ssh("tail -n 60 /var/log/pgform-patroni.log; ps -ef | grep [p]ostgres; cat /etc/postgresql/15/main/start.conf").stdout)
+            );
+        }
+    }
+    let stopped = stopped.expect("the first part runs");
+    assert!(stopped.interrupted, "{stopped:#?}");
+    assert_eq!(
+        ha::wait_for_leader(&c.nodes, &c.conns, VERIFY_TIMEOUT)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("primary")
+    );
+    for h in &hosts[1..] {
+        h.ssh_ok(enabled);
+    }
+    hosts[0].ssh_ok("grep -qx disabled /etc/postgresql/15/main/start.conf");
+
+    let apply = work.pgform(&["-f", "ha.toml", "apply", "--auto-approve"]);
+    apply.expect(0);
+    let c = Cluster::connect(ha, &key).await;
+    let view = c.view().await;
+    assert_eq!(view.leader(), Some("primary"), "{view:?}");
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    let streaming = c.streaming("primary", VERIFY_TIMEOUT).await;
+    assert_eq!(streaming, ["replica-0", "replica-1"]);
+    for n in ["primary", "replica-0", "replica-1"] {
+        assert_eq!(c.query(n, count).await.as_deref(), Ok("1000"), "{n}");
+    }
+    c.row_reaches_replicas("primary", "after-conversion").await;
+    // Patroni's slots only: the plain mode's are dropped once no walsender holds them.
+    let deadline = Instant::now() + VERIFY_TIMEOUT;
+    loop {
+        let slots = c
+            .query(
+                "primary",
+                "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots;",
+            )
+            .await;
+        if slots.as_deref() == Ok("replica_0,replica_1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots: {slots:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for h in &hosts {
+        h.ssh_ok("grep -qx disabled /etc/postgresql/15/main/start.conf");
+    }
+
+    // Converged: no change, the plan says so, status shows Patroni's view.
+    work.pgform(&["-f", "ha.toml", "apply", "--auto-approve"])
+        .expect(0)
+        .recap_all_zero("changed");
+    work.pgform(&["-f", "ha.toml", "plan", "--detailed-exitcode"])
+        .expect(0);
+    let status = work.pgform(&["-f", "ha.toml", "status", "--json"]);
+    status.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(v["leader"], "primary", "{v}");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+
+    // Back to plain: refused, nothing changed.
+    work.write("ha.toml", &plain_text);
+    let refusal = "does not turn an HA cluster back into a plain one";
+    let fix = "fix: keep ha.mode = \"patroni\"";
+    // The plan shows it as the hosts' reason; apply fails with it.
+    work.pgform(&["-f", "ha.toml", "plan"])
+        .expect(1)
+        .stdout_has(refusal)
+        .stdout_has(fix);
+    work.pgform(&["-f", "ha.toml", "apply", "--auto-approve"])
+        .expect(1)
+        .stderr_has(refusal)
+        .stderr_has(fix);
+    for h in &hosts {
+        h.ssh_ok("grep -qx disabled /etc/postgresql/15/main/start.conf");
+    }
+    assert_eq!(c.leader().await, "primary");
 }

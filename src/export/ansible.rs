@@ -1016,10 +1016,12 @@ fn preflight(patroni: bool) -> Y {
 }
 
 /// HA: refuses hosts that run the plain mode's cluster (Debian's `<major>/main`, which
-/// the HA mode never makes), as pgform's run does: Patroni started beside it could
-/// promote the wrong node.
-fn no_plain_cluster() -> [Y; 2] {
+/// the HA mode never makes, not disabled by pgform's conversion), as pgform's run does
+/// before it converts one: Patroni started beside it could promote the wrong node. The
+/// conversion itself is pgform's (`playbooks/patroni-convert.yml` is not exported).
+fn no_plain_cluster() -> [Y; 3] {
     let found = "pgform_plain_cluster";
+    let disabled = "pgform_plain_disabled";
     [
         map([
             ("name", s("Look for the plain mode's cluster")),
@@ -1033,13 +1035,33 @@ fn no_plain_cluster() -> [Y; 2] {
             ("register", s(found)),
         ]),
         map([
+            ("name", s("Look for a plain-mode cluster handed to Patroni")),
+            (
+                "ansible.builtin.command",
+                map([(
+                    "argv",
+                    Y::Sequence(vec![
+                        s("grep"),
+                        s("-qsx"),
+                        s("disabled"),
+                        s("/etc/postgresql/{{ pg_version }}/main/start.conf"),
+                    ]),
+                )]),
+            ),
+            ("register", s(disabled)),
+            ("changed_when", Y::Bool(false)),
+            ("failed_when", Y::Bool(false)),
+        ]),
+        map([
             ("name", s("No plain-mode cluster on the host")),
             (
                 "ansible.builtin.assert",
                 map([
                     (
                         "that",
-                        Y::Sequence(vec![s(&format!("not {found}.stat.exists"))]),
+                        Y::Sequence(vec![s(&format!(
+                            "not {found}.stat.exists or {disabled}.rc == 0"
+                        ))]),
                     ),
                     (
                         "fail_msg",
@@ -1047,8 +1069,8 @@ fn no_plain_cluster() -> [Y; 2] {
                             "{{ inventory_hostname }} runs the plain mode's PostgreSQL cluster \
                            ({{ pg_version }}/main): this playbook does not convert a plain cluster \
                            to Patroni, and starting Patroni beside it could promote the wrong node; \
-                           nothing was changed. Keep ha.mode = \"plain\" for this cluster, or make \
-                           a new HA cluster and move the data (pg_dump / pg_restore)",
+                           nothing was changed. Convert it with `pgform apply` (data kept), keep \
+                           ha.mode = \"plain\", or make a new HA cluster and move the data",
                         ),
                     ),
                     ("quiet", Y::Bool(true)),
@@ -1573,6 +1595,13 @@ impl Translator {
                     self.register(),
                 ));
                 notifying = vec![];
+            }
+            Action::PatroniTakeover(_) => {
+                // Only in playbooks/patroni-convert.yml, which the export does not
+                // translate (a plain cluster is converted by pgform itself).
+                return Err(ExportError::Input(format!(
+                    "task `{name}`: the conversion of a plain cluster is not exported"
+                )));
             }
             Action::StandbyTls(t) => {
                 // Standbys seeded by the export's base backup already verify the

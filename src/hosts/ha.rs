@@ -18,7 +18,8 @@ use crate::remote::Connection;
 use crate::spec::{ClusterSpec, Role, SyncMode};
 use crate::tasks::patroni::{REST_PORT, rest};
 use crate::tasks::run::HostRun;
-use crate::tasks::{Hosts, PATRONI, Playbook, Recap, RunOptions};
+use crate::tasks::takeover::Plain;
+use crate::tasks::{Hosts, PATRONI, PATRONI_CONVERT, Playbook, Recap, RunOptions};
 
 /// How long a first bootstrap gets to elect a leader (TESTBED: 3.9 s here).
 const LEADER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -216,12 +217,9 @@ pub async fn configure(
     // Patroni's and etcd's membership before anything changes: members the spec no
     // longer lists leave first (`members`), while the others' settings still name them.
     let mut view = cluster(nodes, conns).await;
+    // Nodes that still run the plain mode's cluster are converted (below).
+    let plain = plain_nodes(spec, nodes, conns, view.as_ref()).await?;
     let mut left = Vec::new();
-    if view.is_none() {
-        // No Patroni answers: a first run, or every member down. A node that holds a
-        // plain-mode cluster must not get Patroni beside it.
-        refuse_plain_clusters(spec, nodes, conns).await?;
-    }
     if let Some(v) = &view {
         members::check_names(v, nodes)?;
         left = members::retire(spec, nodes, conns, v, opts).await?;
@@ -231,17 +229,16 @@ pub async fn configure(
     }
     let (every, primary): (Vec<_>, Vec<_>) =
         book.plays.into_iter().partition(|p| p.hosts == Hosts::All);
-    let runs = |nodes: &[Node]| -> Vec<HostRun> {
-        nodes
-            .iter()
-            .zip(conns)
-            .map(|(n, c)| HostRun {
-                conn: c.clone(),
-                role: n.role,
-                vars: vars(spec, nodes, n, password, &users, &ha),
-            })
-            .collect()
+    let run_of = |nodes: &[Node], i: usize| HostRun {
+        conn: conns[i].clone(),
+        role: nodes[i].role,
+        vars: minijinja::context! {
+            plain_cluster => plain.iter().any(|(p, _)| *p == i),
+            ..vars(spec, nodes, &nodes[i], password, &users, &ha)
+        },
     };
+    let runs =
+        |nodes: &[Node]| -> Vec<HostRun> { (0..nodes.len()).map(|i| run_of(nodes, i)).collect() };
     let part = |plays| Playbook {
         plays,
         templates: book.templates.clone(),
@@ -252,6 +249,13 @@ pub async fn configure(
     }
     if recap.failed() {
         return Ok(recap);
+    }
+    if !plain.is_empty() {
+        let converted = convert(nodes, conns, &plain, &run_of, &secrets, opts).await?;
+        merge(&mut recap, converted);
+        if opts.check || recap.failed() || recap.interrupted {
+            return Ok(recap);
+        }
     }
     let wait = if opts.check {
         Duration::ZERO
@@ -288,41 +292,119 @@ pub async fn configure(
     Ok(recap)
 }
 
-/// Refuses to start Patroni on nodes that run the plain mode's cluster (Debian's
-/// `<major>/main`, which the HA mode never makes): Patroni would start on the same data
-/// directory beside it, and a replica could win the leader race. Converting a plain
-/// cluster is not done yet.
-async fn refuse_plain_clusters(
+/// Converts the `plain` nodes (`playbooks/patroni-convert.yml`): the old primary first,
+/// whose Patroni finds no cluster in the DCS, takes the data directory over and wins
+/// the leader key as the only candidate; then, once Patroni names it leader, the
+/// replicas, which Patroni starts as its replicas. No replica's Patroni runs while no
+/// leader holds the key, so none can win the first race. In check mode every
+/// conversion is reported at once and nothing starts.
+async fn convert(
+    nodes: &[Node],
+    conns: &[Connection],
+    plain: &[(usize, Plain)],
+    run_of: &(dyn Fn(&[Node], usize) -> HostRun + Sync),
+    secrets: &[String],
+    opts: &RunOptions,
+) -> Result<Recap, HostsError> {
+    let book = Playbook::embedded_file(PATRONI_CONVERT)?;
+    let on =
+        |which: &[usize]| -> Vec<HostRun> { which.iter().map(|&i| run_of(nodes, i)).collect() };
+    let of = |role: Plain| -> Vec<usize> {
+        plain
+            .iter()
+            .filter(|(_, p)| *p == role)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let (old_primary, replicas) = (of(Plain::Primary), of(Plain::Replica));
+    if opts.check {
+        let all: Vec<usize> = plain.iter().map(|(i, _)| *i).collect();
+        return Ok(crate::tasks::run_playbook(&book, &on(&all), secrets, opts).await);
+    }
+    let mut recap = crate::tasks::run_playbook(&book, &on(&old_primary), secrets, opts).await;
+    if recap.failed() || recap.interrupted {
+        return Ok(recap);
+    }
+    // Also after an interrupted conversion whose primary is done: its Patroni leads
+    // (or is about to) before any replica's starts.
+    let leader = wait_for_leader(nodes, conns, LEADER_TIMEOUT).await?;
+    let expected = old_primary.first().map(|&i| nodes[i].name.as_str());
+    match (leader.as_deref(), expected) {
+        (None, _) => {
+            return Err(HostsError::Verify(format!(
+                "no Patroni leader within {}s after the plain primary was handed over; see \
+                 /var/log/pgform-patroni.log on {}; the plain replicas were left as they are",
+                LEADER_TIMEOUT.as_secs(),
+                expected.unwrap_or("the hosts")
+            )));
+        }
+        (Some(l), Some(p)) if l != p => {
+            return Err(HostsError::Verify(format!(
+                "Patroni names {l} leader, not {p}, which ran the plain primary; the plain \
+                 replicas were left as they are"
+            )));
+        }
+        _ => {}
+    }
+    let rest = crate::tasks::run_playbook(&book, &on(&replicas), secrets, opts).await;
+    merge(&mut recap, rest);
+    Ok(recap)
+}
+
+/// The nodes a conversion hands to Patroni: those that still run the plain mode's
+/// cluster (Debian's `<major>/main`, which the HA mode never makes), asked only of the
+/// nodes Patroni does not list, so a converged cluster pays nothing. Refused when the
+/// order would be unsafe: more than one plain primary, or a plain primary beside a
+/// running Patroni leader (another cluster's data).
+async fn plain_nodes(
     spec: &ClusterSpec,
     nodes: &[Node],
     conns: &[Connection],
-) -> Result<(), HostsError> {
+    view: Option<&ClusterView>,
+) -> Result<Vec<(usize, Plain)>, HostsError> {
     let v = spec.postgres.version;
-    let asks = conns
-        .iter()
-        .map(|c| c.run(crate::remote::shell::ha::plain_cluster_present(v), None));
-    let found: Vec<&str> = futures::future::join_all(asks)
-        .await
-        .iter()
-        .zip(nodes)
-        .filter(|(out, _)| matches!(out, Ok(o) if o.stdout.trim() == "plain"))
-        .map(|(_, n)| n.name.as_str())
+    let unlisted: Vec<usize> = (0..nodes.len())
+        .filter(|&i| view.is_none_or(|view| member(view, &nodes[i].name).is_none()))
         .collect();
-    if found.is_empty() {
-        return Ok(());
+    let asks = unlisted.iter().map(|&i| Plain::read(&conns[i], v));
+    let mut found = Vec::new();
+    for (&i, answer) in unlisted.iter().zip(futures::future::join_all(asks).await) {
+        let plain = answer.map_err(|e| HostsError::Verify(format!("{}: {e}", nodes[i].name)))?;
+        if let Some(p) = plain {
+            found.push((i, p));
+        }
     }
-    Err(HostsError::Inventory(plain_refusal(&found, v)))
+    let primaries: Vec<&str> = found
+        .iter()
+        .filter(|(_, p)| *p == Plain::Primary)
+        .map(|(i, _)| nodes[*i].name.as_str())
+        .collect();
+    let leader = view.and_then(ClusterView::leader);
+    if let Some(why) = unsafe_conversion(&primaries, leader, v) {
+        return Err(HostsError::Inventory(why));
+    }
+    Ok(found)
 }
 
-fn plain_refusal(found: &[&str], version: u32) -> String {
-    format!(
-        "ha.mode = \"patroni\": {} already run(s) the plain mode's PostgreSQL cluster \
-         ({version}/main); pgform does not convert a plain cluster to Patroni yet, and \
-         starting Patroni beside it could promote the wrong node; nothing was changed\n    \
-         fix: keep ha.mode = \"plain\" for this cluster, or make a new HA cluster and move \
-         the data (pg_dump / pg_restore)",
-        found.join(", ")
-    )
+/// Why a conversion cannot go on (see [`plain_nodes`]).
+fn unsafe_conversion(primaries: &[&str], leader: Option<&str>, version: u32) -> Option<String> {
+    match (primaries, leader) {
+        ([], _) | ([_], None) => None,
+        ([p], Some(l)) => Some(format!(
+            "ha.mode = \"patroni\": {p} runs a plain primary ({version}/main) while Patroni's \
+             cluster is led by {l}: its data is not this cluster's, and Patroni would refuse \
+             it; nothing was changed\n    \
+             fix: remove {p} from the spec, or empty its data directory so that it joins as a \
+             new replica"
+        )),
+        (many, _) => Some(format!(
+            "ha.mode = \"patroni\": {} each run a plain primary ({version}/main); a conversion \
+             needs exactly one, which becomes Patroni's leader; nothing was changed\n    \
+             fix: make the others replicas of one primary in plain mode first (or remove \
+             them from the spec), then convert",
+            many.join(", ")
+        )),
+    }
 }
 
 /// How long the members get to take a new dynamic configuration (Patroni reads it
@@ -495,6 +577,7 @@ fn merge(into: &mut Recap, other: Recap) {
         h.failed += c.failed;
     }
     into.failures.extend(other.failures);
+    into.interrupted |= other.interrupted;
     for (task, s) in other.task_seconds {
         *into.task_seconds.entry(task).or_default() += s;
     }
@@ -1076,11 +1159,19 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_cluster_is_refused_with_the_fix() {
-        let e = plain_refusal(&["primary", "replica-0"], 15);
-        assert!(e.contains("primary, replica-0 already run(s)"), "{e}");
-        assert!(e.contains("(15/main)"), "{e}");
-        assert!(e.contains("fix: keep ha.mode = \"plain\""), "{e}");
+    fn a_conversion_needs_one_plain_primary_and_no_other_leader() {
+        assert_eq!(unsafe_conversion(&[], None, 15), None);
+        assert_eq!(unsafe_conversion(&["primary"], None, 15), None);
+        assert_eq!(unsafe_conversion(&[], Some("primary"), 15), None);
+        let e = unsafe_conversion(&["primary", "replica-1"], None, 15).unwrap();
+        assert!(
+            e.contains("primary, replica-1 each run a plain primary (15/main)"),
+            "{e}"
+        );
+        assert!(e.contains("fix: make the others replicas"), "{e}");
+        let e = unsafe_conversion(&["replica-1"], Some("primary"), 15).unwrap();
+        assert!(e.contains("led by primary"), "{e}");
+        assert!(e.contains("fix: remove replica-1"), "{e}");
     }
 
     #[test]

@@ -534,6 +534,34 @@ async fn lowers_standby_limits(spec: &ClusterSpec, nodes: &[Node], conns: &[Conn
         })
 }
 
+/// The nodes the HA mode configured (Patroni's settings exist there).
+async fn ha_hosts<'a>(nodes: &'a [Node], conns: &[Connection]) -> Vec<&'a str> {
+    let asks = conns
+        .iter()
+        .map(|c| c.run_read(crate::remote::shell::ha::patroni_present()));
+    futures::future::join_all(asks)
+        .await
+        .iter()
+        .zip(nodes)
+        .filter(|(out, _)| matches!(out, Ok(o) if o.stdout.trim() == "patroni"))
+        .map(|(_, n)| n.name.as_str())
+        .collect()
+}
+
+/// Turning an HA cluster back into a plain one is not done: Patroni owns PostgreSQL on
+/// those hosts (its own settings files in the data directory, no Debian cluster), and
+/// the plain mode's tasks would start a second server beside it.
+fn back_to_plain_refusal(found: &[&str]) -> String {
+    format!(
+        "ha.mode = \"plain\": {} run(s) the HA mode's Patroni cluster; pgform does not turn \
+         an HA cluster back into a plain one (Patroni owns PostgreSQL there, and the plain \
+         mode's tasks would start a second server beside it); nothing was changed\n    \
+         fix: keep ha.mode = \"patroni\" for this cluster, or make a new plain cluster and \
+         move the data (pg_dump / pg_restore)",
+        found.join(", ")
+    )
+}
+
 /// Opens one SSH master per node, in parallel. Fails naming every node that could not
 /// be reached (the others' connections are closed).
 pub async fn connect(
@@ -580,7 +608,15 @@ pub async fn configure(
             crate::tls::ensure_ca(&dir, &spec.name).map_err(|e| HostsError::Tls(e.to_string()))?;
         }
     }
-    if lowers_standby_limits(spec, nodes, conns).await {
+    // Both asked at once: the check for Patroni costs the converged run no time.
+    let (lowers, ha_hosts) = futures::join!(
+        lowers_standby_limits(spec, nodes, conns),
+        ha_hosts(nodes, conns)
+    );
+    if !ha_hosts.is_empty() {
+        return Err(HostsError::Inventory(back_to_plain_refusal(&ha_hosts)));
+    }
+    if lowers {
         for play in &mut book.plays {
             if play.order == Order::ReplicasFirst {
                 play.order = Order::PrimaryFirst;
@@ -606,6 +642,13 @@ pub async fn configure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ha_cluster_is_not_turned_back_into_plain() {
+        let e = back_to_plain_refusal(&["primary", "replica-0"]);
+        assert!(e.contains("primary, replica-0 run(s) the HA mode's"), "{e}");
+        assert!(e.contains("fix: keep ha.mode = \"patroni\""), "{e}");
+    }
 
     #[test]
     fn conf_strings_read_back_as_written() {

@@ -49,7 +49,9 @@ impl SyncMode {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HaSpec {
-    /// `plain` (default) or `patroni`.
+    /// `plain` (default) or `patroni`. A running plain cluster switched to `patroni`
+    /// is converted with its data (the old primary leads; one restart per node); an HA
+    /// cluster is not turned back into a plain one.
     #[serde(default)]
     pub mode: HaMode,
     /// etcd members (the DCS), on the first nodes of the cluster: odd, at least 3, at

@@ -12,6 +12,7 @@ pub mod pg_access;
 pub mod pg_conf;
 pub mod run;
 pub(crate) mod scram;
+pub mod takeover;
 pub mod tls_files;
 pub mod volume;
 
@@ -31,6 +32,10 @@ pub const SITE: &str = "site.yml";
 /// The task list of the HA mode (`[ha] mode = "patroni"`): etcd and Patroni own
 /// PostgreSQL there, so the plain mode's plays (settings files, seeding) do not apply.
 pub const PATRONI: &str = "patroni.yml";
+
+/// The HA mode's conversion of a plain-mode cluster (`hosts::ha` runs it on the old
+/// primary first, then on the replicas); not part of the Ansible export.
+pub const PATRONI_CONVERT: &str = "patroni-convert.yml";
 
 /// The template variables that hold secrets: the replication password, the
 /// application users' passwords (a JSON map of name to password) and the HA mode's
@@ -217,6 +222,8 @@ mod tests {
         assert!(book.templates.contains_key("pgform.conf.j2"));
         let ha = Playbook::embedded_file(PATRONI).expect("the HA task list is valid");
         assert!(ha.templates.contains_key("patroni.yml.j2"));
+        let convert = Playbook::embedded_file(PATRONI_CONVERT).expect("the conversion is valid");
+        assert_eq!(convert.plays.len(), 1);
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub enum Action {
     Daemon(Box<super::daemon::Daemon>),
     /// Patroni's dynamic configuration as the spec says (`patroni.rs`).
     PatroniConfig(Box<super::patroni::PatroniConfig>),
+    /// A plain-mode cluster handed to Patroni with its data (`takeover.rs`).
+    PatroniTakeover(Box<super::takeover::Takeover>),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -509,6 +511,7 @@ impl Action {
             Action::StandbyTls(t) => t.query(conn).await,
             Action::Daemon(d) => d.query(conn).await,
             Action::PatroniConfig(c) => c.query(conn).await,
+            Action::PatroniTakeover(t) => t.query(conn).await,
         }
     }
 
@@ -723,6 +726,7 @@ impl Action {
             Action::StandbyTls(t) => t.act(conn).await?,
             Action::Daemon(d) => d.act(conn).await?,
             Action::PatroniConfig(c) => c.act(conn).await?,
+            Action::PatroniTakeover(t) => t.act(conn).await?,
         }
         Ok(())
     }
@@ -819,7 +823,10 @@ impl Action {
     /// The action's summaries are built from names only, never from its secret
     /// arguments: shown even when the task is `secret`.
     pub fn summary_names_no_secret(&self) -> bool {
-        matches!(self, Action::PgAccess { .. } | Action::PatroniConfig(_))
+        matches!(
+            self,
+            Action::PgAccess { .. } | Action::PatroniConfig(_) | Action::PatroniTakeover(_)
+        )
     }
 }
 

@@ -175,12 +175,64 @@ pub fn postgres_gone(version: u32) -> Sh {
     ))
 }
 
-/// Prints `plain` when Debian's cluster `<version>/main` (the plain mode's) exists.
-pub fn plain_cluster_present(version: u32) -> Sh {
+/// Debian's cluster `<version>/main` (the plain mode's) still in use: its settings
+/// exist and its start.conf does not say `disabled` (what the conversion to Patroni
+/// writes). Prints `primary`, or `replica` when its data directory is a standby's;
+/// nothing otherwise.
+pub fn plain_cluster(version: u32) -> Sh {
+    let conf = format!("/etc/postgresql/{version}/main");
     Sh(format!(
-        "if test -f {}; then echo plain; fi",
-        quote(&format!("/etc/postgresql/{version}/main/postgresql.conf"))
+        "if test -f {pc} && ! grep -qs '^[[:space:]]*disabled' {start}; then \
+         if test -f {sig}; then echo replica; else echo primary; fi; fi",
+        pc = quote(&format!("{conf}/postgresql.conf")),
+        start = quote(&format!("{conf}/start.conf")),
+        sig = quote(&format!(
+            "/var/lib/postgresql/{version}/main/standby.signal"
+        )),
     ))
+}
+
+/// Settings of Debian's postgresql.conf that name Debian's own files, folders, port or
+/// TLS files: Patroni and the dynamic configuration set those.
+const DEBIAN_PATHS: &str = "data_directory|hba_file|ident_file|external_pid_file|include_dir|\
+    include|include_if_exists|port|unix_socket_directories|cluster_name|ssl|ssl_cert_file|\
+    ssl_key_file|ssl_ca_file|stats_temp_directory";
+
+/// Hands Debian's cluster `<version>/main` over to Patroni: a clean stop if it runs;
+/// the data directory's `postgresql.base.conf` (which Patroni's postgresql.conf
+/// includes; it would rename a postgresql.conf there, and Debian keeps none) from
+/// Debian's settings less its paths, so the server keeps the locale, time zone and
+/// memory settings initdb chose, and `pg_ident.conf` beside it; then `disabled` in its
+/// start.conf, so that neither pg_ctlcluster nor Debian's units at boot (systemd's
+/// generator reads start.conf) start it again beside Patroni. The data directory stays
+/// where it is: Patroni's `data_dir` is the same folder.
+pub fn plain_cluster_retire(version: u32) -> Sh {
+    let v = version.to_string();
+    let conf = format!("/etc/postgresql/{version}/main");
+    let data = format!("/var/lib/postgresql/{version}/main");
+    Sh(format!(
+        "if {status} >/dev/null 2>&1; then {stop} || exit 1; fi; \
+         if ! test -f {base}; then grep -Ev {skip} {debian} > {base}.tmp; \
+         chown postgres:postgres {base}.tmp && chmod 600 {base}.tmp && mv {base}.tmp {base} \
+         || exit 1; fi; \
+         if ! test -f {ident}; then install -o postgres -g postgres -m 600 {debian_ident} {ident} \
+         || exit 1; fi; \
+         printf 'disabled\\n' > {start} && \
+         if test -d /run/systemd/system; then systemctl daemon-reload; fi",
+        status = Sh::argv(["pg_ctlcluster", &v, "main", "status"]).0,
+        stop = Sh::argv(["pg_ctlcluster", &v, "main", "stop"]).0,
+        base = quote(&format!("{data}/postgresql.base.conf")),
+        skip = quote(&format!("^[[:space:]]*({DEBIAN_PATHS})([[:space:]=]|$)")),
+        debian = quote(&format!("{conf}/postgresql.conf")),
+        ident = quote(&format!("{data}/pg_ident.conf")),
+        debian_ident = quote(&format!("{conf}/pg_ident.conf")),
+        start = quote(&format!("{conf}/start.conf")),
+    ))
+}
+
+/// Prints `patroni` when the HA mode configured this host (Patroni's settings exist).
+pub fn patroni_present() -> Sh {
+    Sh("if test -f /etc/patroni/config.yml; then echo patroni; fi".into())
 }
 
 #[cfg(test)]
@@ -203,6 +255,22 @@ mod tests {
             st.text().contains("-nt /run/pgform/patroni.stamp"),
             "{}",
             st.text()
+        );
+    }
+
+    #[test]
+    fn the_plain_cluster_is_read_and_retired_by_its_start_conf() {
+        let p = plain_cluster(15).text().to_string();
+        assert!(p.contains("/etc/postgresql/15/main/start.conf"), "{p}");
+        assert!(
+            p.contains("/var/lib/postgresql/15/main/standby.signal"),
+            "{p}"
+        );
+        let r = plain_cluster_retire(15).text().to_string();
+        assert!(r.contains("pg_ctlcluster 15 main stop"), "{r}");
+        assert!(
+            r.contains("printf 'disabled\\n' > /etc/postgresql/15/main/start.conf"),
+            "{r}"
         );
     }
 
