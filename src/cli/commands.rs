@@ -144,9 +144,16 @@ async fn plan(g: &Global, args: PlanArgs) -> Result<Outcome> {
     }
     // A plan that could not look at some hosts cannot say "no changes" for them.
     if !plan.not_checked().is_empty() {
+        let why = plan.hosts.as_ref().and_then(|h| h.unchecked_reason());
+        // A refusal names its own fix; otherwise the hosts did not answer.
+        let fix = match why {
+            Some(why) if why.contains("fix:") => format!("    {}", why.replace('\n', "\n    ")),
+            _ => "    fix: make them reachable over SSH (or `--only infra` to plan the \
+                  infrastructure alone)"
+                .to_string(),
+        };
         bail!(
-            "the plan is incomplete: could not check the host(s) {} (see above){}\n    \
-             fix: make them reachable over SSH (or `--only infra` to plan the infrastructure alone)",
+            "the plan is incomplete: could not check the host(s) {} (see above){}\n{fix}",
             plan.not_checked().join(", "),
             if args.out.is_some() {
                 "; the plan was not saved"

@@ -244,6 +244,14 @@ impl HostPlan {
         }
     }
 
+    /// Why some hosts could not be checked.
+    pub fn unchecked_reason(&self) -> Option<&str> {
+        match self {
+            HostPlan::Unchecked { why, .. } => Some(why),
+            _ => None,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             HostPlan::NotYetMade(why) => serde_json::json!({"checked": false, "reason": why}),
