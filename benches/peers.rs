@@ -91,7 +91,10 @@ fn setup(tool: Tool, nodes: u8) -> Setup {
             }
             let spec = dir.join("peers.toml");
             std::fs::write(&spec, text).expect("write the spec");
-            let mut c = Command::new(env!("CARGO_BIN_EXE_pgform"));
+            // `PGFORM_BENCH_BIN`: another build of pgform (an A/B at the same load).
+            let bin = std::env::var_os("PGFORM_BENCH_BIN")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_pgform").into());
+            let mut c = Command::new(bin);
             c.arg("-f")
                 .arg(&spec)
                 .args(["apply", "--auto-approve"])
