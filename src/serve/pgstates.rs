@@ -36,6 +36,14 @@ impl PgStates {
             cluster: cluster.to_string(),
         }
     }
+
+    /// The first column of the row `sql` finds for this cluster (`$1`), as text.
+    fn text(&self, sql: &'static str) -> Result<Option<String>, StateError> {
+        let cluster = self.cluster.clone();
+        self.pool
+            .with(move |db| Ok(db.query_opt(sql, &[&cluster])?.map(|r| r.get(0))))
+            .map_err(store_error)
+    }
 }
 
 fn store_error(e: StoreError) -> StateError {
@@ -55,19 +63,8 @@ impl Backend for PgStates {
     }
 
     fn read(&self) -> Result<Option<State>, StateError> {
-        let cluster = self.cluster.clone();
-        let text = self
-            .pool
-            .with(move |db| {
-                Ok(db
-                    .query_opt(
-                        "SELECT document FROM states WHERE cluster = $1",
-                        &[&cluster],
-                    )?
-                    .map(|r| r.get::<_, String>(0)))
-            })
-            .map_err(store_error)?;
-        text.map(|t| state::from_json(&t, &self.place()))
+        self.text("SELECT document FROM states WHERE cluster = $1")?
+            .map(|t| state::from_json(&t, &self.place()))
             .transpose()
     }
 
@@ -126,43 +123,24 @@ impl Backend for PgStates {
     }
 
     fn holder(&self) -> Result<Option<LockInfo>, StateError> {
-        let cluster = self.cluster.clone();
         // A row whose session has ended is a lock that died with its process.
-        let json = self
-            .pool
-            .with(move |db| {
-                Ok(db
-                    .query_opt(
-                        "SELECT l.holder FROM state_locks l JOIN pg_stat_activity a
-                             ON a.pid = l.pid AND a.backend_start = l.backend_start
-                         WHERE l.cluster = $1",
-                        &[&cluster],
-                    )?
-                    .map(|r| r.get::<_, String>(0)))
-            })
-            .map_err(store_error)?;
+        let json = self.text(
+            "SELECT l.holder FROM state_locks l JOIN pg_stat_activity a
+                 ON a.pid = l.pid AND a.backend_start = l.backend_start
+             WHERE l.cluster = $1",
+        )?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     fn force_unlock(&self) -> Result<Option<String>, StateError> {
-        let cluster = self.cluster.clone();
-        let json = self
-            .pool
-            .with(move |db| {
-                Ok(db
-                    .query_opt(
-                        "WITH gone AS (DELETE FROM state_locks WHERE cluster = $1
-                                       RETURNING holder, pid, backend_start)
-                         SELECT g.holder, (SELECT bool_or(pg_terminate_backend(a.pid))
-                                           FROM pg_stat_activity a
-                                           WHERE a.pid = g.pid
-                                             AND a.backend_start = g.backend_start)
-                         FROM gone g",
-                        &[&cluster],
-                    )?
-                    .map(|r| r.get::<_, String>(0)))
-            })
-            .map_err(store_error)?;
+        let json = self.text(
+            "WITH gone AS (DELETE FROM state_locks WHERE cluster = $1
+                           RETURNING holder, pid, backend_start)
+             SELECT g.holder, (SELECT bool_or(pg_terminate_backend(a.pid))
+                               FROM pg_stat_activity a
+                               WHERE a.pid = g.pid AND a.backend_start = g.backend_start)
+             FROM gone g",
+        )?;
         Ok(json.map(|j| holder_text(&j)))
     }
 }
