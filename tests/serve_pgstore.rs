@@ -68,6 +68,17 @@ async fn post_run(api: &Api, body: Value) -> String {
     a.body["id"].as_str().unwrap().to_string()
 }
 
+/// Confirms the planned run (its plan as `run` shows it).
+async fn confirm(api: &Api, id: &str, run: &Value) {
+    let r = api
+        .post(
+            &format!("/v1/runs/{id}/confirm"),
+            json!({"plan_hash": run["plan_hash"]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_services_share_one_store_and_execute_each_run_once() {
     if !hosts::require_testbed() {
@@ -152,13 +163,7 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
             tokio::spawn(async move { api.events(&id, None).await })
         })
         .collect();
-    let r = api_b
-        .post(
-            &format!("/v1/runs/{id}/confirm"),
-            json!({"plan_hash": run["plan_hash"]}),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{r:?}");
+    confirm(&api_b, &id, &run).await;
     api_a.wait_state(&id, "applied", APPLY_TIMEOUT).await;
     let mut seen = Vec::new();
     for s in streams {
@@ -288,13 +293,7 @@ async fn two_services_share_one_store_and_execute_each_run_once() {
     )
     .await;
     let run = api_b.wait_state(&id, "planned", PLAN_TIMEOUT).await;
-    let r = api_b
-        .post(
-            &format!("/v1/runs/{id}/confirm"),
-            json!({"plan_hash": run["plan_hash"]}),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{r:?}");
+    confirm(&api_b, &id, &run).await;
     let failed = api_a2
         .wait_run(&id, APPLY_TIMEOUT, |r| r["final"] == true)
         .await;
