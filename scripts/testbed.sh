@@ -34,6 +34,12 @@ readonly SUITE=bookworm
 # iproute2, procps: `ip`, `ps`, `pkill` for tests and debugging. ca-certificates: like a
 # real host. No `locales`: C.UTF-8 comes with libc, and /etc/default/locale selects it.
 readonly IMAGE_PACKAGES=openssh-server,sudo,python3,python3-apt,iproute2,procps,ca-certificates
+# The same host with systemd as PID 1, as cloud images boot: units, the boot's
+# generators and `systemctl` are what pgform meets there. Its containers need
+# `--cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns=host
+# -v /sys/fs/cgroup:/sys/fs/cgroup --tmpfs /run --tmpfs /run/lock` (tests/common/hosts.rs).
+readonly SYSTEMD_IMAGE=pgform-host-systemd:bookworm
+readonly SYSTEMD_PACKAGES="$IMAGE_PACKAGES,systemd,systemd-sysv,dbus"
 
 readonly REPO_DIR=/var/cache/pgform/apt-repo
 # What hosts install from the local repository (with all their dependencies).
@@ -64,7 +70,8 @@ repository with PostgreSQL and an HTTP server for it. Every command is idempoten
 Commands:
   install   apt-get install $HOST_PACKAGES (when missing)
   dockerd   start dockerd on $DOCKER_SOCK (unless it answers)
-  image     build the image $IMAGE with debootstrap (unless it exists)
+  image     build the images $IMAGE and $SYSTEMD_IMAGE with debootstrap
+            (unless they exist)
   repo      build the apt repository $REPO_DIR (unless up to date)
   serve     serve $REPO_DIR on 0.0.0.0:$APT_PORT (unless it answers)
   up        all of the above, in that order, with timings
@@ -220,30 +227,38 @@ require_docker() {
     docker_answers || die "dockerd does not answer on $DOCKER_SOCK: run 'bash scripts/testbed.sh dockerd'"
 }
 
-# The init the image runs as PID 1 (baked in as /usr/local/sbin/pgform-host-init).
+# The init the image runs as PID 1 (baked in as /usr/local/sbin/pgform-host-init):
+# `sshd` runs sshd in the foreground; `systemd` hands over to systemd, whose ssh.service
+# starts sshd.
 host_init_script() {
-    cat <<'EOF'
+    local what='sshd in the foreground' then='exec /usr/sbin/sshd -D -e'
+    if [[ "$1" == systemd ]]; then
+        what='systemd as PID 1'
+        then='exec /lib/systemd/systemd'
+    fi
+    cat <<EOF
 #!/bin/sh
-# pgform test host: sshd in the foreground, root's key from $SSH_AUTHORIZED_KEYS.
+# pgform test host: $what, root's key from \$SSH_AUTHORIZED_KEYS.
 # Written by pgform's scripts/testbed.sh.
 set -eu
 mkdir -p /run/sshd
 # Host keys are made on the first start of each container (the image has none), so
 # every host has its own and keeps it across docker stop/start.
 ssh-keygen -A >/dev/null
-if [ -n "${SSH_AUTHORIZED_KEYS:-}" ]; then
+if [ -n "\${SSH_AUTHORIZED_KEYS:-}" ]; then
     mkdir -p /root/.ssh
     chmod 700 /root/.ssh
-    printf '%s\n' "$SSH_AUTHORIZED_KEYS" >/root/.ssh/authorized_keys
+    printf '%s\n' "\$SSH_AUTHORIZED_KEYS" >/root/.ssh/authorized_keys
     chmod 600 /root/.ssh/authorized_keys
 fi
-exec /usr/sbin/sshd -D -e
+$then
 EOF
 }
 
 # What the image is made of: a change to it rebuilds the image.
+# Arguments: packages, init (see host_init_script).
 image_recipe_id() {
-    { echo "$SUITE $IMAGE_PACKAGES"; host_init_script; } | sha256sum | cut -c1-16
+    { echo "$SUITE $1"; host_init_script "$2"; } | sha256sum | cut -c1-16
 }
 
 # Unmounts whatever debootstrap left mounted under ROOTFS (it mounts /proc and /sys in
@@ -261,14 +276,22 @@ remove_rootfs() {
 cmd_image() {
     need_root
     require_docker
+    build_image "$IMAGE" "$IMAGE_PACKAGES" sshd
+    build_image "$SYSTEMD_IMAGE" "$SYSTEMD_PACKAGES" systemd
+}
+
+# Builds image NAME from debootstrap's minbase with PACKAGES (comma-separated) and the
+# INIT of host_init_script, unless NAME exists from the same recipe.
+build_image() {
+    local image="$1" packages="$2" init="$3"
     local recipe have
-    recipe="$(image_recipe_id)"
-    if have="$(dkr image inspect --format '{{index .Config.Labels "pgform.recipe"}}' "$IMAGE" 2>/dev/null)"; then
+    recipe="$(image_recipe_id "$packages" "$init")"
+    if have="$(dkr image inspect --format '{{index .Config.Labels "pgform.recipe"}}' "$image" 2>/dev/null)"; then
         if [[ "$have" == "$recipe" ]]; then
-            log "image: $IMAGE exists"
+            log "image: $image exists"
             return
         fi
-        log "image: $IMAGE was built from another recipe ($have); rebuilding"
+        log "image: $image was built from another recipe ($have); rebuilding"
     fi
     command -v debootstrap >/dev/null || die "debootstrap not found: run 'bash scripts/testbed.sh install'"
     local mirror rootfs
@@ -277,14 +300,14 @@ cmd_image() {
     rootfs="$(mktemp -d /var/lib/pgform/rootfs.XXXXXX)"
     # shellcheck disable=SC2064  # expand $rootfs now: it is local to this function
     trap "remove_rootfs '$rootfs'" EXIT
-    log "image: debootstrap $SUITE from $mirror (about 40 s)"
-    if ! debootstrap --variant=minbase --include="$IMAGE_PACKAGES" "$SUITE" "$rootfs" "$mirror" \
+    log "image: $image: debootstrap $SUITE from $mirror (about a minute)"
+    if ! debootstrap --variant=minbase --include="$packages" "$SUITE" "$rootfs" "$mirror" \
         >"$rootfs.log" 2>&1; then
         tail -n 30 "$rootfs.log" >&2 || true
         die "debootstrap failed (log: $rootfs.log)"
     fi
     rm -f "$rootfs.log"
-    host_init_script >"$rootfs/usr/local/sbin/pgform-host-init"
+    host_init_script "$init" >"$rootfs/usr/local/sbin/pgform-host-init"
     chmod 755 "$rootfs/usr/local/sbin/pgform-host-init"
     # debootstrap's openssh-server made host keys: drop them so that each container makes
     # its own (the init runs ssh-keygen -A).
@@ -296,7 +319,7 @@ cmd_image() {
     # install packages point the host at the local repository instead.
     # Don't keep the downloaded .debs: they only make the image bigger.
     rm -f "$rootfs"/var/cache/apt/archives/*.deb
-    log "image: docker import"
+    log "image: $image: docker import"
     local id
     # Import untagged and tag only when tar and import both succeeded (pipefail), so an
     # interrupted build never leaves a half image under the real name.
@@ -305,10 +328,10 @@ cmd_image() {
         --change 'ENV LANG=C.UTF-8' \
         --change "LABEL pgform.recipe=$recipe" \
         - )" || die "docker import failed"
-    dkr tag "$id" "$IMAGE"
+    dkr tag "$id" "$image"
     remove_rootfs "$rootfs"
     trap - EXIT
-    log "image: built $IMAGE ($(dkr image inspect --format '{{.Size}}' "$IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }'))"
+    log "image: built $image ($(dkr image inspect --format '{{.Size}}' "$image" | awk '{ printf "%d MB", $1 / 1e6 }'))"
 }
 
 # The packages in the repository: the dependency closure of REPO_PACKAGES. All

@@ -1,7 +1,8 @@
 //! The Ansible export of the HA mode (`[ha] mode = "patroni"`), proven by Ansible
 //! itself: exported from an HA spec, run with `ansible-playbook` against three fresh
 //! container hosts (the testbed of `scripts/testbed.sh`), it yields the cluster pgform's
-//! own run makes: etcd and Patroni, one leader and two streaming replicas as Patroni
+//! own run makes: etcd and Patroni as their systemd units (the hosts boot systemd, as
+//! the cloud machines the export is used on do), one leader and two streaming replicas as Patroni
 //! reports them, the databases and users made on the node Patroni names as leader.
 //! A rerun changes nothing, also after a switchover; pgform's own check then finds
 //! nothing to change. No password is in an exported file or Ansible's output.
@@ -269,7 +270,7 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     let key = SshKey::generate();
     let net = Network::create("ansha");
     let hs: Vec<Host> = (0..3u8)
-        .map(|i| Host::start(&net, &format!("ansha{i}"), 21 + i, &key))
+        .map(|i| Host::start_systemd(&net, &format!("ansha{i}"), 21 + i, &key))
         .collect();
     let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
     let spec = spec_for(
@@ -306,7 +307,7 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
                     "--- {}:\n{}",
                     h.name,
                     String::from_utf8_lossy(
-                        &h.ssh("tail -n 30 /var/log/pgform-patroni.log /var/log/pgform-etcd.log")
+                        &h.ssh("journalctl -n 30 --no-pager -u patroni -u etcd")
                             .stdout
                     )
                 );

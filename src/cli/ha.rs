@@ -44,7 +44,12 @@ pub async fn operation(cluster: &Cluster, command: Command) -> Result<()> {
 
 /// `pgform status` under Patroni: leader, timeline, each member's role, state, lag and
 /// pending restart, then the DCS's health.
-pub fn print_status(leader: Option<&str>, members: &[ha::Member], etcd: &[String]) {
+pub fn print_status(
+    leader: Option<&str>,
+    members: &[ha::Member],
+    etcd: &[String],
+    unreachable: &[crate::ops::Unreachable],
+) {
     println!("Leader: {}", leader.unwrap_or("none"));
     println!(
         "{:<11} {:<15} {:<13} {:<10} {:<3} {:<10} PENDING_RESTART",
@@ -65,5 +70,11 @@ pub fn print_status(leader: Option<&str>, members: &[ha::Member], etcd: &[String
     println!("etcd:");
     for line in etcd {
         println!("  {line}");
+    }
+    if !unreachable.is_empty() {
+        println!("Not reachable over SSH (the view above is the other nodes'):");
+        for u in unreachable {
+            println!("  {} ({}): {}", u.name, u.address, u.error);
+        }
     }
 }

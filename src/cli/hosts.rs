@@ -16,7 +16,8 @@ pub async fn status(cluster: &Cluster, json: bool) -> Result<()> {
                 leader,
                 members,
                 etcd,
-            } => super::ha::print_status(leader.as_deref(), members, etcd),
+                unreachable,
+            } => super::ha::print_status(leader.as_deref(), members, etcd, unreachable),
         }
     }
     if let Some(problem) = status.problem() {

@@ -982,7 +982,13 @@ pub async fn etcd_health(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection
         if let Ok(out) = c.run(crate::remote::shell::ha::etcd_health(), None).await
             && !out.stdout.trim().is_empty()
         {
-            return out.stdout.lines().map(str::to_string).collect();
+            // etcdctl's own log lines (JSON, on stderr) repeat what the health lines say.
+            return out
+                .stdout
+                .lines()
+                .filter(|l| !l.starts_with("{\"level\""))
+                .map(str::to_string)
+                .collect();
         }
     }
     vec!["no etcd member answers".into()]

@@ -562,6 +562,19 @@ fn back_to_plain_refusal(found: &[&str]) -> String {
     )
 }
 
+/// Opens one SSH master per node, in parallel: each node's connection, or why not.
+pub async fn connect_each(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    known_hosts: &Path,
+) -> Vec<Result<Connection, RemoteError>> {
+    let opens = nodes.iter().map(|n| {
+        let t = target(spec, n, known_hosts);
+        async move { Connection::open(&t).await }
+    });
+    futures::future::join_all(opens).await
+}
+
 /// Opens one SSH master per node, in parallel. Fails naming every node that could not
 /// be reached (the others' connections are closed).
 pub async fn connect(
@@ -569,12 +582,8 @@ pub async fn connect(
     nodes: &[Node],
     known_hosts: &Path,
 ) -> Result<Vec<Connection>, HostsError> {
-    let opens = nodes.iter().map(|n| {
-        let t = target(spec, n, known_hosts);
-        async move { Connection::open(&t).await }
-    });
     let (mut out, mut failed) = (Vec::new(), Vec::new());
-    for r in futures::future::join_all(opens).await {
+    for r in connect_each(spec, nodes, known_hosts).await {
         match r {
             Ok(c) => out.push(c),
             Err(e) => failed.push(e),

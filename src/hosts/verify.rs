@@ -277,25 +277,32 @@ pub struct NodeStatus {
     pub replication_tls: Option<bool>,
 }
 
+impl NodeStatus {
+    /// A node known only by its place in the cluster: `down`, with `error` saying why.
+    pub fn down(spec: &ClusterSpec, node: &Node, error: Option<String>) -> NodeStatus {
+        NodeStatus {
+            name: node.name.clone(),
+            address: node.private_address.clone(),
+            role: "down".into(),
+            lsn: None,
+            state: None,
+            sync_state: None,
+            lag_bytes: None,
+            error,
+            tls: None,
+            cert_expires: cert_expiry(spec, &node.name),
+            replication_tls: None,
+        }
+    }
+}
+
 /// Each node's role, LSN, and (for replicas) state and lag.
 pub async fn status(spec: &ClusterSpec, nodes: &[Node], conns: &[Connection]) -> Vec<NodeStatus> {
     let v = spec.postgres.version;
     let mut out = Vec::new();
     let mut from_primary: Vec<Vec<String>> = Vec::new();
     for (n, c) in nodes.iter().zip(conns) {
-        let mut s = NodeStatus {
-            name: n.name.clone(),
-            address: n.private_address.clone(),
-            role: "down".into(),
-            lsn: None,
-            state: None,
-            sync_state: None,
-            lag_bytes: None,
-            error: None,
-            tls: None,
-            cert_expires: cert_expiry(spec, &n.name),
-            replication_tls: None,
-        };
+        let mut s = NodeStatus::down(spec, n, None);
         match sql(
             c,
             v,

@@ -27,6 +27,27 @@ pub async fn open(
     Ok((nodes, conns))
 }
 
+/// The nodes that answer over SSH with their connections, and those that do not with
+/// the reason (for views that show what they can: `status`).
+pub async fn reachable(
+    spec: &ClusterSpec,
+    nodes: Vec<Node>,
+    known_hosts: &Path,
+) -> (Vec<Node>, Vec<Connection>, Vec<(Node, String)>) {
+    let opened = hosts::connect_each(spec, &nodes, known_hosts).await;
+    let (mut up, mut conns, mut down) = (Vec::new(), Vec::new(), Vec::new());
+    for (n, c) in nodes.into_iter().zip(opened) {
+        match c {
+            Ok(c) => {
+                up.push(n);
+                conns.push(c);
+            }
+            Err(e) => down.push((n, e.to_string())),
+        }
+    }
+    (up, conns, down)
+}
+
 /// HA: before the infrastructure deletes or replaces the machine of the member that
 /// leads, the leader hands over to a member that stays (`members::hand_over_before`).
 /// Machines that do not answer are left out: without the leader's, there is nothing to
@@ -65,17 +86,7 @@ pub(super) async fn hand_over_before(
         return Ok(());
     };
     let known = hosts::default_known_hosts(&cluster.state_path, &spec.name);
-    let opens = all.iter().map(|n| {
-        let target = hosts::target(&recorded, n, &known);
-        async move { Connection::open(&target).await.ok() }
-    });
-    let (mut nodes, mut conns) = (Vec::new(), Vec::new());
-    for (n, c) in all.iter().zip(futures::future::join_all(opens).await) {
-        if let Some(c) = c {
-            nodes.push(n.clone());
-            conns.push(c);
-        }
-    }
+    let (nodes, conns, _) = reachable(&recorded, all, &known).await;
     let handed = hosts::ha::members::hand_over_before(&recorded, &nodes, &conns, &leaving).await;
     for c in conns {
         c.close().await;

@@ -461,12 +461,22 @@ pub enum Status {
     /// Plain streaming replication: each node's role, WAL position, replication state,
     /// lag and TLS.
     Plain(Vec<crate::hosts::NodeStatus>),
-    /// Patroni's view: the leader, each member, and the DCS's health.
+    /// Patroni's view: the leader, each member, and the DCS's health, from the nodes
+    /// that answer; the nodes that do not, with why.
     Patroni {
         leader: Option<String>,
         members: Vec<crate::hosts::ha::Member>,
         etcd: Vec<String>,
+        unreachable: Vec<Unreachable>,
     },
+}
+
+/// A node that `status` could not reach over SSH.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unreachable {
+    pub name: String,
+    pub address: String,
+    pub error: String,
 }
 
 impl Status {
@@ -477,16 +487,23 @@ impl Status {
                 Some("some nodes do not answer")
             }
             Status::Patroni { leader: None, .. } => Some("the cluster has no running leader"),
+            Status::Patroni { unreachable, .. } if !unreachable.is_empty() => {
+                Some("some nodes do not answer")
+            }
             _ => None,
         }
     }
 }
 
-/// Asks every node how it is (over SSH); under Patroni, Patroni's view.
+/// Asks every node how it is (over SSH); under Patroni, Patroni's view. A node that
+/// does not answer is shown as such: status is most wanted when something is down.
 pub async fn status(cluster: &Cluster) -> Result<Status, OpsError> {
     let spec = &cluster.spec;
     let state = cluster.read_state()?;
-    let (nodes, conns) = open(spec, &state, &cluster.state_path).await?;
+    let all = crate::hosts::inventory(spec, &state)?;
+    let order: Vec<String> = all.iter().map(|n| n.name.clone()).collect();
+    let known = crate::hosts::default_known_hosts(&cluster.state_path, &spec.name);
+    let (nodes, conns, down) = hosts::reachable(spec, all, &known).await;
     let status = if spec.ha.patroni() {
         let view = crate::hosts::ha::cluster(&nodes, &conns).await;
         let etcd = crate::hosts::ha::etcd_health(spec, &nodes, &conns).await;
@@ -494,16 +511,32 @@ pub async fn status(cluster: &Cluster) -> Result<Status, OpsError> {
             leader: view.leader().map(str::to_string),
             members: view.members,
             etcd,
+            unreachable: down
+                .iter()
+                .map(|(n, error)| Unreachable {
+                    name: n.name.clone(),
+                    address: n.connect_address.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
         })
     } else {
-        Some(Status::Plain(
-            crate::hosts::status(spec, &nodes, &conns).await,
-        ))
+        let mut rows = crate::hosts::status(spec, &nodes, &conns).await;
+        rows.extend(
+            down.iter()
+                .map(|(n, e)| crate::hosts::NodeStatus::down(spec, n, Some(e.clone()))),
+        );
+        rows.sort_by_key(|r| order.iter().position(|n| *n == r.name));
+        Some(Status::Plain(rows))
     };
     for c in conns {
         c.close().await;
     }
     status.ok_or_else(|| {
-        OpsError::HostsFailed("Patroni's REST API does not answer on any node".into())
+        let mut why = "Patroni's REST API does not answer on any node".to_string();
+        for (n, e) in &down {
+            why.push_str(&format!("\n  {} ({}): {e}", n.name, n.connect_address));
+        }
+        OpsError::HostsFailed(why)
     })
 }

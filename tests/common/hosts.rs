@@ -44,6 +44,30 @@ use tempfile::TempDir;
 
 /// The host image `scripts/testbed.sh image` builds.
 pub const IMAGE: &str = "pgform-host:bookworm";
+/// The same host booting systemd as PID 1 (`Host::start_systemd`), also built by
+/// `scripts/testbed.sh image`.
+pub const SYSTEMD_IMAGE: &str = "pgform-host-systemd:bookworm";
+/// What systemd needs in a container: its cgroup hierarchy writable (the host's
+/// namespace: Docker 20.10 on cgroup v1), a fresh /run, `mount` for its own mounts, and
+/// the container named as one (systemd then skips what only a machine does). Stopped
+/// with SIGRTMIN+3, systemd's "halt"; SIGTERM would only make it reexecute itself.
+const SYSTEMD_RUN_ARGS: &[&str] = &[
+    "--cap-add",
+    "SYS_ADMIN",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--cgroupns=host",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "--stop-signal",
+    "SIGRTMIN+3",
+    "-e",
+    "container=docker",
+];
 /// Where `scripts/testbed.sh dockerd` puts its daemon; `DOCKER_HOST` overrides.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///run/pgform/docker.sock";
 /// The local apt repository's port; `PGFORM_APT_PORT` overrides.
@@ -370,7 +394,18 @@ impl Host {
     /// the other hosts on `net` resolve), and waits (up to 30 s) until `ssh root@IP` works
     /// with `key`.
     pub fn start(net: &Network, name: &str, host_number: u8, key: &SshKey) -> Host {
-        Host::start_with(net, name, host_number, key, None, &[])
+        Host::start_with(net, name, host_number, key, None, (IMAGE, &[]))
+    }
+
+    /// Like [`Host::start`], on a host that boots systemd (as cloud images do): sshd,
+    /// and whatever is enabled, are systemd's units, and they come back when the
+    /// container starts again. Panics with the setup hint when the image is missing.
+    pub fn start_systemd(net: &Network, name: &str, host_number: u8, key: &SshKey) -> Host {
+        if docker_try(&["image", "inspect", "--format", "{{.Id}}", SYSTEMD_IMAGE]).is_err() {
+            panic!("the image {SYSTEMD_IMAGE} does not exist; {SETUP_HINT}");
+        }
+        let image = (SYSTEMD_IMAGE, SYSTEMD_RUN_ARGS);
+        Host::start_with(net, name, host_number, key, None, image)
     }
 
     /// `count` hosts `pg0`, `pg1`, ... (host numbers from 11), started in parallel.
@@ -396,7 +431,7 @@ impl Host {
         device: &str,
     ) -> Host {
         let extra = ["--device", device, "--cap-add", "SYS_ADMIN"];
-        Host::start_with(net, name, host_number, key, None, &extra)
+        Host::start_with(net, name, host_number, key, None, (IMAGE, &extra))
     }
 
     /// Like [`Host::start`], but sshd accepts root only from `bastion`'s address
@@ -409,7 +444,7 @@ impl Host {
         key: &SshKey,
         bastion: &Host,
     ) -> Host {
-        Host::start_with(net, name, host_number, key, Some(bastion), &[])
+        Host::start_with(net, name, host_number, key, Some(bastion), (IMAGE, &[]))
     }
 
     fn start_with(
@@ -418,7 +453,7 @@ impl Host {
         host_number: u8,
         key: &SshKey,
         bastion: Option<&Host>,
-        extra_run_args: &[&str],
+        (image, extra_run_args): (&str, &[&str]),
     ) -> Host {
         let ip = net.ip(host_number);
         let container = unique(name);
@@ -447,7 +482,7 @@ impl Host {
             &keys,
         ];
         args.extend(extra_run_args);
-        args.push(IMAGE);
+        args.push(image);
         // The image's own start, after one more sshd rule (rerun on `docker start`).
         let behind = bastion.map(|b| {
             format!(
@@ -555,8 +590,15 @@ impl Host {
         docker(&["stop", "-t", "5", &self.container]);
     }
 
+    /// Kills every process on the host at once, init included: a power cut even for a
+    /// host that boots systemd (whose `stop` is a clean shutdown).
+    pub fn kill(&self) {
+        docker(&["kill", &self.container]);
+    }
+
     /// Starts a stopped container again and waits until sshd answers. Nothing else
-    /// starts: there is no init system. (Not `start`: that name is the constructor's.)
+    /// starts on the plain image (no init system); on [`Host::start_systemd`]'s, systemd
+    /// starts what is enabled. (Not `start`: that name is the constructor's.)
     pub fn start_again(&self) {
         docker(&["start", &self.container]);
         self.wait_ssh();

@@ -4,15 +4,26 @@
 
 use super::{Sh, quote};
 
-/// Where pgform keeps its daemons' pid files and start stamps on a host without systemd.
+/// Where pgform keeps its daemons' pid files on a host without systemd: a pid means
+/// nothing after a reboot, and /run starts empty.
 const RUN_DIR: &str = "/run/pgform";
+/// Where pgform keeps its daemons' stamps (touched at each start or reload with the
+/// current settings). Not under /run: with systemd the daemons come back at boot with
+/// the same settings, and a stamp lost with /run would read as settings never applied,
+/// restarting every etcd member at once after a reboot.
+const STAMP_DIR: &str = "/var/lib/pgform";
 
 fn pid_file(name: &str) -> String {
     quote(&format!("{RUN_DIR}/{name}.pid"))
 }
 
 fn stamp(name: &str) -> String {
-    quote(&format!("{RUN_DIR}/{name}.stamp"))
+    quote(&format!("{STAMP_DIR}/{name}.stamp"))
+}
+
+/// Makes the stamp's folder and touches daemon `name`'s stamp.
+fn touch_stamp(name: &str) -> String {
+    format!("install -d -m 755 {STAMP_DIR} && touch {}", stamp(name))
 }
 
 /// Sets `r=1` when daemon `name` runs: systemd's unit, or else the pid in pgform's pid
@@ -28,14 +39,17 @@ fn running_test(name: &str) -> String {
 }
 
 /// Prints `stopped`, `stale` (runs, but `config` changed since pgform started or
-/// reloaded it) or `running`.
+/// reloaded it) or `running`. A stamp that earlier releases kept under /run still
+/// counts, so that upgrading pgform restarts nothing.
 pub fn daemon_state(name: &str, config: &str) -> Sh {
     Sh(format!(
-        "{}; if test -z \"$r\"; then echo stopped; elif test {} -nt {}; then echo stale; \
+        "{}; s={}; test -e \"$s\" || s={}; \
+         if test -z \"$r\"; then echo stopped; elif test {} -nt \"$s\"; then echo stale; \
          else echo running; fi",
         running_test(name),
+        stamp(name),
+        quote(&format!("{RUN_DIR}/{name}.stamp")),
         quote(config),
-        stamp(name)
     ))
 }
 
@@ -52,7 +66,7 @@ pub fn daemon_start(name: &str, user: &str, argv: &[String], env_file: &str, log
         "p=$(cat {pid}); test -n \"$p\" && test \"$(cat /proc/$p/comm 2>/dev/null)\" = {n}"
     );
     Sh(format!(
-        "install -d -m 755 {RUN_DIR} && touch {stamp} && \
+        "install -d -m 755 {RUN_DIR} && {stamp} && \
          if test -d /run/systemd/system; then systemctl enable -q {n} 2>/dev/null; systemctl start {n}; \
          else install -m 644 -o {u} /dev/null {pid} && \
          (cd / && set -a && if test -f {env}; then . {env}; fi; set +a; \
@@ -61,7 +75,7 @@ pub fn daemon_start(name: &str, user: &str, argv: &[String], env_file: &str, log
          i=0; until {check}; do i=$((i+1)); if test $i -gt 50; then break; fi; sleep 0.1; done; \
          sleep 1; if {check}; then exit 0; fi; \
          echo {n} did not stay up, see {log}: >&2; tail -n 15 {log} >&2; exit 1; fi",
-        stamp = stamp(name),
+        stamp = touch_stamp(name),
         u = quote(user),
         env = quote(env_file),
         argv = Sh::argv(argv).0,
@@ -85,9 +99,9 @@ pub fn daemon_stop(name: &str) -> Sh {
 pub fn daemon_reload(name: &str) -> Sh {
     let n = quote(name);
     Sh(format!(
-        "touch {} && if test -d /run/systemd/system; then systemctl reload {n}; \
+        "{} && if test -d /run/systemd/system; then systemctl reload {n}; \
          else {}; test -n \"$r\" && kill -HUP \"$pid\"; fi",
-        stamp(name),
+        touch_stamp(name),
         running_test(name)
     ))
 }
@@ -252,7 +266,7 @@ mod tests {
         assert!(s.text().contains("/run/pgform/etcd.pid"), "{}", s.text());
         let st = daemon_state("patroni", "/etc/patroni/config.yml");
         assert!(
-            st.text().contains("-nt /run/pgform/patroni.stamp"),
+            st.text().contains("s=/var/lib/pgform/patroni.stamp;"),
             "{}",
             st.text()
         );
