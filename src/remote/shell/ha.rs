@@ -40,11 +40,14 @@ fn running_test(name: &str) -> String {
 
 /// Prints `stopped`, `stale` (runs, but `config` changed since pgform started or
 /// reloaded it) or `running`. A stamp that earlier releases kept under /run still
-/// counts, so that upgrading pgform restarts nothing.
+/// counts, so that upgrading pgform restarts nothing. No stamp at all is `stale`: the
+/// daemon runs with settings pgform never applied (a package's unit started it at
+/// install). Said outright: `-nt` against a missing file is true in bash, false in dash.
 pub fn daemon_state(name: &str, config: &str) -> Sh {
     Sh(format!(
         "{}; s={}; test -e \"$s\" || s={}; \
-         if test -z \"$r\"; then echo stopped; elif test {} -nt \"$s\"; then echo stale; \
+         if test -z \"$r\"; then echo stopped; \
+         elif ! test -e \"$s\" || test {} -nt \"$s\"; then echo stale; \
          else echo running; fi",
         running_test(name),
         stamp(name),
