@@ -377,3 +377,102 @@ async fn run_check(
 ) -> (Recap, Vec<TaskEvent>) {
     run(spec, nodes, conns, true).await
 }
+
+/// The HA mode on data disks, through the binary: each of three hosts has its own empty
+/// disk (`data_device`); Patroni's data directory lands on it, on every member. A host
+/// that restarts comes back without its mount (a container, like a machine without the
+/// mount in fstab, mounts nothing by itself) and without Patroni (no init): the next
+/// apply mounts the disk first, then starts etcd and Patroni over the kept data, and a
+/// rerun changes nothing.
+#[test]
+fn patroni_keeps_its_data_on_each_hosts_data_disk() {
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("volha");
+    // Dropped after the hosts (declared before them): the containers let go first.
+    let disks: Vec<LoopDevice> = (0..3).map(|_| LoopDevice::new(512)).collect();
+    let hosts: Vec<Host> = disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let n = i as u8;
+            Host::start_with_disk(&net, &format!("volha{n}"), 11 + n, &key, &d.path)
+        })
+        .collect();
+    let work = common::cli::Work::new("pgform-volha", vec![]);
+    for (file, pw) in [
+        ("rest.pw", "rest pw 1"),
+        ("su.pw", "superuser pw 1"),
+        ("rw.pw", "rw pw 12"),
+    ] {
+        work.write(file, &format!("{pw}\n"));
+    }
+    let mut text = format!(
+        "name = \"volha\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
+         [ha]\nmode = \"patroni\"\nrest_password_file = \"rest.pw\"\n\
+         superuser_password_file = \"su.pw\"\nrewind_password_file = \"rw.pw\"\n",
+        key.private,
+        net.apt_mirror(),
+    );
+    for (i, (h, d)) in hosts.iter().zip(&disks).enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[hosts]]\naddress = \"{}\"\nrole = \"{role}\"\ndata_device = {:?}\n",
+            h.ip(),
+            d.path
+        ));
+    }
+    work.write("c.toml", &text);
+    work.pgform(&["-f", "c.toml", "apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("every replica streams");
+    let on_disk = |h: &Host, d: &LoopDevice| {
+        let source = h.ssh_ok(&format!("findmnt -n -o SOURCE -T {MOUNT}/main"));
+        assert_eq!(
+            source.trim(),
+            d.path,
+            "{}: the data directory's disk",
+            h.name
+        );
+        assert_eq!(
+            h.ssh_ok(&format!("stat -c %U {MOUNT}/main/PG_VERSION"))
+                .trim(),
+            "postgres"
+        );
+    };
+    for (h, d) in hosts.iter().zip(&disks) {
+        on_disk(h, d);
+    }
+    // Patroni picks the leader: the node named primary need not be it.
+    let status = work.pgform(&["-f", "c.toml", "status", "--json"]);
+    status.expect(0);
+    let view: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let host_of = |node: &str| match node {
+        "primary" => 0,
+        r => r["replica-".len()..].parse::<usize>().expect("a replica") + 1,
+    };
+    let leader = host_of(view["leader"].as_str().expect("a leader"));
+    psql(
+        &hosts[leader],
+        "CREATE TABLE kept (v int); INSERT INTO kept SELECT generate_series(1, 500);",
+    );
+
+    // A replica's host restarts: no mount, no Patroni until pgform's next apply.
+    let (replica, disk) = (&hosts[(leader + 1) % 3], &disks[(leader + 1) % 3]);
+    replica.ssh_ok(&format!("touch {MOUNT}/written-before-the-restart"));
+    replica.stop();
+    replica.start_again();
+    replica.ssh_ok(&format!("! mountpoint -q {MOUNT}"));
+    work.pgform(&["-f", "c.toml", "apply", "--auto-approve"])
+        .expect(0)
+        .stdout_has("every replica streams");
+    on_disk(replica, disk);
+    replica.ssh_ok(&format!("test -e {MOUNT}/written-before-the-restart"));
+    assert_eq!(psql(replica, "SELECT count(*) FROM kept;"), "500");
+    work.pgform(&["-f", "c.toml", "apply", "--auto-approve"])
+        .expect(0)
+        .recap_all_zero("changed");
+}
