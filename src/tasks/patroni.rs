@@ -36,6 +36,18 @@ pub async fn rest(
     Ok((code.trim().parse().unwrap_or(0), rest.to_string()))
 }
 
+/// Whether a Patroni answers `GET url` (no authentication) within `seconds`, asked from
+/// the host of `conn`.
+pub async fn answers(conn: &Connection, url: &str, seconds: u32) -> bool {
+    match conn
+        .run(sh::rest_within("GET", url, seconds), Some(b"\n"))
+        .await
+    {
+        Ok(out) => out.success() && out.stdout.starts_with("200"),
+        Err(_) => false,
+    }
+}
+
 /// The dynamic configuration as the spec wants it, on the leader.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

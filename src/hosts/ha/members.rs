@@ -23,6 +23,9 @@ use crate::spec::ClusterSpec;
 use crate::tasks::{RunOptions, TaskEvent, TaskStatus};
 
 const PLAY: &str = "membership";
+/// How long a leaving member's Patroni gets to answer the probe: it answers in
+/// milliseconds when it runs; a machine that is gone would take the full timeout.
+const PROBE_SECONDS: u32 = 5;
 
 /// Patroni's replication slot name for a member (its `slot_name_from_member_name`:
 /// lower case, anything but `[a-z0-9_]` as `_`).
@@ -302,19 +305,21 @@ async fn leave(
         address: m.host.clone(),
         ..conns[0].target().clone()
     };
-    let host = match Connection::open(&target).await {
+    // Asked together: a machine that is gone makes both wait for their timeouts.
+    let probe = Node {
+        name: m.name.clone(),
+        private_address: m.host.clone(),
+        ..nodes[0].clone()
+    };
+    let url = format!("{}/patroni", super::rest_url(&probe));
+    let (opened, patroni_runs) = tokio::join!(
+        Connection::open(&target),
+        crate::tasks::patroni::answers(&conns[0], &url, PROBE_SECONDS)
+    );
+    let host = match opened {
         Ok(c) => Some(c),
         Err(e) => {
-            let probe = Node {
-                name: m.name.clone(),
-                private_address: m.host.clone(),
-                ..nodes[0].clone()
-            };
-            let url = format!("{}/patroni", super::rest_url(&probe));
-            if matches!(
-                crate::tasks::patroni::rest(&conns[0], "GET", &url, None, "").await,
-                Ok((200, _))
-            ) {
+            if patroni_runs {
                 return Err(op_error(format!(
                     "{} ({}) leaves the cluster, but pgform cannot reach it over SSH ({e}) and \
                      its Patroni still runs\n    fix: stop Patroni there (`systemctl disable \

@@ -112,17 +112,22 @@ pub fn daemon_reload(name: &str) -> Sh {
 /// A request to Patroni's REST API from the host itself (python3 is on every Debian
 /// host; Patroni needs it). Standard input: the first line `user:password` (or an empty
 /// line: no authentication), then the body. Prints the status code on the first line,
-/// then the response; `000` and the reason when the API does not answer.
+/// then the response; `000` and the reason when the API does not answer within 30 s.
 pub fn rest(method: &str, url: &str) -> Sh {
+    rest_within(method, url, 30)
+}
+
+/// [`rest`] that gives up after `seconds` (a probe of a member that may be gone).
+pub fn rest_within(method: &str, url: &str, seconds: u32) -> Sh {
     const SCRIPT: &str = r#"import sys, base64, urllib.request, urllib.error
-m, u = sys.argv[1], sys.argv[2]
+m, u, w = sys.argv[1], sys.argv[2], int(sys.argv[3])
 auth, _, body = sys.stdin.buffer.read().partition(b"\n")
 r = urllib.request.Request(u, data=body if m != "GET" else None, method=m)
 r.add_header("Content-Type", "application/json")
 if auth:
     r.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
 try:
-    with urllib.request.urlopen(r, timeout=30) as s:
+    with urllib.request.urlopen(r, timeout=w) as s:
         c, t = s.status, s.read()
 except urllib.error.HTTPError as e:
     c, t = e.code, e.read()
@@ -130,7 +135,7 @@ except Exception as e:
     c, t = 0, str(e).encode()
 sys.stdout.write("%03d\n" % c + t.decode("utf-8", "replace"))
 "#;
-    Sh::argv(["python3", "-c", SCRIPT, method, url])
+    Sh::argv(["python3", "-c", SCRIPT, method, url, &seconds.to_string()])
 }
 
 /// etcd's health as the local member sees the cluster: one line per member endpoint.
@@ -296,7 +301,7 @@ mod tests {
         let s = rest("PATCH", "http://10.0.0.1:8008/config");
         assert!(s.text().starts_with("python3 -c "));
         assert!(
-            s.text().ends_with(" PATCH http://10.0.0.1:8008/config"),
+            s.text().ends_with(" PATCH http://10.0.0.1:8008/config 30"),
             "{}",
             s.text()
         );
