@@ -530,3 +530,47 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     assert!(!output.contains("PLAY [Data volume]"), "{output}");
     hs[1].ssh_ok("rm -r /etc/postgresql/15/main");
 }
+
+/// `ansible-playbook --check` of the HA export on bare hosts: it reports what it would
+/// do without waiting for a leader that nothing started (it asks Patroni once), finds
+/// no leader, runs the leader's plays on no host, and changes nothing.
+#[test]
+fn checking_the_ha_export_on_bare_hosts_changes_nothing_and_waits_for_no_leader() {
+    let Some(bin) = tools::require("ansible-playbook", "pip install ansible") else {
+        return;
+    };
+    if !hosts::require_testbed() {
+        return;
+    }
+    let key = SshKey::generate();
+    let net = Network::create("anshc");
+    let hs = Host::start_many(&net, 3, &key);
+    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
+    let spec = spec_for(
+        key.dir(),
+        &addrs,
+        Some(&key.private),
+        Some(&net.apt_mirror()),
+    );
+    let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
+    cluster::prepare_tls(&spec, &nodes).expect("certificates");
+    let dir = tempfile::tempdir().unwrap();
+    export_to(&spec, dir.path());
+    let key_arg = key.private.to_string_lossy().into_owned();
+    let (ok, all) = tools::run_playbook(
+        &bin,
+        dir.path(),
+        &["--private-key", &key_arg, "--check"],
+        &[(ansible::PASSWORD_ENV, PASSWORD)],
+    );
+    assert!(ok, "the check failed:\n{all}");
+    // Asked once: no retry loop waiting for a leader nothing started.
+    assert!(!all.contains("RETRYING"), "{all}");
+    assert!(
+        all.contains("TASK [Patroni names a running leader]"),
+        "{all}"
+    );
+    for h in &hs {
+        h.ssh_ok("! dpkg -s patroni >/dev/null 2>&1 && test ! -e /etc/patroni/config.yml");
+    }
+}

@@ -761,7 +761,9 @@ fn site(spec: &ClusterSpec, book: &Playbook, inventory_file: &str) -> Result<Str
 /// HA: waits until Patroni names a running leader (a first bootstrap elects one), then
 /// asks each node's REST API whether it leads (`/leader`: 200 on the leader only) and
 /// puts that node in [`LEADER_GROUP`], as pgform's run does before the primary's plays:
-/// the spec's first node need not be the leader.
+/// the spec's first node need not be the leader. In check mode (`--check`) nothing was
+/// started, so it asks once and does not fail: on hosts without Patroni yet, no node
+/// leads and the leader's plays have no host, as pgform's own check reports them.
 fn leader_play() -> Y {
     let cluster = "pgform_patroni_cluster";
     let leads = "pgform_patroni_leader";
@@ -791,10 +793,11 @@ fn leader_play() -> Y {
                  | selectattr('state', 'equalto', 'running') | list | length > 0)"
             )),
         );
-        m.insert(s("retries"), Y::Number(240.into()));
+        m.insert(s("retries"), s("{{ 0 if ansible_check_mode else 240 }}"));
         m.insert(s("delay"), Y::Number(1.into()));
+        m.insert(s("failed_when"), s(&check_mode_lenient(cluster)));
     }
-    let ask = read(
+    let mut ask = read(
         task(
             "Ask Patroni whether this node leads",
             "ansible.builtin.uri",
@@ -808,13 +811,16 @@ fn leader_play() -> Y {
         ),
         leads,
     );
+    if let Y::Mapping(m) = &mut ask {
+        m.insert(s("failed_when"), s(&check_mode_lenient(leads)));
+    }
     let mut group = task(
         "Group the leader",
         "ansible.builtin.group_by",
         map([(
             "key",
             s(&format!(
-                "{{{{ '{LEADER_GROUP}' if {leads}.status == 200 else 'pgform_not_leader' }}}}"
+                "{{{{ '{LEADER_GROUP}' if {leads}.status | default(0) == 200 else 'pgform_not_leader' }}}}"
             )),
         )]),
     );
@@ -844,6 +850,13 @@ fn leader_play() -> Y {
     );
     if let Y::Mapping(m) = &mut one {
         m.insert(s("run_once"), Y::Bool(true));
+        // A check on hosts where Patroni does not run yet finds no leader: not an error.
+        m.insert(
+            s("when"),
+            s(&format!(
+                "not ansible_check_mode or groups['{LEADER_GROUP}'] | default([]) | length > 0"
+            )),
+        );
     }
     map([
         ("name", s("Patroni's leader")),
@@ -852,6 +865,12 @@ fn leader_play() -> Y {
         ("gather_facts", Y::Bool(false)),
         ("tasks", Y::Sequence(vec![wait, ask, group, one])),
     ])
+}
+
+/// `failed_when` for a read that may find nothing in check mode: Ansible's own verdict
+/// (`failed`) outside it.
+fn check_mode_lenient(register: &str) -> String {
+    format!("{register}.failed | default(false) and not ansible_check_mode")
 }
 
 /// HA: the restarts a changed parameter needs, one member of `group` at a time, as
@@ -883,7 +902,8 @@ fn restart_play(group: &str, wait_seconds: u64) -> Y {
         get_member("Ask Patroni about this member")
             .set("register", s(member))
             .set("changed_when", Y::Bool(false))
-            .set("check_mode", Y::Bool(false)),
+            .set("check_mode", Y::Bool(false))
+            .set("failed_when", s(&check_mode_lenient(member))),
         T::new("The member runs the dynamic configuration")
             .module(
                 "community.postgresql.postgresql_query",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Cluster, Event, OpsError, Options, events};
 use crate::graph::Kind;
 use crate::hosts::{self, Node, Verified};
-use crate::remote::Connection;
+use crate::remote::{Connection, RemoteError};
 use crate::spec::ClusterSpec;
 use crate::state::State;
 use crate::tasks::{Recap, RunOptions, TaskEvent, TaskStatus};
@@ -33,7 +33,7 @@ pub async fn reachable(
     spec: &ClusterSpec,
     nodes: Vec<Node>,
     known_hosts: &Path,
-) -> (Vec<Node>, Vec<Connection>, Vec<(Node, String)>) {
+) -> (Vec<Node>, Vec<Connection>, Vec<(Node, RemoteError)>) {
     let opened = hosts::connect_each(spec, &nodes, known_hosts).await;
     let (mut up, mut conns, mut down) = (Vec::new(), Vec::new(), Vec::new());
     for (n, c) in nodes.into_iter().zip(opened) {
@@ -42,7 +42,7 @@ pub async fn reachable(
                 up.push(n);
                 conns.push(c);
             }
-            Err(e) => down.push((n, e.to_string())),
+            Err(e) => down.push((n, e)),
         }
     }
     (up, conns, down)

@@ -504,6 +504,11 @@ pub async fn status(cluster: &Cluster) -> Result<Status, OpsError> {
     let order: Vec<String> = all.iter().map(|n| n.name.clone()).collect();
     let known = crate::hosts::default_known_hosts(&cluster.state_path, &spec.name);
     let (nodes, conns, down) = hosts::reachable(spec, all, &known).await;
+    // Nothing to show: the reasons are the answer.
+    if nodes.is_empty() {
+        let errors = down.into_iter().map(|(_, e)| e).collect();
+        return Err(HostsError::Unreachable(errors).into());
+    }
     let status = if spec.ha.patroni() {
         let view = crate::hosts::ha::cluster(&nodes, &conns).await;
         let etcd = crate::hosts::ha::etcd_health(spec, &nodes, &conns).await;
@@ -516,7 +521,7 @@ pub async fn status(cluster: &Cluster) -> Result<Status, OpsError> {
                 .map(|(n, error)| Unreachable {
                     name: n.name.clone(),
                     address: n.connect_address.clone(),
-                    error: error.clone(),
+                    error: error.to_string(),
                 })
                 .collect(),
         })
@@ -524,7 +529,7 @@ pub async fn status(cluster: &Cluster) -> Result<Status, OpsError> {
         let mut rows = crate::hosts::status(spec, &nodes, &conns).await;
         rows.extend(
             down.iter()
-                .map(|(n, e)| crate::hosts::NodeStatus::down(spec, n, Some(e.clone()))),
+                .map(|(n, e)| crate::hosts::NodeStatus::down(spec, n, Some(e.to_string()))),
         );
         rows.sort_by_key(|r| order.iter().position(|n| *n == r.name));
         Some(Status::Plain(rows))
