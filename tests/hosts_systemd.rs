@@ -24,29 +24,15 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn spec(work: &Work, net: &Network, hosts: &[Host], key: &SshKey, mode: &str) -> String {
-    for (file, pw) in [
-        ("rest.pw", "rest pw 1"),
-        ("su.pw", "superuser pw 1"),
-        ("rewind.pw", "rewind pw 12"),
-    ] {
-        work.write(file, &format!("{pw}\n"));
-    }
-    let mut text = format!(
+    // The [ha] table is read in the plain mode too: only its mode matters there.
+    let ha = common::cli::ha_table(work).replace("\"patroni\"", &format!("{mode:?}"));
+    format!(
         "name = \"sysd\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
-         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
-         [ha]\nmode = \"{mode}\"\nrest_password_file = \"rest.pw\"\n\
-         superuser_password_file = \"su.pw\"\nrewind_password_file = \"rewind.pw\"\n",
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n{ha}{}",
         key.private,
         net.apt_mirror(),
-    );
-    for (i, h) in hosts.iter().enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        text.push_str(&format!(
-            "[[hosts]]\naddress = \"{}\"\nrole = \"{role}\"\n",
-            h.ip()
-        ));
-    }
-    text
+        common::cli::hosts_list(hosts.iter().map(Host::ip), |_| String::new()),
+    )
 }
 
 /// One row from `sql` run by psql as postgres on `host`.

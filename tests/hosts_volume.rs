@@ -402,29 +402,16 @@ fn patroni_keeps_its_data_on_each_hosts_data_disk() {
         })
         .collect();
     let work = common::cli::Work::new("pgform-volha", vec![]);
-    for (file, pw) in [
-        ("rest.pw", "rest pw 1"),
-        ("su.pw", "superuser pw 1"),
-        ("rw.pw", "rw pw 12"),
-    ] {
-        work.write(file, &format!("{pw}\n"));
-    }
-    let mut text = format!(
+    let text = format!(
         "name = \"volha\"\nprovider = \"hosts\"\n[ssh]\nprivate_key_file = {:?}\n\
-         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n\
-         [ha]\nmode = \"patroni\"\nrest_password_file = \"rest.pw\"\n\
-         superuser_password_file = \"su.pw\"\nrewind_password_file = \"rw.pw\"\n",
+         [packages]\napt_mirror = \"deb [trusted=yes] {} ./\"\n{}{}",
         key.private,
         net.apt_mirror(),
+        common::cli::ha_table(&work),
+        common::cli::hosts_list(hosts.iter().map(Host::ip), |i| {
+            format!("data_device = {:?}\n", disks[i].path)
+        }),
     );
-    for (i, (h, d)) in hosts.iter().zip(&disks).enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        text.push_str(&format!(
-            "[[hosts]]\naddress = \"{}\"\nrole = \"{role}\"\ndata_device = {:?}\n",
-            h.ip(),
-            d.path
-        ));
-    }
     work.write("c.toml", &text);
     work.pgform(&["-f", "c.toml", "apply", "--auto-approve"])
         .expect(0)

@@ -324,3 +324,34 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The `[ha]` table of a Patroni spec, with its three passwords in files of `work`.
+pub fn ha_table(work: &Work) -> String {
+    for (file, pw) in [
+        ("rest.pw", "rest pw 1"),
+        ("su.pw", "superuser pw 1"),
+        ("rewind.pw", "rewind pw 12"),
+    ] {
+        work.write(file, &format!("{pw}\n"));
+    }
+    "[ha]\nmode = \"patroni\"\nrest_password_file = \"rest.pw\"\n\
+     superuser_password_file = \"su.pw\"\nrewind_password_file = \"rewind.pw\"\n"
+        .to_string()
+}
+
+/// `[[hosts]]` entries for hosts at `addresses`, the first as primary; `extra(i)` adds
+/// lines to the i-th.
+pub fn hosts_list(
+    addresses: impl IntoIterator<Item = std::net::Ipv4Addr>,
+    extra: impl Fn(usize) -> String,
+) -> String {
+    let mut text = String::new();
+    for (i, address) in addresses.into_iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[hosts]]\naddress = \"{address}\"\nrole = \"{role}\"\n{}",
+            extra(i)
+        ));
+    }
+    text
+}
