@@ -104,6 +104,27 @@ fn export_to(spec: &ClusterSpec, dir: &Path) -> pgform::export::Files {
     files
 }
 
+/// The HA spec for hosts `hs` exported into a new folder, the certificates made first
+/// (the playbook copies them from pgform's TLS folder): the spec, the folder, the files.
+fn exported_for(
+    hs: &[Host],
+    net: &Network,
+    key: &SshKey,
+) -> (ClusterSpec, tempfile::TempDir, pgform::export::Files) {
+    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
+    let spec = spec_for(
+        key.dir(),
+        &addrs,
+        Some(&key.private),
+        Some(&net.apt_mirror()),
+    );
+    let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
+    cluster::prepare_tls(&spec, &nodes).expect("certificates");
+    let dir = tempfile::tempdir().unwrap();
+    let files = export_to(&spec, dir.path());
+    (spec, dir, files)
+}
+
 fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS {
         assert!(!text.contains(secret), "a password in {what}");
@@ -272,18 +293,8 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     let hs: Vec<Host> = (0..3u8)
         .map(|i| Host::start_systemd(&net, &format!("ansha{i}"), 21 + i, &key))
         .collect();
-    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
-    let spec = spec_for(
-        key.dir(),
-        &addrs,
-        Some(&key.private),
-        Some(&net.apt_mirror()),
-    );
+    let (spec, dir, files) = exported_for(&hs, &net, &key);
     let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
-    // The playbook copies the certificates from pgform's TLS folder.
-    cluster::prepare_tls(&spec, &nodes).expect("certificates");
-    let dir = tempfile::tempdir().unwrap();
-    let files = export_to(&spec, dir.path());
     for (path, content) in &files {
         assert_no_secret(&path.display().to_string(), content);
     }
@@ -455,6 +466,7 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
     // dynamic configuration, Patroni gives every member the new values (work_mem:
     // a reload), and the one that needs a restart (shared_buffers) is restarted
     // through Patroni on every member, nothing left pending; a rerun changes nothing.
+    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
     let text = changed_parameters(&spec_text(
         key.dir(),
         &addrs,
@@ -545,17 +557,7 @@ fn checking_the_ha_export_on_bare_hosts_changes_nothing_and_waits_for_no_leader(
     let key = SshKey::generate();
     let net = Network::create("anshc");
     let hs = Host::start_many(&net, 3, &key);
-    let addrs: Vec<String> = hs.iter().map(|h| h.ip().to_string()).collect();
-    let spec = spec_for(
-        key.dir(),
-        &addrs,
-        Some(&key.private),
-        Some(&net.apt_mirror()),
-    );
-    let nodes = cluster::inventory(&spec, &State::new("ha")).expect("inventory");
-    cluster::prepare_tls(&spec, &nodes).expect("certificates");
-    let dir = tempfile::tempdir().unwrap();
-    export_to(&spec, dir.path());
+    let (_, dir, _) = exported_for(&hs, &net, &key);
     let key_arg = key.private.to_string_lossy().into_owned();
     let (ok, all) = tools::run_playbook(
         &bin,
