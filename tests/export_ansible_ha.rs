@@ -497,6 +497,31 @@ async fn exported_ha_playbook_builds_a_patroni_cluster_and_a_rerun_changes_nothi
         changed_tasks(&output)
     );
 
+    // etcd's settings newer than its start on every member: the playbook restarts the
+    // members one at a time, so the DCS keeps its quorum and the leader its lock.
+    let etcd_before: Vec<String> = hs.iter().map(|h| h.ssh_ok(hosts::ETCD_PID)).collect();
+    for h in &hs {
+        h.ssh_ok("touch /etc/default/etcd");
+    }
+    let probe = hosts::QuorumProbe::start(&hs);
+    let (sixth, output) = run("etcd settings changed");
+    let lost = probe.finish(&hs[0]);
+    assert!(
+        lost.is_empty(),
+        "the DCS lost its quorum at {lost:?}\n{output}"
+    );
+    assert!(sixth.iter().all(|(_, c)| *c == 1), "{sixth:?}\n{output}");
+    for (i, h) in hs.iter().enumerate() {
+        assert_ne!(
+            h.ssh_ok(hosts::ETCD_PID),
+            etcd_before[i],
+            "{}: etcd restarted",
+            h.name
+        );
+    }
+    let now = ha::cluster(&nodes, &conns).await.expect("/cluster answers");
+    assert_eq!(now.leader(), Some(target.as_str()), "no failover: {now:?}");
+
     // pgform's own check finds nothing to change on the hosts Ansible configured:
     // the same packages, settings files (rendered from the same templates), daemons,
     // certificates, dynamic configuration, databases and users.

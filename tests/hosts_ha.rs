@@ -566,6 +566,31 @@ async fn patroni_parameters_reload_and_restart_through_apply() {
     assert!(view.members.iter().all(|m| !m.pending_restart), "{view:?}");
     assert_eq!(c.streaming(&leader, VERIFY_TIMEOUT).await.len(), 2);
 
+    // etcd's settings newer than its start on every member: the members restart one
+    // at a time, so the DCS never loses its quorum and the leader keeps its lock.
+    let etcd_before: Vec<String> = hosts.iter().map(|h| h.ssh_ok(hosts::ETCD_PID)).collect();
+    for h in &hosts {
+        h.ssh_ok("touch /etc/default/etcd");
+    }
+    let plan = c.run(true).await;
+    let restarts: Vec<String> = plan
+        .changed()
+        .into_iter()
+        .filter(|l| l.contains("restart etcd (its settings changed), once its cluster is healthy"))
+        .collect();
+    assert_eq!(restarts.len(), 3, "{:#?}", plan.changed());
+    let probe = hosts::QuorumProbe::start(&hosts);
+    let run = c.run(false).await;
+    let lost = probe.finish(&hosts[0]);
+    assert!(!run.recap.failed(), "{:#?}", run.recap.failures);
+    assert!(lost.is_empty(), "the DCS lost its quorum at {lost:?}");
+    let etcd_after: Vec<String> = hosts.iter().map(|h| h.ssh_ok(hosts::ETCD_PID)).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_ne!(etcd_before[i], etcd_after[i], "{}: etcd restarted", h.name);
+    }
+    assert_eq!(c.leader().await, leader, "no failover");
+    assert_eq!(start_times(&c).await, after, "PostgreSQL kept running");
+
     // Converged: a rerun changes and restarts nothing.
     let again = c.run(false).await;
     assert_eq!(again.recap.changed(), 0, "{:#?}", again.changed());

@@ -1747,8 +1747,8 @@ fn daemon_tasks(
     state: String,
 ) -> Result<Vec<T>, ExportError> {
     use crate::remote::shell::ha as sh;
-    use crate::tasks::daemon::OnChange;
-    let words = [&d.name, &d.user, &d.env_file, &d.config, &d.log]
+    use crate::tasks::daemon::{ActsOn, OnChange};
+    let words = [&d.name, &d.user, &d.env_file, &d.config, &d.log, &d.healthy]
         .into_iter()
         .chain(&d.argv);
     if let Some(w) = words.into_iter().find(|w| w.contains(['{', '%', '#'])) {
@@ -1758,6 +1758,7 @@ fn daemon_tasks(
     }
     let shell = |text: &str| map([("cmd", s(text))]);
     let stale = format!("{state}.stdout == 'stale'");
+    let stopped = format!("{state}.stdout == 'stopped'");
     let start = sh::daemon_start(&d.name, &d.user, &d.argv, &d.env_file, &d.log);
     let mut out = vec![
         T::new(&format!("{name}: state"))
@@ -1769,25 +1770,59 @@ fn daemon_tasks(
             .set("changed_when", Y::Bool(false))
             .set("check_mode", Y::Bool(false)),
     ];
-    let (verb, text) = match d.on_change {
-        OnChange::Reload => ("reload", sh::daemon_reload(&d.name)),
-        OnChange::Restart => ("stop to restart", sh::daemon_stop(&d.name)),
-    };
-    out.push(
-        T::new(&format!("{name}: {verb} (its settings changed)"))
-            .module("ansible.builtin.shell", shell(text.text()))
-            .set("changed_when", Y::Bool(true))
-            .set("when", s(&stale)),
-    );
-    let starts = match d.on_change {
-        OnChange::Reload => format!("{state}.stdout == 'stopped'"),
-        OnChange::Restart => format!("{state}.stdout in ['stopped', 'stale']"),
+    let settings = d.acts_on != ActsOn::Start;
+    let starts = d.acts_on != ActsOn::Settings;
+    // A restart that waits for a healthy cluster is one task (under the task's
+    // throttle, one host at a time), its start included.
+    if settings && d.on_change == OnChange::Restart && !d.healthy.is_empty() {
+        let restart = sh::daemon_restart_when_healthy(
+            &d.name,
+            &d.user,
+            &d.argv,
+            &d.env_file,
+            &d.log,
+            &d.healthy,
+            crate::tasks::daemon::HEALTHY_WAIT_SECONDS,
+        );
+        out.push(
+            T::new(&format!("{name}: restart once its cluster is healthy"))
+                .module("ansible.builtin.shell", shell(restart.text()))
+                .set("changed_when", Y::Bool(true))
+                .set("when", s(&stale)),
+        );
+        if starts {
+            out.push(
+                T::new(name)
+                    .module("ansible.builtin.shell", shell(start.text()))
+                    .set("changed_when", Y::Bool(true))
+                    .set("when", s(&stopped)),
+            );
+        }
+        return Ok(out);
+    }
+    if settings {
+        let (verb, text) = match d.on_change {
+            OnChange::Reload => ("reload", sh::daemon_reload(&d.name)),
+            OnChange::Restart => ("stop to restart", sh::daemon_stop(&d.name)),
+        };
+        out.push(
+            T::new(&format!("{name}: {verb} (its settings changed)"))
+                .module("ansible.builtin.shell", shell(text.text()))
+                .set("changed_when", Y::Bool(true))
+                .set("when", s(&stale)),
+        );
+    }
+    let starts_when = match (starts, settings && d.on_change == OnChange::Restart) {
+        (true, true) => format!("{state}.stdout in ['stopped', 'stale']"),
+        (true, false) => stopped,
+        (false, true) => stale,
+        (false, false) => return Ok(out),
     };
     out.push(
         T::new(name)
             .module("ansible.builtin.shell", shell(start.text()))
             .set("changed_when", Y::Bool(true))
-            .set("when", s(&starts)),
+            .set("when", s(&starts_when)),
     );
     Ok(out)
 }

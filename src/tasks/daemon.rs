@@ -4,6 +4,13 @@
 //! with a pid file written from inside. "Current settings" is read from the host: the
 //! settings file newer than pgform's last start or reload means restart (etcd) or
 //! reload (Patroni), so a run that stopped half-way is finished by the next.
+//!
+//! A daemon whose members form a quorum (etcd) splits its work in two tasks: the
+//! start of a stopped member (`acts_on: start`, every host at once: a new cluster
+//! needs its members up together) and the restart its changed settings need
+//! (`acts_on: settings` with `throttle: 1` and `healthy`): one member at a time, each
+//! only while the whole cluster is healthy and waited for until it is again, so the
+//! quorum never goes.
 
 use serde::Deserialize;
 
@@ -15,6 +22,19 @@ use crate::remote::{Connection, shell::ha as sh};
 pub enum OnChange {
     Restart,
     Reload,
+}
+
+/// Which of a daemon's changes a task makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActsOn {
+    /// Starts a stopped daemon and applies changed settings.
+    #[default]
+    All,
+    /// Starts a stopped daemon only (a running one with changed settings is left alone).
+    Start,
+    /// Applies changed settings to a running daemon only (a stopped one is left alone).
+    Settings,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -32,7 +52,18 @@ pub struct Daemon {
     pub config: String,
     pub log: String,
     pub on_change: OnChange,
+    #[serde(default)]
+    pub acts_on: ActsOn,
+    /// A shell command that succeeds while the daemon's whole cluster is healthy (for
+    /// etcd: every member answers). A restart waits for it before the stop and after
+    /// the start (up to a minute each): with `throttle: 1`, members restart one at a
+    /// time and never while another is down.
+    #[serde(default)]
+    pub healthy: String,
 }
+
+/// How long a restart waits for `healthy`, before the stop and after the start.
+pub const HEALTHY_WAIT_SECONDS: u32 = 60;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -56,11 +87,21 @@ impl Daemon {
     }
 
     pub async fn query(&self, conn: &Connection) -> Result<Option<Change>, ActionError> {
-        let what = match self.state(conn).await? {
+        let state = self.state(conn).await?;
+        if !self.acts_on_state(&state) {
+            return Ok(None);
+        }
+        let what = match state {
             State::Running => return Ok(None),
             State::Stopped => format!("start {}", self.name),
             State::Stale => match self.on_change {
-                OnChange::Restart => format!("restart {} (its settings changed)", self.name),
+                OnChange::Restart if self.healthy.is_empty() => {
+                    format!("restart {} (its settings changed)", self.name)
+                }
+                OnChange::Restart => format!(
+                    "restart {} (its settings changed), once its cluster is healthy",
+                    self.name
+                ),
                 OnChange::Reload => format!("reload {} (its settings changed)", self.name),
             },
         };
@@ -71,8 +112,36 @@ impl Daemon {
         }))
     }
 
+    fn acts_on_state(&self, state: &State) -> bool {
+        match self.acts_on {
+            ActsOn::All => true,
+            ActsOn::Start => *state != State::Stale,
+            ActsOn::Settings => *state != State::Stopped,
+        }
+    }
+
     pub async fn act(&self, conn: &Connection) -> Result<(), ActionError> {
         let state = self.state(conn).await?;
+        if !self.acts_on_state(&state) {
+            return Ok(());
+        }
+        if state == State::Stale && self.on_change == OnChange::Restart && !self.healthy.is_empty()
+        {
+            let restart = sh::daemon_restart_when_healthy(
+                &self.name,
+                &self.user,
+                &self.argv,
+                &self.env_file,
+                &self.log,
+                &self.healthy,
+                HEALTHY_WAIT_SECONDS,
+            );
+            ok(
+                conn.run(restart, None).await?,
+                &format!("restarting {}", self.name),
+            )?;
+            return Ok(());
+        }
         if state == State::Stale {
             if self.on_change == OnChange::Reload {
                 ok(

@@ -736,3 +736,46 @@ pub fn psql_here(conninfo: &str, password: &str, sql: &str) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run /usr/bin/psql: {e}"))
 }
+
+/// The pid of the host's etcd (a restart changes it), for test assertions.
+pub const ETCD_PID: &str = "pgrep -x etcd";
+
+/// Linearizable reads of etcd, from `hosts[0]`, until [`QuorumProbe::finish`]: the
+/// DCS has its quorum while one member at least serves one.
+pub struct QuorumProbe(std::process::Child);
+
+impl QuorumProbe {
+    pub fn start(hosts: &[Host]) -> QuorumProbe {
+        let endpoints: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("http://{}:2379", h.ip()))
+            .collect();
+        let script = format!(
+            "rm -f /tmp/probe-stop; while ! test -e /tmp/probe-stop; do ok=0; \
+         for e in {}; do if ETCDCTL_API=3 etcdctl --endpoints=$e --dial-timeout=2s \
+         --command-timeout=2s get --consistency=l pgform-probe >/dev/null 2>&1; \
+         then ok=1; break; fi; done; \
+         if test $ok = 0; then date +%T.%N; fi; sleep 0.1; done",
+            endpoints.join(" ")
+        );
+        let child = hosts[0]
+            .ssh_command()
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ssh runs");
+        // The loop has begun before the run it watches.
+        std::thread::sleep(Duration::from_millis(500));
+        QuorumProbe(child)
+    }
+
+    /// Stops the probe; the times at which no member served a read.
+    pub fn finish(self, host: &Host) -> Vec<String> {
+        host.ssh_ok("touch /tmp/probe-stop");
+        let out = self.0.wait_with_output().expect("the probe ends");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}

@@ -98,6 +98,34 @@ pub fn daemon_stop(name: &str) -> Sh {
     ))
 }
 
+/// Restarts daemon `name` once `healthy` (a shell command) succeeds, then waits until it
+/// succeeds again; each wait lasts up to `wait_seconds`. Fails, showing `healthy`'s
+/// words, when the cluster stays unhealthy before (nothing stopped) or after.
+pub fn daemon_restart_when_healthy(
+    name: &str,
+    user: &str,
+    argv: &[String],
+    env_file: &str,
+    log: &str,
+    healthy: &str,
+    wait_seconds: u32,
+) -> Sh {
+    let n = quote(name);
+    let says = format!("({healthy}) >&2 2>&1");
+    Sh(format!(
+        "pgform_healthy() {{ i=0; until ({healthy}) >/dev/null 2>&1; do i=$((i+1)); \
+         if test $i -ge {tries}; then return 1; fi; sleep 0.5; done; }}; \
+         if ! pgform_healthy; then echo {n} is not restarted: its cluster was not healthy \
+         'within {wait_seconds} s:' >&2; {says}; exit 1; fi; \
+         {stop} && ({start}) || exit 1; \
+         if ! pgform_healthy; then echo {n} restarted, but its cluster is not healthy \
+         '{wait_seconds} s later:' >&2; {says}; exit 1; fi",
+        tries = wait_seconds * 2,
+        stop = daemon_stop(name).0,
+        start = daemon_start(name, user, argv, env_file, log).0,
+    ))
+}
+
 /// Asks daemon `name` to read its settings again (SIGHUP; the unit's reload).
 pub fn daemon_reload(name: &str) -> Sh {
     let n = quote(name);
@@ -278,6 +306,43 @@ mod tests {
             "{}",
             st.text()
         );
+    }
+
+    #[test]
+    fn a_restart_waits_for_a_healthy_cluster_and_stops_nothing_without_one() {
+        let restart = |healthy: &str| {
+            daemon_restart_when_healthy(
+                "etcd",
+                "etcd",
+                &["etcd".to_string()],
+                "/etc/default/etcd",
+                "/var/log/pgform-etcd.log",
+                healthy,
+                1,
+            )
+        };
+        let text = restart("echo member b is down; false").text().to_string();
+        // Valid in bash (native runs) and dash (the Ansible export's /bin/sh).
+        for shell in ["bash", "sh"] {
+            let syntax = std::process::Command::new(shell)
+                .args(["-n", "-c", &text])
+                .output()
+                .unwrap();
+            assert!(syntax.status.success(), "{shell}: {syntax:?}");
+        }
+        // An unhealthy cluster: the script ends before the stop, saying why.
+        let out = std::process::Command::new("sh")
+            .args(["-c", &text])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("etcd is not restarted: its cluster was not healthy within 1 s"), "{err}");
+        assert!(err.contains("member b is down"), "{err}");
+        let stop = text.find("systemctl stop").unwrap();
+        let first_check = text.find("member b is down").unwrap();
+        let wait = text.rfind("member b is down").unwrap();
+        assert!(first_check < stop && stop < wait, "{text}");
     }
 
     #[test]
