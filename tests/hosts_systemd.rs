@@ -8,7 +8,9 @@
 //!   boot (systemd's generator reads start.conf); after a power cut of every host the
 //!   cluster comes back with its data and the plan is converged (nothing restarted);
 //! - the leader's host cut off: `status` names it unreachable and shows the others'
-//!   view, a new leader is elected, and the old one rejoins when its host is back.
+//!   view, a new leader is elected, and the old one rejoins when its host is back;
+//! - `reinit`: refusals that change nothing, then the old leader rebuilt from the new
+//!   one as a replica, streaming with every row.
 //!
 //! Needs the host testbed (`bash scripts/testbed.sh up`, then
 //! `eval "$(bash scripts/testbed.sh env)"`); skipped without it, failed under `CI`.
@@ -233,6 +235,47 @@ fn plain_then_patroni_on_systemd_hosts() {
         assert!(Instant::now() < deadline, "the row reaches {leader}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    work.pgform(&["-f", "c.toml", "plan", "--detailed-exitcode"])
+        .expect(0);
+
+    // `reinit` rebuilds a replica from the leader: refused for the leader, for a name
+    // that is no member, and without approval (standard input is not a terminal here),
+    // each changing nothing; approved, the replica's data directory is a new copy (a
+    // file left in the old one is gone), it streams again, with every row.
+    let marker = "/var/lib/postgresql/15/main/pgform-reinit-marker";
+    old.ssh_ok(&format!("touch {marker}"));
+    let reinit = |args: &[&str]| {
+        let mut all = vec!["-f", "c.toml", "reinit"];
+        all.extend_from_slice(args);
+        work.pgform(&all)
+    };
+    reinit(&[&new, "--auto-approve"])
+        .expect(1)
+        .stderr_has(&format!("{new} leads, and a leader is not rebuilt"));
+    reinit(&["replica-7", "--auto-approve"])
+        .expect(1)
+        .stderr_has("replica-7 is not a member");
+    reinit(&[&leader])
+        .expect(1)
+        .stderr_has("standard input is not a terminal to approve it: pass --auto-approve");
+    old.ssh_ok(&format!("test -e {marker}"));
+    reinit(&[&leader, "--auto-approve"])
+        .expect(0)
+        .stdout_has(&format!(
+            "Reinitialized: {leader} streams from the leader again."
+        ));
+    old.ssh_ok(&format!("test ! -e {marker}"));
+    psql(&hosts[index(&new)], "INSERT INTO kept VALUES (1002);");
+    let deadline = Instant::now() + WAIT;
+    while psql(old, "SELECT count(*) FROM kept;") != "1002" {
+        assert!(
+            Instant::now() < deadline,
+            "the row reaches {leader} after its reinit"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let view = settled(&work, 3);
+    assert_eq!(view["leader"], new.as_str(), "{view}");
     work.pgform(&["-f", "c.toml", "plan", "--detailed-exitcode"])
         .expect(0);
 }

@@ -35,7 +35,10 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::State(cmd) => state_command(g, cmd).await,
-        op @ (Command::Switchover { .. } | Command::Failover { .. } | Command::Restart { .. }) => {
+        op @ (Command::Switchover { .. }
+        | Command::Failover { .. }
+        | Command::Restart { .. }
+        | Command::Reinit { .. }) => {
             super::ha::operation(&load(g)?, op).await?;
             Ok(Outcome::Ok)
         }

@@ -1,5 +1,7 @@
-//! The HA mode's commands: switchover, failover, restart, and `status` as
+//! The HA mode's commands: switchover, failover, restart, reinit, and `status` as
 //! Patroni sees the cluster. Each reads its result back from Patroni's `/cluster`.
+
+use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
 
@@ -7,13 +9,13 @@ use super::Command;
 use crate::hosts::ha;
 use crate::ops::{self, Cluster};
 
-/// Runs `switchover`, `failover` or `restart`.
+/// Runs `switchover`, `failover`, `restart` or `reinit`.
 pub async fn operation(cluster: &Cluster, command: Command) -> Result<()> {
     let spec = &cluster.spec;
     if !spec.ha.patroni() {
         bail!(
-            "this cluster runs ha.mode = \"plain\": switchover, failover and restart need \
-             ha.mode = \"patroni\""
+            "this cluster runs ha.mode = \"plain\": switchover, failover, restart and reinit \
+             need ha.mode = \"patroni\""
         );
     }
     let state = cluster.read_state()?;
@@ -33,12 +35,45 @@ pub async fn operation(cluster: &Cluster, command: Command) -> Result<()> {
                     _ => format!("Restarted, in order: {}.", done.join(", ")),
                 })
         }
+        Command::Reinit { node, auto_approve } => {
+            let approve = |leader: &str| approve_reinit(&node, leader, auto_approve);
+            ha::reinit(spec, &nodes, &conns, &node, &approve)
+                .await
+                .map(|()| format!("Reinitialized: {node} streams from the leader again."))
+        }
         _ => unreachable!("only HA operations are dispatched here"),
     };
     for c in conns {
         c.close().await;
     }
     println!("{}", result?);
+    Ok(())
+}
+
+/// Asks before `reinit` removes `node`'s data directory, unless `auto_approve`.
+fn approve_reinit(node: &str, leader: &str, auto_approve: bool) -> Result<(), String> {
+    if auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "reinit removes {node}'s data directory and copies it again from {leader}, and \
+             standard input is not a terminal to approve it: pass --auto-approve"
+        ));
+    }
+    print!(
+        "{node}'s data directory will be removed and copied again from the leader, \
+         {leader}.\nDo you want to reinitialize {node}? Only 'yes' will be accepted.\n  \
+         Enter a value: "
+    );
+    let mut answer = String::new();
+    std::io::stdout()
+        .flush()
+        .and_then(|()| std::io::stdin().lock().read_line(&mut answer))
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    if answer.trim() != "yes" {
+        return Err("reinit cancelled; nothing was changed".into());
+    }
     Ok(())
 }
 

@@ -171,6 +171,17 @@ pub enum Command {
         #[arg(long)]
         pending: bool,
     },
+    /// HA mode: rebuild a replica's data from the leader (Patroni's reinitialize), for a
+    /// member that no longer follows it, such as one left on a diverged timeline.
+    /// Waits until the leader sees it streaming.
+    Reinit {
+        /// The member to rebuild (never the leader).
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// Do not ask before removing NODE's data directory.
+        #[arg(long)]
+        auto_approve: bool,
+    },
     /// What the spec's cluster costs per month: one line per billed item, from public
     /// on-demand prices (embedded, or a refreshed price file). No cloud call is made.
     Cost(CostArgs),

@@ -1725,7 +1725,11 @@ impl Translator {
                 t.0.insert(s("no_log"), Y::Bool(true));
             }
             if let Some(n) = &task.throttle {
-                t.0.insert(s("throttle"), s(n));
+                // ansible-lint's schema wants a number where there is no Jinja.
+                let value = n
+                    .parse::<u64>()
+                    .map_or_else(|_| s(n), |k| Y::Number(k.into()));
+                t.0.insert(s("throttle"), value);
             }
             if handler {
                 t.0.insert(s("listen"), list(std::slice::from_ref(&task.name)));
@@ -1757,8 +1761,10 @@ fn daemon_tasks(
         )));
     }
     let shell = |text: &str| map([("cmd", s(text))]);
-    let stale = format!("{state}.stdout == 'stale'");
-    let stopped = format!("{state}.stdout == 'stopped'");
+    let when_in = |states: &[&str]| {
+        let quoted: Vec<String> = states.iter().map(|x| format!("'{x}'")).collect();
+        s(&format!("{state}.stdout in [{}]", quoted.join(", ")))
+    };
     let start = sh::daemon_start(&d.name, &d.user, &d.argv, &d.env_file, &d.log);
     let mut out = vec![
         T::new(&format!("{name}: state"))
@@ -1770,11 +1776,14 @@ fn daemon_tasks(
             .set("changed_when", Y::Bool(false))
             .set("check_mode", Y::Bool(false)),
     ];
+    // The states this task acts on, as the native module's `acts_on` says: a first
+    // start (stopped, or started by its package) and changed settings (stale).
+    let first = d.acts_on != ActsOn::Settings;
     let settings = d.acts_on != ActsOn::Start;
-    let starts = d.acts_on != ActsOn::Settings;
-    // A restart that waits for a healthy cluster is one task (under the task's
-    // throttle, one host at a time), its start included.
-    if settings && d.on_change == OnChange::Restart && !d.healthy.is_empty() {
+    // A restart that waits for a healthy cluster is one task, its start included
+    // (under the task's throttle: one host at a time).
+    let rolling = settings && d.on_change == OnChange::Restart && !d.healthy.is_empty();
+    if rolling {
         let restart = sh::daemon_restart_when_healthy(
             &d.name,
             &d.user,
@@ -1788,42 +1797,43 @@ fn daemon_tasks(
             T::new(&format!("{name}: restart once its cluster is healthy"))
                 .module("ansible.builtin.shell", shell(restart.text()))
                 .set("changed_when", Y::Bool(true))
-                .set("when", s(&stale)),
+                .set("when", when_in(&["stale"])),
         );
-        if starts {
-            out.push(
-                T::new(name)
-                    .module("ansible.builtin.shell", shell(start.text()))
-                    .set("changed_when", Y::Bool(true))
-                    .set("when", s(&stopped)),
-            );
-        }
-        return Ok(out);
     }
-    if settings {
+    let mut applies: Vec<&str> = Vec::new();
+    if first {
+        applies.push("unstamped");
+    }
+    if settings && !rolling {
+        applies.push("stale");
+    }
+    if !applies.is_empty() {
         let (verb, text) = match d.on_change {
             OnChange::Reload => ("reload", sh::daemon_reload(&d.name)),
             OnChange::Restart => ("stop to restart", sh::daemon_stop(&d.name)),
         };
         out.push(
-            T::new(&format!("{name}: {verb} (its settings changed)"))
+            T::new(&format!("{name}: {verb} onto its settings"))
                 .module("ansible.builtin.shell", shell(text.text()))
                 .set("changed_when", Y::Bool(true))
-                .set("when", s(&stale)),
+                .set("when", when_in(&applies)),
         );
     }
-    let starts_when = match (starts, settings && d.on_change == OnChange::Restart) {
-        (true, true) => format!("{state}.stdout in ['stopped', 'stale']"),
-        (true, false) => stopped,
-        (false, true) => stale,
-        (false, false) => return Ok(out),
-    };
-    out.push(
-        T::new(name)
-            .module("ansible.builtin.shell", shell(start.text()))
-            .set("changed_when", Y::Bool(true))
-            .set("when", s(&starts_when)),
-    );
+    let mut starts: Vec<&str> = Vec::new();
+    if first {
+        starts.push("stopped");
+    }
+    if d.on_change == OnChange::Restart {
+        starts.extend(applies);
+    }
+    if !starts.is_empty() {
+        out.push(
+            T::new(name)
+                .module("ansible.builtin.shell", shell(start.text()))
+                .set("changed_when", Y::Bool(true))
+                .set("when", when_in(&starts)),
+        );
+    }
     Ok(out)
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{HostsError, Node};
 use crate::remote::Connection;
 use crate::spec::{ClusterSpec, Role, SyncMode};
+use crate::tasks::modules::{literal, sql};
 use crate::tasks::patroni::{REST_PORT, rest};
 use crate::tasks::run::HostRun;
 use crate::tasks::takeover::Plain;
@@ -971,6 +972,93 @@ async fn restart_member(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// `pgform reinit NODE`: rebuilds a replica's data directory from the leader (Patroni's
+/// reinitialize: the directory removed and cloned again) for a member that no longer
+/// follows the leader, such as one left on a diverged timeline. Done when the leader
+/// sees a new streaming session from it. A leader is never rebuilt. `approve` is asked,
+/// with the leader's name, once the request is known to be valid; its refusal changes
+/// nothing.
+pub async fn reinit(
+    spec: &ClusterSpec,
+    nodes: &[Node],
+    conns: &[Connection],
+    name: &str,
+    approve: &dyn Fn(&str) -> Result<(), String>,
+) -> Result<(), HostsError> {
+    let view = cluster(nodes, conns)
+        .await
+        .ok_or_else(|| op_error("Patroni's REST API does not answer on any node".into()))?;
+    let leader = view.leader().ok_or_else(|| {
+        op_error(format!(
+            "the cluster has no running leader for {name} to copy from: \
+             `pgform failover --to NODE` first"
+        ))
+    })?;
+    if leader == name {
+        return Err(op_error(format!(
+            "{name} leads, and a leader is not rebuilt: `pgform switchover` first, then \
+             `pgform reinit {name}`"
+        )));
+    }
+    if member(&view, name).is_none() {
+        return Err(op_error(format!(
+            "{name} is not a member; the members are {}",
+            view.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let index = |n: &str| {
+        nodes
+            .iter()
+            .position(|x| x.name == n)
+            .ok_or_else(|| op_error(format!("{n} is not in the inventory")))
+    };
+    let (i, li) = (index(name)?, index(leader)?);
+    approve(leader).map_err(op_error)?;
+    let v = spec.postgres.version;
+    let fail = |e: crate::tasks::modules::ActionError| op_error(format!("{leader}: {e}"));
+    // The leader's clock marks the request: only a session begun after it counts.
+    let asked = sql(&conns[li], v, "SELECT now();").await.map_err(fail)?;
+    post(
+        spec,
+        &nodes[i],
+        &conns[i],
+        "/reinitialize",
+        &json!({"force": true}),
+    )
+    .await?;
+    let streams = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = {} \
+         AND state = 'streaming' AND backend_start > {}::timestamptz;",
+        literal(name),
+        literal(asked.trim())
+    );
+    let deadline = Instant::now() + REINIT_TIMEOUT;
+    loop {
+        if sql(&conns[li], v, &streams).await.map_err(fail)?.trim() == "1" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let state = cluster(nodes, conns)
+                .await
+                .and_then(|v| member(&v, name).map(|m| m.state.clone()))
+                .unwrap_or_else(|| "not listed".into());
+            return Err(op_error(format!(
+                "{name} does not stream from {leader} {}s after its reinitialize (Patroni \
+                 reports it {state}); its copy may still be running: see `pgform status`",
+                REINIT_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How long a reinitialized member gets to stream again: a whole copy of the data.
+const REINIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// etcd's health as one member sees the whole DCS (`endpoint health --cluster`): one
 /// line per member.

@@ -84,7 +84,15 @@ pub async fn verify(
             wrong.join("; ")
         )));
     }
-    let (seen, plain) = streams?;
+    let (seen, plain) = streams.map_err(|e| match e {
+        // Patroni brings a member back on its own, unless it cannot (a diverged timeline,
+        // a failed rewind): then only a new copy does.
+        HostsError::Verify(m) if spec.ha.patroni() => fail(format!(
+            "{m}\n    fix: wait for Patroni to bring it back; if it stays so (`pgform status` \
+             shows its state and timeline), `pgform reinit NODE` copies it again from the leader"
+        )),
+        e => e,
+    })?;
 
     // With TLS, every replica streams over it.
     if spec.tls.enabled && !plain.is_empty() {

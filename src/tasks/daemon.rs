@@ -3,11 +3,13 @@
 //! container hosts) pgform starts the program itself as its user, in its own session,
 //! with a pid file written from inside. "Current settings" is read from the host: the
 //! settings file newer than pgform's last start or reload means restart (etcd) or
-//! reload (Patroni), so a run that stopped half-way is finished by the next.
+//! reload (Patroni), so a run that stopped half-way is finished by the next; running
+//! with no start of pgform's (the package's own start) means the same.
 //!
 //! A daemon whose members form a quorum (etcd) splits its work in two tasks: the
-//! start of a stopped member (`acts_on: start`, every host at once: a new cluster
-//! needs its members up together) and the restart its changed settings need
+//! first start of a member (`acts_on: start`: stopped, or started by its package;
+//! every host at once, since a new cluster needs its members up together) and the
+//! restart its changed settings need
 //! (`acts_on: settings` with `throttle: 1` and `healthy`): one member at a time, each
 //! only while the whole cluster is healthy and waited for until it is again, so the
 //! quorum never goes.
@@ -31,9 +33,10 @@ pub enum ActsOn {
     /// Starts a stopped daemon and applies changed settings.
     #[default]
     All,
-    /// Starts a stopped daemon only (a running one with changed settings is left alone).
+    /// The first start only: a stopped daemon, or one its package started (a running
+    /// one with changed settings is left alone).
     Start,
-    /// Applies changed settings to a running daemon only (a stopped one is left alone).
+    /// Applies changed settings to a daemon pgform started only.
     Settings,
 }
 
@@ -65,9 +68,14 @@ pub struct Daemon {
 /// How long a restart waits for `healthy`, before the stop and after the start.
 pub const HEALTHY_WAIT_SECONDS: u32 = 60;
 
+/// A daemon's state on a host ([`sh::daemon_state`]'s words).
 #[derive(Debug, PartialEq, Eq)]
 enum State {
     Stopped,
+    /// Running, but never started by pgform: the package's own start, with its
+    /// settings (Debian starts etcd as a one-member cluster of its own).
+    Unstamped,
+    /// Running, with settings newer than pgform's last start or reload.
     Stale,
     Running,
 }
@@ -81,9 +89,26 @@ impl Daemon {
         )?;
         Ok(match out.stdout.trim() {
             "stopped" => State::Stopped,
+            "unstamped" => State::Unstamped,
             "stale" => State::Stale,
             _ => State::Running,
         })
+    }
+
+    /// Whether this task acts on a daemon in `state`: a first start (stopped, or
+    /// started by its package) for `start`, changed settings for `settings`.
+    fn acts_on_state(&self, state: &State) -> bool {
+        match (self.acts_on, state) {
+            (_, State::Running) => false,
+            (ActsOn::All, _) => true,
+            (ActsOn::Start, s) => *s != State::Stale,
+            (ActsOn::Settings, s) => *s == State::Stale,
+        }
+    }
+
+    /// A restart for changed settings that waits for a healthy cluster.
+    fn waits_for_health(&self, state: &State) -> bool {
+        *state == State::Stale && self.on_change == OnChange::Restart && !self.healthy.is_empty()
     }
 
     pub async fn query(&self, conn: &Connection) -> Result<Option<Change>, ActionError> {
@@ -91,19 +116,18 @@ impl Daemon {
         if !self.acts_on_state(&state) {
             return Ok(None);
         }
+        let name = &self.name;
+        let verb = match self.on_change {
+            OnChange::Restart => "restart",
+            OnChange::Reload => "reload",
+        };
         let what = match state {
-            State::Running => return Ok(None),
-            State::Stopped => format!("start {}", self.name),
-            State::Stale => match self.on_change {
-                OnChange::Restart if self.healthy.is_empty() => {
-                    format!("restart {} (its settings changed)", self.name)
-                }
-                OnChange::Restart => format!(
-                    "restart {} (its settings changed), once its cluster is healthy",
-                    self.name
-                ),
-                OnChange::Reload => format!("reload {} (its settings changed)", self.name),
-            },
+            State::Stopped => format!("start {name}"),
+            State::Unstamped => format!("{verb} {name} (its package started it, not pgform)"),
+            _ if self.waits_for_health(&state) => {
+                format!("restart {name} (its settings changed), once its cluster is healthy")
+            }
+            _ => format!("{verb} {name} (its settings changed)"),
         };
         Ok(Some(Change {
             summary: what,
@@ -112,21 +136,12 @@ impl Daemon {
         }))
     }
 
-    fn acts_on_state(&self, state: &State) -> bool {
-        match self.acts_on {
-            ActsOn::All => true,
-            ActsOn::Start => *state != State::Stale,
-            ActsOn::Settings => *state != State::Stopped,
-        }
-    }
-
     pub async fn act(&self, conn: &Connection) -> Result<(), ActionError> {
         let state = self.state(conn).await?;
         if !self.acts_on_state(&state) {
             return Ok(());
         }
-        if state == State::Stale && self.on_change == OnChange::Restart && !self.healthy.is_empty()
-        {
+        if self.waits_for_health(&state) {
             let restart = sh::daemon_restart_when_healthy(
                 &self.name,
                 &self.user,
@@ -142,7 +157,7 @@ impl Daemon {
             )?;
             return Ok(());
         }
-        if state == State::Stale {
+        if matches!(state, State::Stale | State::Unstamped) {
             if self.on_change == OnChange::Reload {
                 ok(
                     conn.run(sh::daemon_reload(&self.name), None).await?,
@@ -155,22 +170,52 @@ impl Daemon {
                 &format!("stopping {}", self.name),
             )?;
         }
-        if state != State::Running {
-            ok(
-                conn.run(
-                    sh::daemon_start(
-                        &self.name,
-                        &self.user,
-                        &self.argv,
-                        &self.env_file,
-                        &self.log,
-                    ),
-                    None,
-                )
-                .await?,
-                &format!("starting {}", self.name),
-            )?;
-        }
+        let start = sh::daemon_start(
+            &self.name,
+            &self.user,
+            &self.argv,
+            &self.env_file,
+            &self.log,
+        );
+        ok(
+            conn.run(start, None).await?,
+            &format!("starting {}", self.name),
+        )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etcd(acts_on: &str) -> Daemon {
+        serde_norway::from_str(&format!(
+            "{{name: etcd, user: etcd, argv: [etcd], config: /etc/default/etcd, \
+             log: /var/log/pgform-etcd.log, on_change: restart, acts_on: {acts_on}, \
+             healthy: 'etcdctl endpoint health --cluster'}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_first_start_and_changed_settings_belong_to_different_tasks() {
+        use State::*;
+        let (all, start, settings) = (etcd("all"), etcd("start"), etcd("settings"));
+        for s in [Stopped, Unstamped, Stale] {
+            assert!(all.acts_on_state(&s), "{s:?}");
+        }
+        // The package's own start is a first start: every member at once.
+        assert!(start.acts_on_state(&Stopped) && start.acts_on_state(&Unstamped));
+        assert!(!start.acts_on_state(&Stale));
+        assert!(settings.acts_on_state(&Stale));
+        assert!(!settings.acts_on_state(&Stopped) && !settings.acts_on_state(&Unstamped));
+        for d in [&all, &start, &settings] {
+            assert!(!d.acts_on_state(&Running));
+        }
+        // Only a restart for changed settings waits for a healthy cluster.
+        assert!(settings.waits_for_health(&Stale));
+        assert!(!start.waits_for_health(&Unstamped));
+        assert!(!start.waits_for_health(&Stopped));
     }
 }

@@ -38,17 +38,16 @@ fn running_test(name: &str) -> String {
     )
 }
 
-/// Prints `stopped`, `stale` (runs, but `config` changed since pgform started or
-/// reloaded it) or `running`. A stamp that earlier releases kept under /run still
-/// counts, so that upgrading pgform restarts nothing. No stamp at all is `stale`: the
-/// daemon runs with settings pgform never applied (a package's unit started it at
-/// install). Said outright: `-nt` against a missing file is true in bash, false in dash.
+/// Prints `stopped`, `unstamped` (runs, but pgform never started it: a package's unit
+/// did at install, with its own settings), `stale` (runs, but `config` changed since
+/// pgform started or reloaded it) or `running`. A stamp that earlier releases kept
+/// under /run still counts, so that upgrading pgform restarts nothing. The missing
+/// stamp is tested outright: `-nt` against a missing file is true in bash, false in dash.
 pub fn daemon_state(name: &str, config: &str) -> Sh {
     Sh(format!(
         "{}; s={}; test -e \"$s\" || s={}; \
-         if test -z \"$r\"; then echo stopped; \
-         elif ! test -e \"$s\" || test {} -nt \"$s\"; then echo stale; \
-         else echo running; fi",
+         if test -z \"$r\"; then echo stopped; elif ! test -e \"$s\"; then echo unstamped; \
+         elif test {} -nt \"$s\"; then echo stale; else echo running; fi",
         running_test(name),
         stamp(name),
         quote(&format!("{RUN_DIR}/{name}.stamp")),
@@ -337,7 +336,10 @@ mod tests {
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("etcd is not restarted: its cluster was not healthy within 1 s"), "{err}");
+        assert!(
+            err.contains("etcd is not restarted: its cluster was not healthy within 1 s"),
+            "{err}"
+        );
         assert!(err.contains("member b is down"), "{err}");
         let stop = text.find("systemctl stop").unwrap();
         let first_check = text.find("member b is down").unwrap();
