@@ -722,6 +722,28 @@ fn member<'a>(view: &'a ClusterView, name: &str) -> Option<&'a Member> {
     view.members.iter().find(|m| m.name == name)
 }
 
+/// Member `name` of `view`, or the refusal that lists the members.
+fn known_member<'a>(view: &'a ClusterView, name: &str) -> Result<&'a Member, HostsError> {
+    member(view, name).ok_or_else(|| {
+        op_error(format!(
+            "{name} is not a member; the members are {}",
+            view.members
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// Where node `name` is in `nodes` (and its connection in the matching list).
+fn inventory_index(nodes: &[Node], name: &str) -> Result<usize, HostsError> {
+    nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| op_error(format!("{name} is not in the inventory")))
+}
+
 /// A replica a switchover or failover may promote: running and streaming, not
 /// lagging past `maximum_lag_on_failover`; in synchronous mode, the sync standby.
 fn eligible(spec: &ClusterSpec, m: &Member) -> Result<(), String> {
@@ -829,16 +851,7 @@ pub async fn switchover(
     })?;
     let candidate = match to {
         Some(name) => {
-            let m = member(&view, name).ok_or_else(|| {
-                op_error(format!(
-                    "{name} is not a member; the members are {}",
-                    view.members
-                        .iter()
-                        .map(|m| m.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+            let m = known_member(&view, name)?;
             eligible(spec, m)
                 .map_err(|why| op_error(format!("cannot switch over to {name}: {why}")))?;
             name.to_string()
@@ -889,17 +902,14 @@ pub async fn failover(
             "{leader} leads and runs: use `pgform switchover --to {to}`, which loses nothing"
         )));
     }
-    let m = member(&view, to).ok_or_else(|| op_error(format!("{to} is not a member")))?;
+    let m = known_member(&view, to)?;
     if !matches!(m.state.as_str(), "running" | "streaming") {
         return Err(op_error(format!(
             "cannot fail over to {to}: it is {}",
             m.state
         )));
     }
-    let i = nodes
-        .iter()
-        .position(|n| n.name == to)
-        .ok_or_else(|| op_error(format!("{to} is not in the inventory")))?;
+    let i = inventory_index(nodes, to)?;
     post(
         spec,
         &nodes[i],
@@ -933,10 +943,7 @@ pub async fn restart(
     order.sort_by_key(|m| matches!(m.role.as_str(), "leader" | "master"));
     let mut done = Vec::new();
     for m in order {
-        let i = nodes
-            .iter()
-            .position(|n| n.name == m.name)
-            .ok_or_else(|| op_error(format!("{} is not in the inventory", m.name)))?;
+        let i = inventory_index(nodes, &m.name)?;
         restart_member(spec, nodes, conns, i).await?;
         done.push(m.name.clone());
     }
@@ -1001,23 +1008,11 @@ pub async fn reinit(
              `pgform reinit {name}`"
         )));
     }
-    if member(&view, name).is_none() {
-        return Err(op_error(format!(
-            "{name} is not a member; the members are {}",
-            view.members
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    let index = |n: &str| {
-        nodes
-            .iter()
-            .position(|x| x.name == n)
-            .ok_or_else(|| op_error(format!("{n} is not in the inventory")))
-    };
-    let (i, li) = (index(name)?, index(leader)?);
+    known_member(&view, name)?;
+    let (i, li) = (
+        inventory_index(nodes, name)?,
+        inventory_index(nodes, leader)?,
+    );
     approve(leader).map_err(op_error)?;
     let v = spec.postgres.version;
     let fail = |e: crate::tasks::modules::ActionError| op_error(format!("{leader}: {e}"));
