@@ -9,10 +9,9 @@
 //! A daemon whose members form a quorum (etcd) splits its work in two tasks: the
 //! first start of a member (`acts_on: start`: stopped, or started by its package;
 //! every host at once, since a new cluster needs its members up together) and the
-//! restart its changed settings need
-//! (`acts_on: settings` with `throttle: 1` and `healthy`): one member at a time, each
-//! only while the whole cluster is healthy and waited for until it is again, so the
-//! quorum never goes.
+//! restart its changed settings need (`acts_on: settings` with `throttle: 1` and
+//! `healthy`): one member at a time, each only while the whole cluster is healthy and
+//! waited for until it is again, so the quorum never goes.
 
 use serde::Deserialize;
 
