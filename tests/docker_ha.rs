@@ -2,7 +2,8 @@
 //! made from bare containers, then a scale-down that deletes the leader's container.
 //! The leader hands over to a member that stays before its container goes (a
 //! switchover, not a failover), the three members that stay run on the new leader's
-//! timeline, and a plan afterwards is converged.
+//! timeline, and a plan afterwards is converged. Then new passwords in the spec: the
+//! leader's roles take them, and replicas reconnecting after a restart stream with them.
 //!
 //! Needs the host testbed (`bash scripts/testbed.sh up`, then
 //! `eval "$(bash scripts/testbed.sh env)"`); skipped without it, failed under `CI`.
@@ -114,4 +115,49 @@ fn the_leader_hands_over_before_its_container_is_deleted() {
         assert_eq!(m["timeline"].as_u64(), Some(timeline), "{after}");
     }
     work.pgform(&["plan", "--detailed-exitcode"]).expect(0);
+
+    // New passwords in the spec (replication, rewind, superuser): the plan names each
+    // role on the leader, apply sets them, and the members restarted by Patroni
+    // afterwards (new replication connections) stream with the new replication
+    // password; converged. No password shows in the output.
+    let text = spec(&work, &cluster, third, &key, 2).replace(
+        "[postgres]\n",
+        "[postgres]\nreplication_password_file = \"repl.pw\"\n",
+    );
+    let rotated = [
+        ("repl.pw", "replication pw 2"),
+        ("su.pw", "superuser pw 2"),
+        ("rewind.pw", "rewind pw 23"),
+    ];
+    for (file, pw) in rotated {
+        work.write(file, &format!("{pw}\n"));
+    }
+    work.write("cluster.toml", &text);
+    let plan = work.pgform(&["plan", "--detailed-exitcode"]);
+    plan.expect(2);
+    for role in ["replicator", "rewind", "postgres"] {
+        plan.stdout_has(&format!(
+            "{leader}: {}: set the password of role {role}",
+            match role {
+                "replicator" => "replication role",
+                "rewind" => "rewind role",
+                _ => "superuser password",
+            }
+        ));
+    }
+    let applied = work.pgform(&["apply", "--auto-approve"]);
+    applied.expect(0);
+    // Every member restarts (replicas first); apply's verify then waits until both
+    // replicas stream and receive a row.
+    work.pgform(&["restart"]).expect(0);
+    work.pgform(&["apply", "--auto-approve"]).expect(0);
+    work.pgform(&["plan", "--detailed-exitcode"]).expect(0);
+    for (_, pw) in rotated {
+        for run in [&plan, &applied] {
+            assert!(
+                !run.stdout.contains(pw) && !run.stderr.contains(pw),
+                "{run}"
+            );
+        }
+    }
 }

@@ -825,7 +825,10 @@ impl Action {
     pub fn summary_names_no_secret(&self) -> bool {
         matches!(
             self,
-            Action::PgAccess { .. } | Action::PatroniConfig(_) | Action::PatroniTakeover(_)
+            Action::PgRole { .. }
+                | Action::PgAccess { .. }
+                | Action::PatroniConfig(_)
+                | Action::PatroniTakeover(_)
         )
     }
 }
