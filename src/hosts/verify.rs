@@ -88,8 +88,9 @@ pub async fn verify(
         // Patroni brings a member back on its own, unless it cannot (a diverged timeline,
         // a failed rewind): then only a new copy does.
         HostsError::Verify(m) if spec.ha.patroni() => fail(format!(
-            "{m}\n    fix: wait for Patroni to bring it back; if it stays so (`pgform status` \
-             shows its state and timeline), `pgform reinit NODE` copies it again from the leader"
+            "{m}\n    fix: wait for Patroni to bring it back; if it stays so, its PostgreSQL \
+             log says why. A member on a diverged timeline (`pgform status` shows each \
+             member's) is copied again from the leader by `pgform reinit NODE`"
         )),
         e => e,
     })?;
