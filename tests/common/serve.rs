@@ -345,6 +345,12 @@ impl Drop for Cleanup {
             let _ = hosts::docker_try(&args);
         }
         let filter = format!("label={}={}", super::CLUSTER_TAG, self.0);
+        // The named volumes outlive their containers (`rm -v` removes anonymous ones).
+        if let Ok(names) = hosts::docker_try(&["volume", "ls", "-q", "--filter", &filter]) {
+            for name in names.split_whitespace() {
+                let _ = hosts::docker_try(&["volume", "rm", "-f", name]);
+            }
+        }
         if let Ok(ids) = hosts::docker_try(&["network", "ls", "-q", "--filter", &filter]) {
             for id in ids.split_whitespace() {
                 for _ in 0..5 {
