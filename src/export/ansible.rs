@@ -1751,7 +1751,7 @@ fn daemon_tasks(
     state: String,
 ) -> Result<Vec<T>, ExportError> {
     use crate::remote::shell::ha as sh;
-    use crate::tasks::daemon::{ActsOn, OnChange};
+    use crate::tasks::daemon::OnChange;
     let words = [&d.name, &d.user, &d.env_file, &d.config, &d.log, &d.healthy]
         .into_iter()
         .chain(&d.argv);
@@ -1776,13 +1776,12 @@ fn daemon_tasks(
             .set("changed_when", Y::Bool(false))
             .set("check_mode", Y::Bool(false)),
     ];
-    // The states this task acts on, as the native module's `acts_on` says: a first
-    // start (stopped, or started by its package) and changed settings (stale).
-    let first = d.acts_on != ActsOn::Settings;
-    let settings = d.acts_on != ActsOn::Start;
-    // A restart that waits for a healthy cluster is one task, its start included
-    // (under the task's throttle: one host at a time).
-    let rolling = settings && d.on_change == OnChange::Restart && !d.healthy.is_empty();
+    // The states this task acts on, as the native module decides: a first start
+    // (stopped, or started by its package) and changed settings (stale). A restart
+    // that waits for a healthy cluster is one task, its start included (under the
+    // task's throttle: one host at a time).
+    let (first, settings) = (d.starts_first(), d.applies_settings());
+    let rolling = d.restarts_when_healthy();
     if rolling {
         let restart = sh::daemon_restart_when_healthy(
             &d.name,

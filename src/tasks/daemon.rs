@@ -94,20 +94,33 @@ impl Daemon {
         })
     }
 
-    /// Whether this task acts on a daemon in `state`: a first start (stopped, or
-    /// started by its package) for `start`, changed settings for `settings`.
+    /// Whether the task makes first starts: a stopped daemon, or one its package started.
+    pub fn starts_first(&self) -> bool {
+        self.acts_on != ActsOn::Settings
+    }
+
+    /// Whether the task applies changed settings to a daemon pgform started.
+    pub fn applies_settings(&self) -> bool {
+        self.acts_on != ActsOn::Start
+    }
+
+    /// Whether its restarts for changed settings wait for a healthy cluster.
+    pub fn restarts_when_healthy(&self) -> bool {
+        self.applies_settings() && self.on_change == OnChange::Restart && !self.healthy.is_empty()
+    }
+
+    /// Whether this task acts on a daemon in `state`.
     fn acts_on_state(&self, state: &State) -> bool {
-        match (self.acts_on, state) {
-            (_, State::Running) => false,
-            (ActsOn::All, _) => true,
-            (ActsOn::Start, s) => *s != State::Stale,
-            (ActsOn::Settings, s) => *s == State::Stale,
+        match state {
+            State::Running => false,
+            State::Stopped | State::Unstamped => self.starts_first(),
+            State::Stale => self.applies_settings(),
         }
     }
 
     /// A restart for changed settings that waits for a healthy cluster.
     fn waits_for_health(&self, state: &State) -> bool {
-        *state == State::Stale && self.on_change == OnChange::Restart && !self.healthy.is_empty()
+        *state == State::Stale && self.restarts_when_healthy()
     }
 
     pub async fn query(&self, conn: &Connection) -> Result<Option<Change>, ActionError> {
